@@ -1,0 +1,49 @@
+"""PyTorch Hub entry points, compatible with NVIDIA's ``NVIDIA/DeepLearningExamples:torchhub`` names.
+
+    model = torch.hub.load(REPO, "nvidia_resneXt", source="local")            # or a GitHub "owner/repo"
+    utils = torch.hub.load(REPO, "nvidia_convnets_processing_utils", source="local")
+
+A thin shim over ``resnext.models``, ``resnext.weights`` and ``resnext.predict``.
+"""
+
+import os
+import sys
+
+dependencies = ["torch", "torchvision", "PIL", "tqdm"]
+
+_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
+if os.path.isdir(_SRC) and _SRC not in sys.path:
+    sys.path.insert(0, _SRC)
+
+from resnext.models import create_model  # noqa: E402
+from resnext.predict import ProcessingUtils  # noqa: E402
+
+
+def _hub_model(arch, pretrained, pretrained_from_file, **kwargs):
+    weights = pretrained_from_file or ("DEFAULT" if pretrained else None)
+    return create_model(arch, weights=weights, **kwargs)
+
+
+def nvidia_resnext101_32x4d(pretrained=True, pretrained_from_file=None, **kwargs):
+    """ResNeXt101-32x4d; ``pretrained`` downloads NVIDIA's NGC weights into the torch hub cache."""
+    return _hub_model("resnext101_32x4d", pretrained, pretrained_from_file, **kwargs)
+
+
+def nvidia_resneXt(pretrained=True, pretrained_from_file=None, **kwargs):
+    """Alias of :func:`nvidia_resnext101_32x4d`, the name on the PyTorch Hub page."""
+    return _hub_model("resnext101_32x4d", pretrained, pretrained_from_file, **kwargs)
+
+
+def nvidia_resnet50(pretrained=True, pretrained_from_file=None, **kwargs):
+    """ResNet-50 v1.5 with NVIDIA's NGC weights."""
+    return _hub_model("resnet50", pretrained, pretrained_from_file, **kwargs)
+
+
+def nvidia_se_resnext101_32x4d(pretrained=True, pretrained_from_file=None, **kwargs):
+    """SE-ResNeXt101-32x4d with NVIDIA's NGC weights."""
+    return _hub_model("se_resnext101_32x4d", pretrained, pretrained_from_file, **kwargs)
+
+
+def nvidia_convnets_processing_utils():
+    """``prepare_input_from_uri``, ``prepare_input_from_image`` and ``pick_n_best`` as on NVIDIA's hub page."""
+    return ProcessingUtils()

@@ -1,0 +1,31 @@
+"""resnext: NVIDIA's ResNeXt101-32x4d ImageNet classifier family, ready to classify, train, evaluate and export."""
+
+from .errors import DownloadError, ImageError, ResnextError, WeightsError
+from .models import (
+    ResNet,
+    create_model,
+    list_models,
+    resnet50,
+    resnext101_32x4d,
+    se_resnext101_32x4d,
+)
+from .weights import ResNet50_Weights, ResNeXt101_32X4D_Weights, SE_ResNeXt101_32X4D_Weights, Weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DownloadError",
+    "ImageError",
+    "ResNet",
+    "ResNet50_Weights",
+    "ResNeXt101_32X4D_Weights",
+    "ResnextError",
+    "SE_ResNeXt101_32X4D_Weights",
+    "Weights",
+    "WeightsError",
+    "create_model",
+    "list_models",
+    "resnet50",
+    "resnext101_32x4d",
+    "se_resnext101_32x4d",
+]

@@ -1,0 +1,313 @@
+"""The one inference path: decode -> preset transforms -> backend -> softmax -> top-k with labels.
+
+``resnext classify``, the torch.hub processing utils, evaluation and the inference benchmark all call into
+this module, so preprocessing, label lookup and top-k exist exactly once.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from .download import MAX_IMAGE_BYTES, fetch_bytes, is_url
+from .errors import ImageError, ResnextError
+from .labels import imagenet_categories
+from .transforms import EvalPreset, eval_preset
+
+#: Images with more pixels than this are refused before decoding (PIL's own decompression-bomb threshold).
+MAX_IMAGE_PIXELS = 89_478_485
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+ImageSource = str | os.PathLike | bytes | Image.Image
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _describe(source: ImageSource) -> str:
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, Image.Image):
+        return "<PIL image>"
+    return str(source)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: 16/32-bit greyscale is rescaled, transparency is composited on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        import numpy as np
+
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES) -> Image.Image:
+    """Decode a path, http(s) URL, bytes or PIL image into an upright RGB image; :class:`ImageError` otherwise."""
+    name = _describe(source)
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        if isinstance(source, bytes):
+            data: Any = io.BytesIO(source)
+        elif is_url(source):
+            data = io.BytesIO(fetch_bytes(str(source), max_bytes=max_bytes))
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise ImageError(f"{name}: no such file")
+            if path.stat().st_size > max_bytes:
+                raise ImageError(f"{name}: file is larger than {max_bytes} bytes")
+            data = path
+        try:
+            image = Image.open(data)
+        except UnidentifiedImageError:
+            raise ImageError(f"{name}: not an image file, or a format Pillow cannot read") from None
+        except (OSError, ValueError) as exc:
+            raise ImageError(f"{name}: cannot open image ({exc})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+    try:
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated data, broken headers
+        raise ImageError(f"{name}: image data is corrupt or truncated ({exc})") from None
+
+
+def find_images(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Expand folders (recursively, sorted) into image files; paths and URLs are kept as given."""
+    found: list[str] = []
+    for item in inputs:
+        if not is_url(item) and Path(item).is_dir():
+            found += sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            found.append(str(item))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Top-k
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    probability: float
+
+
+def top_k(probabilities: Tensor, k: int, categories: Sequence[str]) -> list[list[Prediction]]:
+    """Per sample, the ``k`` most probable classes (``probabilities`` is already softmaxed) with their names."""
+    k = min(k, probabilities.shape[-1])
+    values, indices = probabilities.float().topk(k, dim=-1)
+    return [
+        [Prediction(int(i), categories[int(i)], float(v)) for v, i in zip(row_v, row_i)]
+        for row_v, row_i in zip(values.tolist(), indices.tolist())
+    ]
+
+
+def categories_for(num_classes: int, categories: Sequence[str] | None = None) -> list[str]:
+    if categories is not None and len(categories) == num_classes:
+        return list(categories)
+    if num_classes == 1000:
+        return imagenet_categories()
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backends: each maps a normalised float batch [N,3,H,W] to logits [N,C] (float32, on the CPU)
+
+
+class Backend(Protocol):
+    num_classes: int
+
+    def __call__(self, batch: Tensor) -> Tensor: ...
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ResnextError("--device cuda was requested but no CUDA GPU is available")
+    return resolved
+
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TorchBackend:
+    """Eager PyTorch; reduced precision through autocast, optional channels_last memory format."""
+
+    def __init__(
+        self, model: torch.nn.Module, *, device: str = "auto", precision: str = "fp32", channels_last: bool = False
+    ) -> None:
+        if precision not in _DTYPES:
+            raise ResnextError(f"unknown precision {precision!r}; choose one of {', '.join(_DTYPES)}")
+        self.device = resolve_device(device)
+        self.dtype = _DTYPES[precision]
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.eval().to(self.device, memory_format=self.memory_format)
+        self.num_classes = int(getattr(model, "num_classes", 1000))
+
+    @torch.inference_mode()
+    def __call__(self, batch: Tensor) -> Tensor:
+        batch = batch.to(self.device, memory_format=self.memory_format, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            return self.model(batch).float().cpu()
+
+
+BACKENDS: dict[str, Callable[..., Backend]] = {}
+
+
+def create_backend(
+    name: str = "torch",
+    *,
+    model: torch.nn.Module | None = None,
+    model_file: str | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    channels_last: bool = False,
+    **options: Any,
+) -> Backend:
+    """Build an inference backend by name; ``model_file`` is the exported file the non-torch backends run."""
+    if name == "torch":
+        if model is None:
+            raise ResnextError("the torch backend needs a model")
+        return TorchBackend(model, device=device, precision=precision, channels_last=channels_last)
+    if name not in BACKENDS:
+        raise ResnextError(f"unknown backend {name!r}; choose one of torch, {', '.join(sorted(BACKENDS))}")
+    if model_file is None:
+        raise ResnextError(f"the {name} backend needs --model-file (an exported model; see `resnext export`)")
+    return BACKENDS[name](model_file, device=device, precision=precision, **options)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Predictor
+
+
+class Predictor:
+    """Preprocess, run a backend and label the results. ``Predictor.from_pretrained()`` is the usual start."""
+
+    def __init__(
+        self, backend: Backend, *, transforms: EvalPreset | None = None, categories: Sequence[str] | None = None
+    ) -> None:
+        self.backend = backend
+        self.transforms = transforms or eval_preset()
+        self.categories = categories_for(backend.num_classes, categories)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        arch: str = "resnext101_32x4d",
+        *,
+        weights: str | None = None,
+        backend: str = "torch",
+        model_file: str | None = None,
+        device: str = "auto",
+        precision: str = "fp32",
+        channels_last: bool = False,
+        num_classes: int | None = None,
+        categories: Sequence[str] | None = None,
+        progress: bool = True,
+        **options: Any,
+    ) -> Predictor:
+        """``weights`` is a file, a URL, a weights name, or ``None`` for the published default."""
+        from .models import create_model
+        from .weights import WEIGHTS_BY_MODEL
+
+        transforms = None
+        model = None
+        if backend == "torch":
+            if weights is None:
+                if arch not in WEIGHTS_BY_MODEL:
+                    raise ResnextError(f"{arch} has no published weights; pass --weights FILE")
+                weights = "DEFAULT"
+            model = create_model(arch, weights=weights, num_classes=num_classes, progress=progress)
+        if arch in WEIGHTS_BY_MODEL:
+            transforms = WEIGHTS_BY_MODEL[arch].DEFAULT.transforms()
+        engine = create_backend(
+            backend, model=model, model_file=model_file, device=device, precision=precision,
+            channels_last=channels_last, **options,
+        )
+        return cls(engine, transforms=transforms, categories=categories)
+
+    def preprocess(self, source: ImageSource) -> Tensor:
+        return self.transforms(load_image(source))
+
+    def predict(self, batch: Tensor) -> Tensor:
+        """Class probabilities ``[N, C]`` for a preprocessed batch."""
+        return torch.softmax(self.backend(batch), dim=-1)
+
+    def classify(self, sources: Sequence[ImageSource], *, topk: int = 5) -> list[list[Prediction]]:
+        batch = torch.stack([self.preprocess(s) for s in sources])
+        return top_k(self.predict(batch), topk, self.categories)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Sources -> ``(index, tensor, error)``; decoding errors are returned, not raised, so a loader survives them."""
+
+    def __init__(self, sources: Sequence[ImageSource], transforms: Callable[[Image.Image], Tensor]) -> None:
+        self.sources = list(sources)
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor | None, str | None]:
+        try:
+            return index, self.transforms(load_image(self.sources[index])), None
+        except ResnextError as exc:
+            return index, None, str(exc)
+
+
+def collate_images(items: list[tuple[int, Tensor | None, str | None]]) -> tuple[list[int], Tensor | None, list[tuple[int, str]]]:
+    ok = [(i, t) for i, t, _ in items if t is not None]
+    errors = [(i, e) for i, t, e in items if t is None]
+    batch = torch.stack([t for _, t in ok]) if ok else None
+    return [i for i, _ in ok], batch, errors
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torch.hub processing utils (NVIDIA's `nvidia_convnets_processing_utils` surface)
+
+
+class ProcessingUtils:
+    """Drop-in for NVIDIA's hub utils, with any image mode accepted and labels shipped in the package."""
+
+    def __init__(self, transforms: EvalPreset | None = None, categories: Sequence[str] | None = None) -> None:
+        self.transforms = transforms or eval_preset()
+        self.categories = list(categories) if categories is not None else imagenet_categories()
+
+    def prepare_input_from_image(self, image: Image.Image, cuda: bool = False) -> Tensor:
+        batch = self.transforms(load_image(image)).unsqueeze(0)
+        return batch.cuda() if cuda else batch
+
+    def prepare_input_from_uri(self, uri: str | os.PathLike, cuda: bool = False) -> Tensor:
+        batch = self.transforms(load_image(uri)).unsqueeze(0)
+        return batch.cuda() if cuda else batch
+
+    def pick_n_best(self, predictions: Tensor, n: int = 5) -> list[list[tuple[str, str]]]:
+        results = []
+        for i, row in enumerate(top_k(predictions.detach().cpu(), n, categories_for(predictions.shape[-1], self.categories))):
+            formatted = [(p.label, f"{100 * p.probability:.1f}%") for p in row]
+            print(f"sample {i}: {formatted}")
+            results.append(formatted)
+        return results

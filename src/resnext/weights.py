@@ -1,0 +1,288 @@
+"""Published checkpoints and the one loader every entry point uses.
+
+Each :class:`Weights` record carries a checkpoint's URL, its preprocessing and its metadata (categories,
+parameter count, GMACs, reported accuracy with its source, licence), so docs and code cannot drift.
+
+:func:`load_checkpoint_into` accepts every checkpoint layout NVIDIA's code has produced: a flat state_dict in
+torchvision naming (the NGC files), NVIDIA's current ``layers.{0..3}`` naming, ``module.`` / ``_orig_mod.``
+prefixes (DDP, ``torch.compile``), training checkpoints ``{'state_dict', 'state_dict_ema', ...}``, and SE units
+stored as 1x1 convolutions. Files are read with ``torch.load(weights_only=True)`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .download import download_file, is_url
+from .errors import DownloadError, WeightsError
+from .labels import imagenet_categories
+from .transforms import EvalPreset, eval_preset
+
+logger = logging.getLogger("resnext")
+
+#: Base URL of an offline mirror; when set, ``<mirror>/<file name>`` is fetched instead of the NGC URL.
+MIRROR_ENV = "RESNEXT_WEIGHTS_MIRROR"
+_NGC = "https://api.ngc.nvidia.com/v2/models/nvidia"
+_SOURCE = "https://github.com/NVIDIA/DeepLearningExamples/tree/master/PyTorch/Classification/ConvNets"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One published checkpoint: where it lives, how inputs must be prepared, and what it is."""
+
+    url: str
+    transforms: EvalPreset
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    sha256: str | None = None
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def cache_path(self) -> Path:
+        """``$TORCH_HOME/hub/checkpoints/<file name>``: where ``torch.hub.load_state_dict_from_url`` keeps it."""
+        return Path(torch.hub.get_dir()) / "checkpoints" / self.file_name
+
+    def resolved_url(self) -> str:
+        mirror = os.environ.get(MIRROR_ENV)
+        return f"{mirror.rstrip('/')}/{self.file_name}" if mirror else self.url
+
+    def fetch(self, *, progress: bool = True) -> Path:
+        """Return the cached file, downloading it first when absent. Raises :class:`WeightsError` offline."""
+        path = self.cache_path
+        if path.is_file():
+            return path
+        url = self.resolved_url()
+        logger.info("downloading %s to %s", url, path)
+        try:
+            return download_file(url, path, progress=progress, sha256=self.sha256)
+        except DownloadError as exc:
+            raise WeightsError(
+                f"could not download pretrained weights: {exc}; "
+                f"download {url} by hand and place it at {path}, or pass a local file (--weights FILE)"
+            ) from None
+
+    def load_into(self, model: nn.Module, *, progress: bool = True) -> nn.Module:
+        return load_checkpoint_into(model, self.fetch(progress=progress), progress=progress)
+
+
+class WeightsEnum(Enum):
+    """torchvision-style enum of :class:`Weights`; attribute access falls through to the record."""
+
+    @classmethod
+    def verify(cls, obj: Any) -> Any:
+        if obj is None or isinstance(obj, cls):
+            return obj
+        if isinstance(obj, str):
+            name = obj.removeprefix(cls.__name__ + ".")
+            try:
+                return cls[name]
+            except KeyError:
+                raise WeightsError(
+                    f"unknown weights {obj!r} for {cls.__name__}; choose one of {', '.join(cls.__members__)}"
+                ) from None
+        raise WeightsError(f"expected {cls.__name__} or its name, got {type(obj).__name__}")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "_value_"), name)
+
+    def transforms(self) -> EvalPreset:
+        return self.value.transforms
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+
+def _meta(**extra: Any) -> dict[str, Any]:
+    return {
+        "categories": imagenet_categories(),
+        "min_size": (32, 32),
+        "dataset": "ImageNet-1k (ILSVRC2012)",
+        "license": "Apache-2.0 (NVIDIA DeepLearningExamples); published on NGC, version 20.06.0",
+        "source": _SOURCE,
+        **extra,
+    }
+
+
+class ResNeXt101_32X4D_Weights(WeightsEnum):
+    IMAGENET1K_NVIDIA = Weights(
+        url=f"{_NGC}/resnext101_32x4d_pyt_amp/versions/20.06.0/files/nvidia_resnext101-32x4d_200821.pth.tar",
+        transforms=eval_preset(224),
+        meta=_meta(
+            num_params=44_177_704,
+            gmacs=7.97,
+            metrics={"top1": 80.43, "top5": 95.06},
+            metrics_note="NVIDIA README: 250 epochs, AMP, 8x V100, 224 px single center crop",
+            recipe="nvidia-250e",
+        ),
+    )
+    DEFAULT = IMAGENET1K_NVIDIA
+
+
+class ResNet50_Weights(WeightsEnum):
+    IMAGENET1K_NVIDIA = Weights(
+        url=f"{_NGC}/resnet50_pyt_amp/versions/20.06.0/files/nvidia_resnet50_200821.pth.tar",
+        transforms=eval_preset(224),
+        meta=_meta(num_params=25_557_032, gmacs=4.09, metrics=None, metrics_note="see NVIDIA's resnet50v1.5 README"),
+    )
+    DEFAULT = IMAGENET1K_NVIDIA
+
+
+class SE_ResNeXt101_32X4D_Weights(WeightsEnum):
+    IMAGENET1K_NVIDIA = Weights(
+        url=f"{_NGC}/seresnext101_32x4d_pyt_amp/versions/20.06.0/files/nvidia_se-resnext101-32x4d_200821.pth.tar",
+        transforms=eval_preset(224),
+        meta=_meta(
+            num_params=45_251_128, gmacs=7.97, metrics=None, metrics_note="see NVIDIA's se-resnext101-32x4d README"
+        ),
+    )
+    DEFAULT = IMAGENET1K_NVIDIA
+
+
+WEIGHTS_BY_MODEL: dict[str, type[WeightsEnum]] = {
+    "resnet50": ResNet50_Weights,
+    "resnext101_32x4d": ResNeXt101_32X4D_Weights,
+    "se_resnext101_32x4d": SE_ResNeXt101_32X4D_Weights,
+}
+
+
+def get_weights(model_name: str, weights: str = "DEFAULT") -> WeightsEnum:
+    """The published weights for ``model_name`` (``"DEFAULT"`` or a member name)."""
+    if model_name not in WEIGHTS_BY_MODEL:
+        raise WeightsError(f"no published weights for {model_name!r}; known: {', '.join(WEIGHTS_BY_MODEL)}")
+    return WEIGHTS_BY_MODEL[model_name].verify(weights)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading and remapping checkpoints
+
+
+def read_checkpoint(source: str | os.PathLike[str], *, progress: bool = True) -> Any:
+    """Load a checkpoint object from a path or URL with ``weights_only=True``; URLs are cached like published weights."""
+    if is_url(source):
+        path = Path(torch.hub.get_dir()) / "checkpoints" / str(source).rsplit("/", 1)[-1]
+        if not path.is_file():
+            try:
+                download_file(str(source), path, progress=progress)
+            except DownloadError as exc:
+                raise WeightsError(f"could not download weights from {source} ({exc}); place the file at {path}") from None
+        source = path
+    path = Path(source)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
+        if "weights_only" in str(exc) or "Unsupported" in str(exc) or "global" in str(exc).lower():
+            raise WeightsError(
+                f"{path} was refused: it contains pickled Python objects other than tensors, which could run code "
+                f"when loaded ({first[:160]})"
+            ) from None
+        raise WeightsError(f"{path} is not a PyTorch checkpoint ({first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason[:160]}") from None
+
+
+def extract_state_dict(checkpoint: Any, *, use_ema: bool = False) -> dict[str, Tensor]:
+    """Pick the model weights out of a flat state_dict or a training checkpoint."""
+    if not isinstance(checkpoint, Mapping):
+        raise WeightsError(f"not a checkpoint: expected a dict of tensors, found {type(checkpoint).__name__}")
+    if use_ema:
+        for key in ("state_dict_ema", "model_ema", "ema"):
+            if isinstance(checkpoint.get(key), Mapping):
+                checkpoint = checkpoint[key]
+                break
+        else:
+            raise WeightsError("the checkpoint holds no EMA weights (no 'state_dict_ema' entry)")
+    else:
+        for key in ("state_dict", "model"):
+            if isinstance(checkpoint.get(key), Mapping):
+                checkpoint = checkpoint[key]
+                break
+    state_dict = {k: v for k, v in checkpoint.items() if isinstance(v, Tensor)}
+    if not state_dict:
+        raise WeightsError("not a checkpoint: no tensors found in it")
+    return state_dict
+
+
+_PREFIXES = ("module.", "_orig_mod.", "model.")
+_NVIDIA_STAGE = re.compile(r"^layers\.(\d)\.")
+
+
+def remap_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module | None = None) -> dict[str, Tensor]:
+    """Bring any known key naming to torchvision's; reshape SE 1x1-conv weights to Linear when ``model`` wants."""
+    expected = model.state_dict() if model is not None else {}
+    remapped: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix) and key not in expected:
+                    key, changed = key[len(prefix):], True
+        key = _NVIDIA_STAGE.sub(lambda m: f"layer{int(m.group(1)) + 1}.", key)
+        target = expected.get(key)
+        if target is not None and value.dim() == 4 and target.dim() == 2 and value.shape[2:] == (1, 1):
+            value = value.flatten(1)
+        remapped[key] = value
+    return remapped
+
+
+def _summarise(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
+
+
+def load_state_dict_into(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
+    """Strict load, except that a classifier of another size is dropped and re-initialised (fine-tuning)."""
+    state_dict = remap_state_dict(state_dict, model)
+    expected = model.state_dict()
+    head = {k for k in ("fc.weight", "fc.bias") if k in state_dict and k in expected}
+    if head and any(state_dict[k].shape != expected[k].shape for k in head):
+        checkpoint_classes = state_dict["fc.weight"].shape[0] if "fc.weight" in state_dict else "?"
+        state_dict = {k: v for k, v in state_dict.items() if k not in head}
+        logger.warning(
+            "checkpoint head has %s classes, model has %d: loaded every layer except 'fc', which is re-initialised",
+            checkpoint_classes, expected["fc.weight"].shape[0],
+        )
+        strict_keys = set(expected) - head
+    else:
+        head = set()
+        strict_keys = set(expected)
+    missing = sorted(strict_keys - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = sorted(k for k in set(state_dict) & set(expected) if state_dict[k].shape != expected[k].shape)
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_summarise(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_summarise(unexpected)}")
+        if wrong_shape:
+            shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong_shape]
+            parts.append(f"{len(wrong_shape)} shape mismatches: {_summarise(shapes, 2)}")
+        arch = getattr(model, "arch_name", type(model).__name__)
+        raise WeightsError(f"checkpoint does not match {arch} ({'; '.join(parts)}); is it for another architecture?")
+    model.load_state_dict(state_dict, strict=not head)
+    return model
+
+
+def load_checkpoint_into(
+    model: nn.Module, source: str | os.PathLike[str], *, use_ema: bool = False, progress: bool = True
+) -> nn.Module:
+    """Read ``source`` (path or URL), extract, remap and load it into ``model``. The single loader."""
+    return load_state_dict_into(model, extract_state_dict(read_checkpoint(source, progress=progress), use_ema=use_ema))
