@@ -41,13 +41,45 @@ def run_classify(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# train
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluate
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# export-weights
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# export
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# benchmark (subcommands: inference, training)
+
+
+def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("benchmark", help="measure inference or training speed against a same-run reference")
+    kinds = p.add_subparsers(dest="benchmark", required=True, metavar="KIND")
+    for add in BENCHMARK_PARSERS:
+        add(kinds)
+
+
+BENCHMARK_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # dispatcher
 
-PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [add_classify_parser]
+PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [add_classify_parser, add_benchmark_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnext", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="resnext", description="Classify, train, evaluate, export and benchmark NVIDIA's ResNeXt101-32x4d family."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in PARSERS:

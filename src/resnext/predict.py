@@ -193,6 +193,8 @@ def create_backend(
             raise ResnextError("the torch backend needs a model")
         return TorchBackend(model, device=device, precision=precision, channels_last=channels_last)
     if name not in BACKENDS:
+        from . import backends  # noqa: F401  - registers the exported-model runtimes into BACKENDS
+    if name not in BACKENDS:
         raise ResnextError(f"unknown backend {name!r}; choose one of torch, {', '.join(sorted(BACKENDS))}")
     if model_file is None:
         raise ResnextError(f"the {name} backend needs --model-file (an exported model; see `resnext export`)")
