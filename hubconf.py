@@ -9,7 +9,7 @@ A thin shim over ``resnext.models``, ``resnext.weights`` and ``resnext.predict``
 import os
 import sys
 
-dependencies = ["torch", "torchvision", "PIL", "tqdm"]
+dependencies = ["torch", "torchvision", "PIL", "numpy", "tqdm"]
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
 if os.path.isdir(_SRC) and _SRC not in sys.path:
@@ -20,8 +20,10 @@ from resnext.predict import ProcessingUtils  # noqa: E402
 
 
 def _hub_model(arch, pretrained, pretrained_from_file, **kwargs):
+    # A local file wins over the download, whatever ``pretrained`` says (NVIDIA's entry points behave alike).
+    # Models come back in eval mode, ready for the published inference snippet; call .train() to fine-tune.
     weights = pretrained_from_file or ("DEFAULT" if pretrained else None)
-    return create_model(arch, weights=weights, **kwargs)
+    return create_model(arch, weights=weights, **kwargs).eval()
 
 
 def nvidia_resnext101_32x4d(pretrained=True, pretrained_from_file=None, **kwargs):

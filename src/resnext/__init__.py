@@ -9,6 +9,8 @@ from .models import (
     resnext101_32x4d,
     se_resnext101_32x4d,
 )
+from .predict import Predictor
+from .transforms import eval_preset, train_preset
 from .weights import ResNet50_Weights, ResNeXt101_32X4D_Weights, SE_ResNeXt101_32X4D_Weights, Weights
 
 __version__ = "0.1.0"
@@ -16,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DownloadError",
     "ImageError",
+    "Predictor",
     "ResNet",
     "ResNet50_Weights",
     "ResNeXt101_32X4D_Weights",
@@ -24,8 +27,10 @@ __all__ = [
     "Weights",
     "WeightsError",
     "create_model",
+    "eval_preset",
     "list_models",
     "resnet50",
     "resnext101_32x4d",
     "se_resnext101_32x4d",
+    "train_preset",
 ]

@@ -8,6 +8,7 @@ download never leaves a partial file where a cache lookup would find it.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -35,16 +36,19 @@ def _open(url: str, timeout: float):
         return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - scheme checked above
     except urllib.error.HTTPError as exc:
         raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise DownloadError(f"{url}: {reason}") from None
+        raise DownloadError(f"{url}: {reason or type(exc).__name__}") from None
 
 
 def _declared_length(response, url: str, max_bytes: int) -> int | None:
     length = response.headers.get("Content-Length")
     if length is None:
         return None
-    length = int(length)
+    try:
+        length = int(length)
+    except ValueError:
+        return None
     if length > max_bytes:
         raise DownloadError(f"{url}: size {length} bytes exceeds the limit of {max_bytes} bytes")
     return length
@@ -56,8 +60,8 @@ def fetch_bytes(url: str, *, timeout: float = DEFAULT_TIMEOUT_S, max_bytes: int 
         expected = _declared_length(response, url, max_bytes)
         try:
             data = response.read(max_bytes + 1)
-        except (OSError, ValueError) as exc:
-            raise DownloadError(f"{url}: connection failed mid-transfer ({exc})") from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise DownloadError(f"{url}: connection failed mid-transfer ({exc!r})") from None
     if len(data) > max_bytes:
         raise DownloadError(f"{url}: body exceeds the limit of {max_bytes} bytes")
     if expected is not None and len(data) != expected:
@@ -86,14 +90,14 @@ def download_file(
         with os.fdopen(fd, "wb") as out, _open(url, timeout) as response:
             expected = _declared_length(response, url, max_bytes)
             with tqdm(
-                total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=destination.name,
+                total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=f"downloading {destination.name}",
                 disable=not progress, leave=False,
             ) as bar:
                 while True:
                     try:
                         chunk = response.read(_CHUNK)
-                    except (OSError, ValueError) as exc:
-                        raise DownloadError(f"{url}: connection failed after {received} bytes ({exc})") from None
+                    except (OSError, ValueError, http.client.HTTPException) as exc:
+                        raise DownloadError(f"{url}: connection failed after {received} bytes ({exc!r})") from None
                     if not chunk:
                         break
                     received += len(chunk)

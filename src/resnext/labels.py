@@ -6,8 +6,10 @@ NVIDIA's checkpoints were trained with (index 0 = "tench, Tinca tinca"). The nam
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 
 @lru_cache(maxsize=1)
@@ -27,3 +29,17 @@ def imagenet_categories() -> list[str]:
 def imagenet_wnids() -> list[str]:
     """The 1000 WordNet ids (``n01440764`` ...), the folder names of an ImageNet ``train/``/``val/`` tree."""
     return [wnid for wnid, _ in _rows()]
+
+
+def read_label_file(path: str | os.PathLike[str]) -> list[str]:
+    """Class names from a text file, one per line in output-index order (for fine-tuned models)."""
+    from .errors import ResnextError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResnextError(f"cannot read label file {path}: {exc}") from None
+    names = [line.strip() for line in lines if line.strip()]
+    if not names:
+        raise ResnextError(f"label file {path} holds no class names")
+    return names

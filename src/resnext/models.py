@@ -157,7 +157,8 @@ class ResNet(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return self.fc.out_features
+        """Size of the classifier output; 0 after ``reset_classifier(0)`` (the model returns pooled features)."""
+        return self.fc.out_features if isinstance(self.fc, nn.Linear) else 0
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Unpooled feature map of the last stage, ``[N, num_features, H/32, W/32]``."""
@@ -269,6 +270,10 @@ def create_model(
 
     enum = WEIGHTS_BY_MODEL.get(name)
     is_file_or_url = isinstance(weights, (str, os.PathLike)) and not (enum and str(weights) in enum.__members__)
+    if enum is None and isinstance(weights, str) and weights.split(".")[-1] in ("DEFAULT", "IMAGENET1K_NVIDIA"):
+        from .errors import WeightsError
+
+        raise WeightsError(f"{name} has no published weights; pass a checkpoint file or URL instead")
     model = _MODEL_REGISTRY[name](
         weights=None if is_file_or_url else weights, num_classes=num_classes, progress=progress, **kwargs
     )

@@ -7,10 +7,12 @@ this module, so preprocessing, label lookup and top-k exist exactly once.
 from __future__ import annotations
 
 import io
+import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -76,19 +78,37 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS, max_b
                 raise ImageError(f"{name}: file is larger than {max_bytes} bytes")
             data = path
         try:
+            # Only the header is read here; Pillow's own bomb check may fire already (2x its limit).
             image = Image.open(data)
         except UnidentifiedImageError:
             raise ImageError(f"{name}: not an image file, or a format Pillow cannot read") from None
-        except (OSError, ValueError) as exc:
+        except Image.DecompressionBombError:
+            raise ImageError(f"{name}: image dimensions exceed the limit of {max_pixels} pixels") from None
+        except (OSError, ValueError, SyntaxError) as exc:
             raise ImageError(f"{name}: cannot open image ({exc})") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+    opened = image if not isinstance(source, Image.Image) else None
     try:
-        image = ImageOps.exif_transpose(image)
-        return to_rgb(image)
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated data, broken headers
+        # Decode now (RGB images are otherwise decoded lazily, later, outside this error handling).
+        image.load()
+        rgb = to_rgb(ImageOps.exif_transpose(image))
+        if opened is not None and rgb is not opened:
+            opened.close()  # multi-frame files (GIF, TIFF) keep their file open until closed
+        return rgb
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: image dimensions exceed the limit of {max_pixels} pixels") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated data, broken headers
         raise ImageError(f"{name}: image data is corrupt or truncated ({exc})") from None
+
+
+def sample_images() -> list[str]:
+    """The photos bundled with the package (``resnext classify`` with no inputs classifies these)."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("resnext").joinpath("assets/samples")))
+    return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def find_images(inputs: Iterable[str | os.PathLike]) -> list[str]:
@@ -141,10 +161,14 @@ class Backend(Protocol):
     def __call__(self, batch: Tensor) -> Tensor: ...
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available; a CUDA request without a GPU is a :class:`ResnextError`."""
+    if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ResnextError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ResnextError("--device cuda was requested but no CUDA GPU is available")
     return resolved
@@ -211,6 +235,10 @@ class Predictor:
     def __init__(
         self, backend: Backend, *, transforms: EvalPreset | None = None, categories: Sequence[str] | None = None
     ) -> None:
+        if categories is not None and len(categories) != backend.num_classes:
+            raise ResnextError(
+                f"{len(categories)} class names were given for a model with {backend.num_classes} classes"
+            )
         self.backend = backend
         self.transforms = transforms or eval_preset()
         self.categories = categories_for(backend.num_classes, categories)
@@ -231,18 +259,31 @@ class Predictor:
         progress: bool = True,
         **options: Any,
     ) -> Predictor:
-        """``weights`` is a file, a URL, a weights name, or ``None`` for the published default."""
+        """``weights`` is a file, a URL, a weights name, or ``None`` for the published default.
+
+        A checkpoint file's classifier size is used as is (a fine-tuned 5-class file gives a 5-class predictor);
+        ``num_classes``, when given, must agree with it: inference never re-initialises a head.
+        """
         from .models import create_model
-        from .weights import WEIGHTS_BY_MODEL
+        from .weights import WEIGHTS_BY_MODEL, extract_state_dict, load_state_dict_into, read_checkpoint, remap_state_dict
 
         transforms = None
         model = None
         if backend == "torch":
+            enum = WEIGHTS_BY_MODEL.get(arch)
             if weights is None:
-                if arch not in WEIGHTS_BY_MODEL:
+                if enum is None:
                     raise ResnextError(f"{arch} has no published weights; pass --weights FILE")
                 weights = "DEFAULT"
-            model = create_model(arch, weights=weights, num_classes=num_classes, progress=progress)
+            if enum is not None and str(weights) in enum.__members__:
+                model = create_model(arch, weights=weights, num_classes=num_classes, progress=progress)
+            else:
+                state_dict = remap_state_dict(extract_state_dict(read_checkpoint(weights, progress=progress)))
+                head = state_dict.get("fc.weight")
+                if head is not None and num_classes is not None and head.shape[0] != num_classes:
+                    raise ResnextError(f"{weights} has {head.shape[0]} classes, not the {num_classes} requested")
+                model = create_model(arch, num_classes=num_classes or (head.shape[0] if head is not None else None))
+                load_state_dict_into(model, state_dict)
         if arch in WEIGHTS_BY_MODEL:
             transforms = WEIGHTS_BY_MODEL[arch].DEFAULT.transforms()
         engine = create_backend(
@@ -285,6 +326,124 @@ def collate_images(items: list[tuple[int, Tensor | None, str | None]]) -> tuple[
     errors = [(i, e) for i, t, e in items if t is None]
     batch = torch.stack([t for _, t in ok]) if ok else None
     return [i for i, _ in ok], batch, errors
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Classifying many inputs (``resnext classify``): background decoding, batches, progress, reports
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """One input's outcome: its top-k ``predictions``, or the one-line ``error`` that made it unreadable."""
+
+    source: str
+    predictions: list[Prediction] | None = None
+    error: str | None = None
+
+
+def classify_sources(
+    predictor: Predictor,
+    sources: Sequence[str],
+    *,
+    topk: int = 5,
+    batch_size: int = 16,
+    workers: int = 2,
+    progress: bool = True,
+) -> Iterator[ClassifyResult]:
+    """Yield one :class:`ClassifyResult` per source, in input order.
+
+    Images are decoded and preprocessed by ``workers`` background processes (a torch ``DataLoader``; 0 decodes
+    in this process) while the previous batch runs; unreadable inputs are yielded with their error, never raised.
+    """
+    from tqdm.auto import tqdm
+
+    if topk < 1:
+        raise ResnextError(f"--topk must be at least 1, got {topk}")
+    if batch_size < 1:
+        raise ResnextError(f"--batch-size must be at least 1, got {batch_size}")
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(sources, predictor.transforms),
+        batch_size=batch_size,
+        num_workers=max(0, min(workers, len(sources))),
+        collate_fn=collate_images,
+        pin_memory=getattr(predictor.backend, "device", torch.device("cpu")).type == "cuda",
+    )
+    with tqdm(total=len(sources), unit="img", desc="classifying", disable=not progress, file=sys.stderr) as bar:
+        for indices, batch, errors in loader:
+            outcome: dict[int, ClassifyResult] = {i: ClassifyResult(str(sources[i]), error=e) for i, e in errors}
+            if batch is not None:
+                for i, predictions in zip(indices, top_k(predictor.predict(batch), topk, predictor.categories)):
+                    outcome[i] = ClassifyResult(str(sources[i]), predictions=predictions)
+            for i in sorted(outcome):
+                yield outcome[i]
+            bar.update(len(outcome))
+
+
+def format_table(result: ClassifyResult) -> str:
+    """A readable block for one classified image: its name, then one ``rank  probability  class`` row per class."""
+    assert result.predictions is not None
+    rows = [result.source]
+    for rank, p in enumerate(result.predictions, 1):
+        rows.append(f"  {rank:>2}  {100 * p.probability:6.2f}%  {p.label}  [{p.index}]")
+    return "\n".join(rows)
+
+
+def format_json(result: ClassifyResult) -> str:
+    """One JSON line: ``{"source", "predictions": [{"rank", "index", "label", "probability"}, ...]}``."""
+    assert result.predictions is not None
+    predictions = [
+        {"rank": rank, "index": p.index, "label": p.label, "probability": round(p.probability, 6)}
+        for rank, p in enumerate(result.predictions, 1)
+    ]
+    return json.dumps({"source": result.source, "predictions": predictions}, ensure_ascii=False)
+
+
+#: Images drawn into one ``--plot`` figure at most; more would give an unreadably tall PNG.
+MAX_PLOT_ROWS = 64
+
+
+def plot_predictions(results: Sequence[ClassifyResult], path: str | os.PathLike[str]) -> Path:
+    """Write one PNG: each image beside a horizontal bar chart of its top-k classes. Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only; never needs a display
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ResnextError("--plot needs matplotlib: pip install 'resnext[plot]'") from None
+    results = [r for r in results if r.predictions is not None][:MAX_PLOT_ROWS]
+    if not results:
+        raise ResnextError("nothing to plot: no image was classified")
+    fig, axes = plt.subplots(len(results), 2, figsize=(10, 2.6 * len(results)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1.6]})
+    for (image_ax, bar_ax), result in zip(axes, results):
+        image = load_image(result.source)
+        image.thumbnail((320, 320))
+        image_ax.imshow(image)
+        image_ax.set_title(Path(result.source).name if not is_url(result.source) else result.source[-40:], fontsize=9)
+        image_ax.axis("off")
+        predictions = result.predictions or []
+        labels = [p.label if len(p.label) <= 40 else p.label[:37] + "..." for p in predictions]
+        values = [100 * p.probability for p in predictions]
+        positions = range(len(predictions))[::-1]  # most probable on top
+        bar_ax.barh(list(positions), values, color="tab:blue")
+        bar_ax.set_yticks(list(positions), labels, fontsize=8)
+        bar_ax.set_xlim(0, 100)
+        bar_ax.set_xlabel("probability (%)", fontsize=8)
+        for y, v in zip(positions, values):
+            bar_ax.text(min(v + 1, 85), y, f"{v:.1f}%", va="center", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    if path.parent != Path(""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        fig.savefig(tmp, format="png", dpi=80)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -30,13 +30,17 @@ class EvalPreset:
     _pipeline: v2.Compose = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Resize and crop come before ToImage so a PIL input is resized by PIL, exactly as NVIDIA's validation
+        # loader (torchvision ImageFolder + PIL) did when it measured the published accuracy; uint8 tensors
+        # take torchvision's antialiased tensor kernel instead.
         pipeline = v2.Compose(
             [
-                v2.ToImage(),
                 v2.Resize(self.resize_size, interpolation=self.interpolation, antialias=True),
                 v2.CenterCrop(self.crop_size),
+                v2.ToImage(),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(mean=list(self.mean), std=list(self.std)),
+                v2.ToPureTensor(),
             ]
         )
         object.__setattr__(self, "_pipeline", pipeline)
@@ -58,15 +62,17 @@ def eval_preset(crop_size: int = 224, resize_size: int | None = None) -> EvalPre
 
 def train_preset(crop_size: int = 224, *, hflip: float = 0.5) -> v2.Compose:
     """NVIDIA's training augmentation, producing a normalised float tensor."""
+    # Crop and flip before ToImage: on PIL inputs only the cropped region is converted to a tensor.
     return v2.Compose(
         [
-            v2.ToImage(),
             v2.RandomResizedCrop(
                 crop_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=InterpolationMode.BILINEAR,
                 antialias=True,
             ),
             v2.RandomHorizontalFlip(hflip),
+            v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)),
+            v2.ToPureTensor(),
         ]
     )

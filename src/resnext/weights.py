@@ -65,13 +65,14 @@ class Weights:
         if path.is_file():
             return path
         url = self.resolved_url()
-        logger.info("downloading %s to %s", url, path)
+        logger.debug("downloading %s to %s", url, path)
         try:
             return download_file(url, path, progress=progress, sha256=self.sha256)
         except DownloadError as exc:
+            source = "" if url == self.url else f" (original: {self.url})"
             raise WeightsError(
-                f"could not download pretrained weights: {exc}; "
-                f"download {url} by hand and place it at {path}, or pass a local file (--weights FILE)"
+                f"could not download pretrained weights from {exc}{source}; download the file by hand and place "
+                f"it at {path}, or set {MIRROR_ENV} to a base URL serving {self.file_name}, or pass --weights FILE"
             ) from None
 
     def load_into(self, model: nn.Module, *, progress: bool = True) -> nn.Module:
@@ -182,19 +183,41 @@ def read_checkpoint(source: str | os.PathLike[str], *, progress: bool = True) ->
     path = Path(source)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
+    _verify_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
-        if "weights_only" in str(exc) or "Unsupported" in str(exc) or "global" in str(exc).lower():
+        refused = _UNSUPPORTED_GLOBAL.search(str(exc))
+        if refused:
             raise WeightsError(
-                f"{path} was refused: it contains pickled Python objects other than tensors, which could run code "
-                f"when loaded ({first[:160]})"
+                f"{path} was refused: it contains a pickled Python object ({refused.group(1)}) that is not a tensor, "
+                f"and loading it could run code; only tensors and plain containers are accepted (weights_only=True)"
             ) from None
-        raise WeightsError(f"{path} is not a PyTorch checkpoint ({first[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason[:160]}") from None
+        raise WeightsError(f"{path} is not a PyTorch checkpoint, or it is corrupt (unreadable pickle data)") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for damaged files; all mean the same
+        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, KeyError):
+            reason = "unrecognised file format"
+        raise WeightsError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason[:120]}"
+        ) from None
+
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _verify_archive(path: Path) -> None:
+    """Check the CRC-32 of every record of a zip-format checkpoint: ``torch.load`` itself does not, so a file
+    damaged in transfer would otherwise load silently with wrong weights."""
+    if not zipfile.is_zipfile(path):
+        return  # legacy (pre-1.6) format or not a checkpoint at all: torch.load reports it
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise WeightsError(f"{path} is a damaged checkpoint archive ({exc})") from None
+    if bad is not None:
+        raise WeightsError(f"{path} is corrupt: the checksum of its record {bad!r} does not match (damaged or tampered)")
 
 
 def extract_state_dict(checkpoint: Any, *, use_ema: bool = False) -> dict[str, Tensor]:
