@@ -105,6 +105,23 @@ def test_other_num_classes_loads_all_but_fc_and_says_so_once(small_checkpoint, c
     assert logits(model).shape == (2, 5)
 
 
+def test_fine_tuned_file_keeps_its_own_head_size(tmp_path) -> None:
+    path = tmp_path / "five_classes.pth"
+    torch.manual_seed(3)
+    source = create_model("resnext_test", num_classes=5)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    model = create_model("resnext_test", weights=str(path))
+    assert model.num_classes == 5
+    assert torch.equal(logits(model), logits(source))
+
+
+def test_wrong_architecture_error_names_the_architecture(tmp_path) -> None:
+    path = tmp_path / "resnet50.pth"
+    torch.save(create_model("resnet50").state_dict(), path)
+    with pytest.raises(WeightsError, match="does not match resnext_test"):
+        create_model("resnext_test", weights=str(path))
+
+
 def test_wrong_architecture_gives_summarised_key_mismatch(tmp_path) -> None:
     path = tmp_path / "resnet50.pth"
     torch.save(create_model("resnet50").state_dict(), path)

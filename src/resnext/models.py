@@ -266,7 +266,7 @@ def create_model(
     """
     if name not in _MODEL_REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    from .weights import WEIGHTS_BY_MODEL, load_checkpoint_into
+    from .weights import WEIGHTS_BY_MODEL, extract_state_dict, load_state_dict_into, read_checkpoint, remap_state_dict
 
     enum = WEIGHTS_BY_MODEL.get(name)
     is_file_or_url = isinstance(weights, (str, os.PathLike)) and not (enum and str(weights) in enum.__members__)
@@ -274,9 +274,16 @@ def create_model(
         from .errors import WeightsError
 
         raise WeightsError(f"{name} has no published weights; pass a checkpoint file or URL instead")
+    state_dict = None
+    if is_file_or_url:
+        state_dict = remap_state_dict(extract_state_dict(read_checkpoint(weights, progress=progress)))
+        head = state_dict.get("fc.weight")
+        if num_classes is None and head is not None and head.dim() == 2:
+            num_classes = head.shape[0]  # a fine-tuned file keeps its own head unless told otherwise
     model = _MODEL_REGISTRY[name](
         weights=None if is_file_or_url else weights, num_classes=num_classes, progress=progress, **kwargs
     )
-    if is_file_or_url:
-        load_checkpoint_into(model, weights, progress=progress)
+    model.arch_name = name
+    if state_dict is not None:
+        load_state_dict_into(model, state_dict)
     return model

@@ -1,0 +1,339 @@
+"""Runtimes for exported models: ONNX Runtime, OpenVINO, TensorRT, TorchScript and torch.export programs.
+
+Each backend loads a file written by :mod:`resnext.export` and maps a normalised float batch ``[N, 3, S, S]``
+to float32 CPU logits ``[N, C]``, exactly like :class:`resnext.predict.TorchBackend`. Importing this module
+registers them in :data:`resnext.predict.BACKENDS`, so ``Predictor.from_pretrained(arch, backend="onnxruntime",
+model_file="model.onnx")`` and ``resnext classify --backend ... --model-file ...`` use them with the package's one
+preprocessing path. The runtimes themselves are optional dependencies, imported only when a backend is built.
+
+Every backend checks the input shape before running, so a batch of the wrong image size gives one clear sentence
+instead of a runtime's internal message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .errors import ResnextError
+from .predict import BACKENDS
+
+logger = logging.getLogger(__name__)
+
+#: Key under which :mod:`resnext.export` stores its JSON metadata (ONNX metadata_props, OpenVINO rt_info,
+#: the extra file of TorchScript / torch.export archives, the sidecar ``<engine>.json`` of a TensorRT engine).
+METADATA_KEY = "resnext"
+METADATA_FILE = "resnext.json"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def require(module: str, extra: str) -> Any:
+    """Import an optional dependency, or fail with the pip command that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ResnextError(f"this needs the {module} package: pip install 'resnext[{extra}]'") from None
+
+
+def _existing(model_file: str | os.PathLike) -> Path:
+    path = Path(model_file)
+    if not path.is_file():
+        raise ResnextError(f"model file not found: {path}")
+    return path
+
+
+class ExportedBackend:
+    """Shared part: input validation, batching to the exported range, metadata."""
+
+    name = "exported"
+
+    def __init__(self, path: Path, *, image_size: int, num_classes: int, max_batch: int | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.image_size = int(image_size)
+        self.num_classes = int(num_classes)
+        self.max_batch = max_batch
+        self.metadata = metadata or {}
+
+    def check_input(self, batch: Tensor) -> None:
+        s = self.image_size
+        if batch.dim() != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != (s, s):
+            raise ResnextError(
+                f"{self.path.name} expects a batch of shape [N, 3, {s}, {s}], got {list(batch.shape)}: preprocess "
+                f"with eval_preset({s}) or re-export with --image-size {batch.shape[-1] if batch.dim() == 4 else '...'}"
+            )
+
+    #: CPU runtimes take host memory; the TensorRT backend keeps a CUDA batch where it is.
+    host_input = True
+
+    def __call__(self, batch: Tensor) -> Tensor:
+        self.check_input(batch)
+        batch = batch.detach().float()
+        if self.host_input:
+            batch = batch.cpu().contiguous()
+        step = self.max_batch or batch.shape[0]
+        outputs = [self.run(batch[i:i + step]) for i in range(0, batch.shape[0], step)]
+        return torch.cat(outputs).float().cpu()
+
+    def run(self, batch: Tensor) -> Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, image_size={self.image_size}, num_classes={self.num_classes})"
+
+
+def _static_dim(value: Any, what: str, path: Path) -> int:
+    if isinstance(value, int) and value > 0:
+        return value
+    raise ResnextError(f"{path}: the {what} dimension is not fixed ({value!r}); was this file written by `resnext export`?")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ONNX Runtime
+
+
+class OnnxRuntimeBackend(ExportedBackend):
+    """An ``.onnx`` file (fp32 or QDQ int8) on ONNX Runtime's CPU (or CUDA) execution provider."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
+                 threads: int | None = None, **_: Any) -> None:
+        ort = require("onnxruntime", "onnx")
+        path = _existing(model_file)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        elif device == "cuda":
+            raise ResnextError("--device cuda was requested but this onnxruntime build has no CUDA execution provider")
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable or invalid files
+            raise ResnextError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        metadata = json.loads(meta) if meta else {}
+        _check_precision(self.name, precision, metadata, allowed=("fp32", "int8"))
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name = inp.name
+        super().__init__(
+            path, image_size=_static_dim(inp.shape[-1], "image size", path),
+            num_classes=_static_dim(out.shape[-1], "class", path), metadata=metadata,
+        )
+
+    def run(self, batch: Tensor) -> Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: batch.numpy()})[0])
+
+
+def _check_precision(backend: str, requested: str | None, metadata: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """The precision of these files is fixed at export time; refuse a request the file cannot honour."""
+    stored = metadata.get("precision", "fp32")
+    if requested in (None, "fp32", stored):
+        return
+    raise ResnextError(
+        f"the {backend} backend runs the precision stored in the model file ({stored}), not {requested}; "
+        f"export with --precision {requested} (supported here: {', '.join(allowed)})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OpenVINO
+
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+class OpenVinoBackend(ExportedBackend):
+    """OpenVINO IR (``.xml`` + ``.bin``) or an ``.onnx`` file on OpenVINO's CPU plugin.
+
+    The inference precision is a run-time choice in OpenVINO (the IR keeps fp32 weights): ``precision`` is
+    ``"fp32"`` or ``"bf16"`` and is always set explicitly, because OpenVINO silently picks bf16 on CPUs that have
+    it. int8 comes from the file (quantize-dequantize pairs from ``--precision int8`` export), not from here.
+    """
+
+    name = "openvino"
+
+    def __init__(self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
+                 threads: int | None = None, **_: Any) -> None:
+        ov = require("openvino", "openvino")
+        path = _existing(model_file)
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as exc:  # openvino raises RuntimeError with a multi-line C++ trace
+            raise ResnextError(f"{path} is not a readable OpenVINO/ONNX model ({str(exc).splitlines()[0][:200]})") from None
+        metadata: dict[str, Any] = {}
+        if model.has_rt_info(METADATA_KEY):
+            metadata = json.loads(model.get_rt_info(METADATA_KEY).astype(str))
+        if precision in (None, "int8") or precision == metadata.get("precision"):
+            precision = metadata.get("precision", "fp32")
+        if precision == "int8":
+            precision = "fp32"  # the int8 parts are explicit in the graph; the rest runs in fp32
+        if precision not in _OV_PRECISION:
+            raise ResnextError(f"the openvino backend runs fp32 or bf16 (int8 comes from the exported file), not {precision}")
+        ov_device = "CPU" if device in ("auto", "cpu") else device.upper()
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = core.compile_model(model, ov_device, config)
+        except Exception as exc:
+            raise ResnextError(f"OpenVINO could not compile {path} for {ov_device}: {str(exc).splitlines()[0][:200]}") from None
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        #: the precision OpenVINO actually runs: "fp32", "bf16" or "fp16"
+        self.precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(name, name)
+        if precision == "bf16" and self.precision != "bf16":
+            logger.warning("this CPU has no native bf16 support: OpenVINO runs %s in %s", path.name, self.precision)
+        self.request = self.compiled.create_infer_request()
+        shape = model.inputs[0].get_partial_shape()
+        classes = model.outputs[0].get_partial_shape()[-1]
+        super().__init__(
+            path, image_size=_static_dim(shape[3].get_length() if shape[3].is_static else None, "image size", path),
+            num_classes=_static_dim(classes.get_length() if classes.is_static else None, "class", path),
+            metadata=metadata,
+        )
+
+    def run(self, batch: Tensor) -> Tensor:
+        result = self.request.infer({0: batch.numpy()})
+        return torch.from_numpy(result[self.compiled.outputs[0]].copy())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TorchScript and torch.export archives (run by PyTorch itself)
+
+
+def _archive_metadata(path: Path, loader: Callable[..., Any]) -> tuple[Any, dict[str, Any]]:
+    extra = {METADATA_FILE: ""}
+    try:
+        obj = loader(str(path), extra)
+    except Exception as exc:  # torch raises RuntimeError/zipfile errors for foreign files
+        raise ResnextError(f"{path} is not a readable archive for this backend ({str(exc).splitlines()[0][:200]})") from None
+    raw = extra[METADATA_FILE]
+    if not raw:
+        raise ResnextError(f"{path} has no {METADATA_FILE} entry: export it with `resnext export`")
+    return obj, json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+class TorchScriptBackend(ExportedBackend):
+    """A frozen TorchScript file (``.ts``/``.pt``), as used by Triton's ``pytorch_libtorch`` backend."""
+
+    name = "torchscript"
+
+    def __init__(self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
+                 **_: Any) -> None:
+        path = _existing(model_file)
+        self.device = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation: kept for Triton, see export.py
+            module, metadata = _archive_metadata(
+                path, lambda f, extra: torch.jit.load(f, map_location=self.device, _extra_files=extra)
+            )
+        _check_precision(self.name, precision, metadata, allowed=("fp32",))
+        self.module = module.eval()
+        super().__init__(path, image_size=metadata["image_size"], num_classes=metadata["num_classes"], metadata=metadata)
+
+    @torch.inference_mode()
+    def run(self, batch: Tensor) -> Tensor:
+        return self.module(batch.to(self.device))
+
+
+class TorchExportBackend(ExportedBackend):
+    """A ``torch.export`` program (``.pt2``); its batch range is fixed at export time, larger batches are split."""
+
+    name = "torch-export"
+
+    def __init__(self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
+                 **_: Any) -> None:
+        path = _existing(model_file)
+        program, metadata = _archive_metadata(path, lambda f, extra: torch.export.load(f, extra_files=extra))
+        _check_precision(self.name, precision, metadata, allowed=("fp32",))
+        self.module = program.module()
+        super().__init__(
+            path, image_size=metadata["image_size"], num_classes=metadata["num_classes"],
+            max_batch=metadata.get("batch_range", [1, None])[1], metadata=metadata,
+        )
+
+    @torch.inference_mode()
+    def run(self, batch: Tensor) -> Tensor:
+        return self.module(batch)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TensorRT (GPU only)
+
+
+def require_tensorrt() -> Any:
+    """The ``tensorrt`` module, or one clear error on machines without an NVIDIA GPU or the package."""
+    if not torch.cuda.is_available():
+        raise ResnextError("TensorRT needs an NVIDIA GPU with CUDA, and this machine has none")
+    return require("tensorrt", "tensorrt")
+
+
+class TensorRTBackend(ExportedBackend):
+    """A serialized TensorRT engine (``.engine``/``.plan``) from ``resnext export --format tensorrt``."""
+
+    name = "tensorrt"
+    host_input = False
+
+    def __init__(self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
+                 **_: Any) -> None:
+        trt = require_tensorrt()
+        path = _existing(model_file)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise ResnextError(f"{path} is not a TensorRT engine built by this TensorRT version on this GPU")
+        self.context = self.engine.create_execution_context()
+        self.input_name = INPUT_NAME
+        self.output_name = OUTPUT_NAME
+        _, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        out_shape = self.engine.get_tensor_shape(self.output_name)
+        self.min_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[0][0])
+        sidecar = path.with_suffix(path.suffix + ".json")
+        metadata = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        super().__init__(
+            path, image_size=int(max_shape[-1]), num_classes=int(out_shape[-1]), max_batch=int(max_shape[0]),
+            metadata=metadata,
+        )
+
+    def run(self, batch: Tensor) -> Tensor:
+        n = batch.shape[0]
+        padded = n < self.min_batch
+        x = batch.cuda()
+        if padded:  # the optimisation profile starts above n: pad with zeros and drop the extra rows
+            x = torch.cat([x, x.new_zeros((self.min_batch - n, *x.shape[1:]))])
+        x = x.contiguous()
+        self.context.set_input_shape(self.input_name, tuple(x.shape))
+        out = torch.empty((x.shape[0], self.num_classes), device="cuda", dtype=torch.float32)
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.output_name, out.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise ResnextError(f"TensorRT failed to run {self.path.name} on a batch of {list(batch.shape)}")
+        stream.synchronize()
+        return out[:n].cpu()
+
+
+BACKENDS.update(
+    {
+        "onnxruntime": OnnxRuntimeBackend,
+        "openvino": OpenVinoBackend,
+        "tensorrt": TensorRTBackend,
+        "torchscript": TorchScriptBackend,
+        "torch-export": TorchExportBackend,
+    }
+)

@@ -1,0 +1,333 @@
+"""Inference benchmark: latency and throughput per (backend, precision, batch size) against a same-run reference.
+
+    resnext benchmark inference                                              # torch, onnxruntime, openvino; fp32
+    resnext benchmark inference --backends torch,torch-cl,onnxruntime,openvino --precision fp32,int8 \
+        --batch-sizes 1,16 --json bench.json
+    resnext benchmark inference --arch resnext_test --image-size 64 --batch-sizes 1,4 --min-time 0.2   # smoke
+
+Every row runs the same preprocessed batch (the packaged sample photos through ``eval_preset``, tiled to the
+batch size), first for a few warm-up calls, then for at least ``min_iters`` calls and ``min_time`` seconds. It
+reports median and p50/p95/p99 latency, img/s, the ratio to the reference row of the same batch size (PyTorch
+eager fp32 NCHW, always measured in the same run), and the achieved GFLOP/s (model FLOPs x img/s; for int8 rows the
+fp32-equivalent work) beside the machine's fp32 peak measured with a large matmul in the same run.
+
+Exported backends are exported into a temporary folder first and must pass :func:`resnext.export.check_parity`
+before they are timed. Without ``--weights`` the model has random weights, with batch-norm statistics set from
+the sample photos so activations have realistic ranges (speed does not depend on the weight values; int8
+accuracy does, so measure it with ``resnext export --precision int8`` on real weights and images).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import ResnextError
+
+logger = logging.getLogger(__name__)
+
+#: backend -> precisions it can be benchmarked in. ``torch`` fp32 is the reference.
+SUPPORTED: dict[str, tuple[str, ...]] = {
+    "torch": ("fp32", "bf16"),
+    "torch-cl": ("fp32", "bf16"),
+    "torch-compile": ("fp32", "bf16"),
+    "onnxruntime": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
+    "torchscript": ("fp32",),
+    "torch-export": ("fp32",),
+    "tensorrt": ("fp16", "fp32"),
+}
+REFERENCE = ("torch", "fp32")
+
+
+@dataclass
+class BenchConfig:
+    arch: str = "resnext101_32x4d"
+    weights: str | None = None  # None: random weights (see the module docstring)
+    backends: Sequence[str] = ("torch", "onnxruntime", "openvino")
+    precisions: Sequence[str] = ("fp32",)
+    batch_sizes: Sequence[int] = (1, 16, 64)
+    image_size: int = 224
+    threads: int | None = None
+    warmup: int = 2
+    min_iters: int = 3
+    min_time: float = 2.0
+    calibration_dir: str | None = None  # int8 calibration images; default: the packaged samples
+    json_path: str | None = None
+
+
+@dataclass
+class Row:
+    backend: str
+    precision: str
+    batch_size: int
+    iterations: int
+    median_ms: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    images_per_s: float
+    ratio: float = float("nan")  # img/s relative to the reference row of the same batch size
+    gflops: float = float("nan")
+    peak_fraction: float = float("nan")
+
+
+@dataclass
+class BenchResult:
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    model_gflop_per_image: float
+    matmul_peak_gflops: float
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        head = ("backend", "precision", "batch", "median ms", "p50 ms", "p95 ms", "p99 ms", "img/s", "x ref",
+                "GFLOP/s", "% peak")
+        body = [
+            (r.backend, r.precision, str(r.batch_size), f"{r.median_ms:.1f}", f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}",
+             f"{r.p99_ms:.1f}", f"{r.images_per_s:.2f}", f"{r.ratio:.2f}", f"{r.gflops:.1f}",
+             f"{100 * r.peak_fraction:.0f}")
+            for r in self.rows
+        ]
+        widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+        fmt = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+        lines = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, body)]
+        lines.append(
+            f"model: {self.config['arch']} at {self.config['image_size']} px, {self.model_gflop_per_image:.2f} "
+            f"GFLOP/image; fp32 matmul peak measured in this run: {self.matmul_peak_gflops:.1f} GFLOP/s; "
+            f"reference = torch fp32 eager NCHW"
+        )
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measurements
+
+
+def machine_info() -> dict[str, Any]:
+    info = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+                               if f in flags]
+                break
+    return info
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of an ``n x n`` matmul on the current thread setting: the practical compute ceiling."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def model_gflop(model: torch.nn.Module, image_size: int) -> float:
+    """FLOPs (2 x multiply-adds) of one image, counted by PyTorch's flop counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size))
+    return counter.get_total_flops() / 1e9
+
+
+def time_calls(fn: Callable[[], Any], *, warmup: int, min_iters: int, min_time: float) -> list[float]:
+    """Per-call wall times (s) after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_iters or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def summarise(backend: str, precision: str, batch_size: int, times: Sequence[float]) -> Row:
+    ms = torch.tensor(times, dtype=torch.float64) * 1e3
+    q = torch.quantile(ms, torch.tensor([0.5, 0.95, 0.99], dtype=torch.float64)).tolist()
+    median = statistics.median(ms.tolist())
+    return Row(backend, precision, batch_size, len(times), median, q[0], q[1], q[2], batch_size / median * 1e3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runners
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Set PyTorch's intra-op threads for the benchmark only, restoring the previous value."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def set_bn_statistics(model: torch.nn.Module, images: Tensor) -> None:
+    """Give a randomly initialised model realistic activation ranges: batch-norm running statistics from
+    ``images`` (one cumulative pass in train mode). Without it, random ResNeXt101 logits reach ~1e6."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(images)
+    for m in norms:
+        m.momentum = 0.1
+    model.eval()
+
+
+def make_runner(
+    backend: str, precision: str, model: torch.nn.Module, config: BenchConfig, workdir: Path, cache: dict[str, Path]
+) -> Callable[[Tensor], Tensor]:
+    """A callable batch -> logits for (backend, precision); exported files are written once and parity-checked."""
+    from . import export
+    from .predict import TorchBackend, create_backend
+
+    if backend == "torch":
+        return TorchBackend(model, device="cpu", precision=precision)
+    if backend == "torch-cl":  # a copy: the reference model and the exporters keep their NCHW weights
+        return TorchBackend(copy.deepcopy(model), device="cpu", precision=precision, channels_last=True)
+    if backend == "torch-compile":
+        # freezing folds the weights into the graph so inductor can pre-pack them for oneDNN (CPU inference)
+        compiled = torch.compile(copy.deepcopy(model), options={"freezing": True})
+        runner = TorchBackend(compiled, device="cpu", precision=precision, channels_last=True)
+        settings = export.ExportConfig("torch-compile", "", image_size=config.image_size, batch_range=(1, 1024))
+        parity, _ = export.check_parity(model, runner, settings, precision, export.sample_images())
+        logger.info("%s %s parity: %s", backend, precision, parity[-1].line())
+        return runner
+
+    low, high = 1, max(config.batch_sizes)
+    settings = export.ExportConfig(
+        format={"onnxruntime": "onnx", "torch-export": "export"}.get(backend, backend),
+        output="", arch=config.arch, weights=config.weights, batch_range=(low, high), precision=precision,
+        image_size=config.image_size, calibration_dir=config.calibration_dir, threads=config.threads,
+    )
+    metadata = export._metadata(settings, model, precision)
+    fp32_meta = {**metadata, "precision": "fp32"}
+    if backend in ("onnxruntime", "openvino", "tensorrt"):
+        if "onnx" not in cache:
+            cache["onnx"] = workdir / "model.onnx"
+            export.write_onnx(model, cache["onnx"], settings, fp32_meta)
+        source = cache["onnx"]
+        if precision == "int8":
+            if "onnx-int8" not in cache:
+                images = export.preprocess(
+                    export.find_images([config.calibration_dir]) if config.calibration_dir else export.sample_images(),
+                    config.image_size,
+                )
+                cache["onnx-int8"] = workdir / "model-int8.onnx"
+                export.quantize_onnx(source, cache["onnx-int8"], images, metadata)
+            source = cache["onnx-int8"]
+        if backend == "onnxruntime":
+            path = source
+        elif backend == "openvino":
+            path = workdir / f"model-{precision}.xml"
+            export.write_openvino(source, path, metadata)
+        else:
+            path = workdir / f"model-{precision}.engine"
+            export.write_tensorrt(cache["onnx"], path, settings, precision, metadata)
+    elif backend == "torchscript":
+        path = workdir / "model.ts"
+        export.write_torchscript(model, path, settings, metadata)
+    else:
+        path = workdir / "model.pt2"
+        export.write_program(model, path, settings, metadata)
+    runtime = create_backend(backend, model_file=str(path), precision=precision, threads=config.threads)
+    parity, _ = export.check_parity(model, runtime, settings, precision, export.sample_images())
+    logger.info("%s %s parity: %s", backend, precision, parity[-1].line())
+    return runtime
+
+
+def parse_list(text: str, kind: type = str) -> list[Any]:
+    try:
+        return [kind(item.strip()) for item in str(text).split(",") if item.strip()]
+    except ValueError:
+        raise ResnextError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
+
+
+def run_inference_benchmark(config: BenchConfig, model: torch.nn.Module | None = None) -> BenchResult:
+    """Measure every supported (backend, precision) at every batch size, reference rows included."""
+    from .export import load_model, preprocess, sample_images
+
+    unknown = [b for b in config.backends if b not in SUPPORTED]
+    if unknown:
+        raise ResnextError(f"unknown backend {unknown[0]!r}; choose from {', '.join(SUPPORTED)}")
+    if not config.batch_sizes or min(config.batch_sizes) < 1:
+        raise ResnextError("--batch-sizes must be positive integers")
+    pairs = [REFERENCE] + [
+        (b, p) for b in config.backends for p in config.precisions if p in SUPPORTED[b] and (b, p) != REFERENCE
+    ]
+    skipped = [f"{b} {p}" for b in config.backends for p in config.precisions if p not in SUPPORTED[b]]
+    with torch_threads(config.threads):
+        images = preprocess(sample_images(), config.image_size)
+        if model is None:
+            model = load_model(config.arch, config.weights or "random")
+            if config.weights in (None, "random"):
+                set_bn_statistics(model, images)
+        model = model.eval()
+        result = BenchResult(
+            machine=machine_info(), config={k: v for k, v in asdict(config).items()},
+            model_gflop_per_image=model_gflop(model, config.image_size), matmul_peak_gflops=matmul_peak_gflops(),
+        )
+        if skipped:
+            result.notes.append("not supported, skipped: " + ", ".join(skipped))
+        if config.weights in (None, "random"):
+            result.notes.append("random weights with batch-norm statistics from the sample photos")
+        reference: dict[int, float] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            cache: dict[str, Path] = {}
+            for backend, precision in pairs:
+                try:
+                    runner = make_runner(backend, precision, model, config, Path(tmp), cache)
+                except ResnextError as exc:
+                    if (backend, precision) == REFERENCE:
+                        raise
+                    result.notes.append(f"{backend} {precision} skipped: {exc}")
+                    continue
+                for batch_size in config.batch_sizes:
+                    batch = images.repeat((batch_size + len(images) - 1) // len(images), 1, 1, 1)[:batch_size]
+                    times = time_calls(lambda: runner(batch), warmup=config.warmup, min_iters=config.min_iters,
+                                       min_time=config.min_time)
+                    row = summarise(backend, precision, batch_size, times)
+                    if (backend, precision) == REFERENCE:
+                        reference[batch_size] = row.images_per_s
+                    row.ratio = row.images_per_s / reference[batch_size]
+                    row.gflops = row.images_per_s * result.model_gflop_per_image
+                    row.peak_fraction = row.gflops / result.matmul_peak_gflops
+                    result.rows.append(row)
+                    logger.info("%s %s batch %d: %.2f img/s", backend, precision, batch_size, row.images_per_s)
+    if config.json_path:
+        Path(config.json_path).write_text(json.dumps(result.to_dict(), indent=1))
+    return result

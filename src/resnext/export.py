@@ -1,0 +1,539 @@
+"""Export a model for deployment, and prove each exported file computes what PyTorch computes.
+
+    resnext export --format onnx --output resnext101.onnx                   # fp32, dynamic batch 1..256, opset 18
+    resnext export --format onnx --precision int8 --calibration-dir calib/ --output resnext101-int8.onnx
+    resnext export --format openvino --output resnext101.xml                # IR, fp32 weights; --precision bf16|int8
+    resnext export --format export --output resnext101.pt2                  # torch.export program
+    resnext export --format torchscript --output resnext101.ts              # traced + frozen, for Triton libtorch
+    resnext export --format tensorrt --output resnext101.engine             # GPU only: fp16 engine from ONNX
+
+Every export reloads the written file in its runtime (:mod:`resnext.backends`) and compares it with the eager
+fp32 PyTorch model on a random batch of 7, a batch of 1 and the packaged sample photos (plus the calibration /
+evaluation folder for int8), all preprocessed by :func:`resnext.transforms.eval_preset`. fp32 formats must agree
+to ``tolerance * max(1, max |logit|)``; reduced precisions report top-1 agreement (and accuracy on a labelled
+folder) and fail only below ``min_agreement`` when one is given.
+
+Formats and precisions:
+
+- ``onnx``: fp32 (weights inline; files whose weights exceed 1.8 GiB go to an external ``.data`` file because of
+  protobuf's 2 GiB limit) and int8 (ONNX Runtime static post-training quantization, QDQ format, per-channel
+  int8 weights, uint8 activations, MinMax calibration on ``--calibration-dir``).
+- ``openvino``: IR with fp32 weights; fp32 and bf16 are a run-time precision hint that is always set
+  explicitly; int8 is the quantized ONNX graph converted to IR.
+- ``export`` (``.pt2``) and ``torchscript``: fp32. TorchScript is deprecated upstream; it is kept because Triton's
+  ``pytorch_libtorch`` backend loads TorchScript files.
+- ``tensorrt``: fp16 (or fp32) engine built from the ONNX export with one optimisation profile over the batch range.
+
+``--weights random`` exports a randomly initialised model (smoke tests, speed measurements).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from .backends import INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, require, require_tensorrt
+from .errors import ResnextError, WeightsError
+from .predict import create_backend, find_images, load_image, sample_images
+from .transforms import eval_preset
+
+logger = logging.getLogger(__name__)
+
+#: format -> supported precisions; the first one is the default.
+FORMATS: dict[str, tuple[str, ...]] = {
+    "onnx": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
+    "export": ("fp32",),
+    "torchscript": ("fp32",),
+    "tensorrt": ("fp16", "fp32"),
+}
+#: format -> backend name in :data:`resnext.predict.BACKENDS` that runs it.
+RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "export": "torch-export", "torchscript": "torchscript",
+           "tensorrt": "tensorrt"}
+ONNX_OPSET = 18
+INLINE_LIMIT_BYTES = int(1.8 * 2**30)
+
+
+@dataclass
+class ExportConfig:
+    format: str
+    output: str
+    arch: str = "resnext101_32x4d"
+    weights: str | None = None  # file / URL / weights name; None = published weights (random for resnext_test)
+    batch_range: tuple[int, int] = (1, 256)
+    precision: str | None = None  # None = the format's default (FORMATS[format][0])
+    calibration_dir: str | None = None
+    eval_dir: str | None = None  # images for the int8/bf16 agreement report; default: the calibration folder
+    image_size: int = 224
+    calibration_count: int = 256  # at most this many calibration images are used
+    tolerance: float = 1e-4  # fp32 parity: max abs diff <= tolerance * max(1, max |logit|)
+    min_agreement: float | None = None  # reduced precision: fail below this top-1 agreement with fp32
+    opset: int = ONNX_OPSET
+    threads: int | None = None
+
+
+@dataclass
+class Parity:
+    """Comparison of the exported file with eager fp32 PyTorch on one set of inputs."""
+
+    inputs: str
+    count: int
+    max_abs_diff: float
+    limit: float | None  # the tolerance it had to meet (fp32), None when only reported
+    top1_agreement: float
+
+    def line(self) -> str:
+        check = f" (limit {self.limit:.2e})" if self.limit is not None else ""
+        return (f"{self.inputs}: {self.count} images, max abs diff {self.max_abs_diff:.2e}{check}, "
+                f"top-1 agreement {100 * self.top1_agreement:.1f}%")
+
+
+@dataclass
+class ExportResult:
+    format: str
+    precision: str
+    path: str
+    files: list[str]
+    metadata: dict[str, Any]
+    parity: list[Parity] = field(default_factory=list)
+    accuracy: dict[str, float] | None = None  # {"fp32": .., "<precision>": ..} on a labelled folder
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> list[str]:
+        sizes = ", ".join(f"{Path(f).name} ({Path(f).stat().st_size / 2**20:.1f} MiB)" for f in self.files)
+        lines = [f"wrote {self.format} {self.precision}: {sizes}"]
+        lines += [f"  parity vs PyTorch fp32, {p.line()}" for p in self.parity]
+        if self.accuracy:
+            lines.append("  labelled accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in self.accuracy.items()))
+        lines += [f"  note: {n}" for n in self.notes]
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def parse_batch_range(text: str) -> tuple[int, int]:
+    """``"1:256"`` -> ``(1, 256)``; ``"8"`` -> ``(8, 8)`` (a static batch)."""
+    try:
+        parts = [int(p) for p in str(text).split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not 1 <= parts[0] <= parts[1]:
+        raise ResnextError(f"--batch-size-range must look like MIN:MAX with 1 <= MIN <= MAX, got {text!r}")
+    return parts[0], parts[1]
+
+
+def preprocess(paths: Sequence[str], image_size: int) -> Tensor:
+    """Decode and preprocess with the package's one eval preset."""
+    transforms = eval_preset(image_size)
+    return torch.stack([transforms(load_image(p)) for p in paths])
+
+
+def labelled_images(root: str | Path, num_classes: int) -> tuple[list[str], list[int] | None, str | None]:
+    """Images under ``root`` and, when it is an ImageFolder tree the model's classes fit, their class indices.
+
+    Class index: the position of the folder name in the ImageNet wnid list for 1000-class models with wnid
+    folders, else the position of the folder among the sorted sub-folders (torchvision's ImageFolder rule).
+    """
+    from .labels import imagenet_wnids
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ResnextError(f"image folder not found: {root}")
+    classes = sorted(d for d in root.iterdir() if d.is_dir())
+    if not classes:
+        paths = find_images([root])
+        return paths, None, "the folder has no class sub-folders, so only agreement (not accuracy) is reported"
+    wnids = {w: i for i, w in enumerate(imagenet_wnids())}
+    if num_classes == 1000 and all(d.name in wnids for d in classes):
+        index = {d: wnids[d.name] for d in classes}
+    elif len(classes) == num_classes:
+        index = {d: i for i, d in enumerate(classes)}
+    else:
+        paths = find_images([root])
+        return paths, None, (f"{len(classes)} class folders do not match the model's {num_classes} classes, "
+                             "so only agreement (not accuracy) is reported")
+    paths, labels = [], []
+    for d in classes:
+        found = find_images([d])
+        paths += found
+        labels += [index[d]] * len(found)
+    return paths, labels, None
+
+
+def _spread(paths: list[str], labels: list[int] | None, limit: int) -> tuple[list[str], list[int] | None]:
+    """At most ``limit`` items, evenly spaced so every class folder is represented."""
+    if len(paths) <= limit:
+        return paths, labels
+    keep = [round(i * (len(paths) - 1) / (limit - 1)) for i in range(limit)] if limit > 1 else [0]
+    return [paths[i] for i in keep], ([labels[i] for i in keep] if labels is not None else None)
+
+
+def _batches(x: Tensor, size: int) -> Iterator[Tensor]:
+    for i in range(0, x.shape[0], size):
+        yield x[i:i + size]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+
+
+def load_model(arch: str, weights: str | None = None) -> torch.nn.Module:
+    """The eval-mode model to export. A checkpoint file decides the number of classes (its ``fc``), so
+    fine-tuned models export with their own head; one of another architecture fails with one clear line."""
+    from .models import create_model, list_models
+    from .weights import WEIGHTS_BY_MODEL, extract_state_dict, load_state_dict_into, read_checkpoint, remap_state_dict
+
+    if arch not in list_models():
+        raise ResnextError(f"unknown architecture {arch!r}; choose one of {', '.join(list_models())}")
+    if weights == "random" or (weights is None and arch not in WEIGHTS_BY_MODEL):
+        return create_model(arch).eval()
+    if weights is None or (arch in WEIGHTS_BY_MODEL and weights in WEIGHTS_BY_MODEL[arch].__members__):
+        return create_model(arch, weights=weights or "DEFAULT").eval()
+    state_dict = remap_state_dict(extract_state_dict(read_checkpoint(weights)))
+    head = state_dict.get("fc.weight")
+    model = create_model(arch, num_classes=int(head.shape[0]) if head is not None and head.dim() == 2 else None)
+    try:
+        load_state_dict_into(model, state_dict)
+    except WeightsError as exc:
+        raise WeightsError(f"--weights {weights} is not a {arch} checkpoint: {exc}") from None
+    return model.eval()
+
+
+def _metadata(config: ExportConfig, model: torch.nn.Module, precision: str) -> dict[str, Any]:
+    return {
+        "arch": config.arch,
+        "weights": config.weights or "default",
+        "format": config.format,
+        "precision": precision,
+        "image_size": config.image_size,
+        "num_classes": int(getattr(model, "num_classes", 1000)),
+        "batch_range": list(config.batch_range),
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "preprocessing": eval_preset(config.image_size).describe(),
+        "torch": torch.__version__,
+    }
+
+
+def _example(config: ExportConfig) -> tuple[Tensor, dict[str, Any] | None]:
+    """Example input and dynamic-shape spec. The example batch is 2 where allowed: exporters specialise 0/1."""
+    low, high = config.batch_range
+    size = config.image_size
+    if low == high:
+        return torch.randn(low, 3, size, size), None
+    batch = torch.export.Dim("batch", min=low, max=high)
+    return torch.randn(min(max(2, low), high), 3, size, size), {"x": {0: batch}}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writers
+
+
+def write_onnx(model: torch.nn.Module, path: Path, config: ExportConfig, metadata: dict[str, Any]) -> list[Path]:
+    """fp32 ONNX, named ``input``/``logits``, dynamic batch axis; returns the files written."""
+    require("onnx", "onnx")
+    require("onnxscript", "onnx")
+    import onnx
+
+    if config.opset < 17:
+        raise ResnextError(f"ONNX opset {config.opset} is too old: use 17 or newer")
+    example, dynamic = _example(config)
+    external = sum(p.numel() * p.element_size() for p in model.state_dict().values()) > INLINE_LIMIT_BYTES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet():
+        torch.onnx.export(
+            model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic, opset_version=config.opset, dynamo=True, external_data=external, verbose=False,
+        )
+    _set_onnx_metadata(path, metadata, external)
+    onnx.checker.check_model(str(path), full_check=True)
+    return [p for p in (path, path.with_name(path.name + ".data")) if p.is_file()]
+
+
+def _set_onnx_metadata(path: Path, metadata: dict[str, Any], external: bool = False) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    for key, value in [*kept, (METADATA_KEY, json.dumps(metadata))]:
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "resnext"
+    onnx.save(proto, str(path), save_as_external_data=external, location=path.name + ".data")
+
+
+class _Calibration:
+    """ONNX Runtime calibration reader over preprocessed images (``onnxruntime.quantization`` protocol)."""
+
+    def __init__(self, images: Tensor, batch_size: int = 8) -> None:
+        self.batches = iter([b.numpy() for b in _batches(images, batch_size)])
+
+    def get_next(self) -> dict[str, Any] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+    def rewind(self) -> None:  # pragma: no cover - not used by MinMax
+        pass
+
+
+def quantize_onnx(fp32_path: Path, path: Path, calibration: Tensor, metadata: dict[str, Any]) -> list[Path]:
+    """Static int8 post-training quantization of an fp32 ONNX file (QDQ, per-channel weights)."""
+    require("onnxruntime", "onnx")
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(
+            str(prepared), str(path), _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    _set_onnx_metadata(path, metadata)
+    return [path]
+
+
+def write_openvino(onnx_path: Path, path: Path, metadata: dict[str, Any]) -> list[Path]:
+    """OpenVINO IR from an (fp32 or QDQ int8) ONNX file; weights kept in fp32 (no silent fp16 compression)."""
+    ov = require("openvino", "openvino")
+    if path.suffix != ".xml":
+        raise ResnextError(f"an OpenVINO IR is an .xml file (plus its .bin); got --output {path}")
+    model = ov.convert_model(str(onnx_path))
+    model.set_rt_info(json.dumps(metadata), METADATA_KEY)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return [path, path.with_suffix(".bin")]
+
+
+def write_program(model: torch.nn.Module, path: Path, config: ExportConfig, metadata: dict[str, Any]) -> list[Path]:
+    """``torch.export`` program (``.pt2``) with a dynamic batch dimension bounded by the batch range."""
+    example, dynamic = _example(config)
+    program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path), extra_files={METADATA_FILE: json.dumps(metadata)})
+    return [path]
+
+
+def write_torchscript(model: torch.nn.Module, path: Path, config: ExportConfig, metadata: dict[str, Any]) -> list[Path]:
+    """Traced and frozen TorchScript (deprecated upstream; kept for Triton's ``pytorch_libtorch`` backend)."""
+    example, _ = _example(config)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript's own deprecation notices: documented in the module docstring
+        scripted = torch.jit.freeze(torch.jit.trace(model, example))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.jit.save(scripted, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
+    return [path]
+
+
+def write_tensorrt(onnx_path: Path, path: Path, config: ExportConfig, precision: str,
+                   metadata: dict[str, Any]) -> list[Path]:
+    """Serialized TensorRT engine with one optimisation profile (min, opt = max, max) over the batch range."""
+    trt = require_tensorrt()
+    log = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(log)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, log)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ResnextError(f"TensorRT could not parse the ONNX export: {errors[:300]}")
+    builder_config = builder.create_builder_config()
+    if precision == "fp16":
+        builder_config.set_flag(trt.BuilderFlag.FP16)
+    low, high = config.batch_range
+    shape = (3, config.image_size, config.image_size)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, (low, *shape), (high, *shape), (high, *shape))
+    builder_config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, builder_config)
+    if engine is None:
+        raise ResnextError("TensorRT failed to build the engine (see the TensorRT messages above)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(engine))
+    sidecar = path.with_suffix(path.suffix + ".json")
+    sidecar.write_text(json.dumps(metadata, indent=1))
+    return [path, sidecar]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep the exporters' progress prints, INFO logs and warnings out of the command's output."""
+    loggers = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "onnxruntime", "torch.onnx", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parity
+
+
+@torch.inference_mode()
+def _logits(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
+    return torch.cat([fn(b).float().cpu() for b in _batches(x, batch_size)])
+
+
+def compare(reference: Tensor, candidate: Tensor, inputs: str, limit_factor: float | None) -> Parity:
+    """Max abs diff and top-1 agreement; ``limit_factor`` scales the fp32 tolerance by the logits' magnitude."""
+    diff = float((reference - candidate).abs().max())
+    limit = None if limit_factor is None else limit_factor * max(1.0, float(reference.abs().max()))
+    agreement = float((reference.argmax(-1) == candidate.argmax(-1)).float().mean())
+    return Parity(inputs, int(reference.shape[0]), diff, limit, agreement)
+
+
+def accuracy(logits: Tensor, labels: Sequence[int]) -> float:
+    return float((logits.argmax(-1) == torch.as_tensor(labels)).float().mean())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def export_model(config: ExportConfig, model: torch.nn.Module | None = None) -> ExportResult:
+    """Write ``config.output`` in ``config.format``, reload it and check it against ``model`` (PyTorch fp32)."""
+    if config.format not in FORMATS:
+        raise ResnextError(f"unknown export format {config.format!r}; choose one of {', '.join(FORMATS)}")
+    precision = config.precision or FORMATS[config.format][0]
+    if precision not in FORMATS[config.format]:
+        raise ResnextError(
+            f"--format {config.format} supports --precision {', '.join(FORMATS[config.format])}, not {precision}"
+        )
+    if config.format == "tensorrt":
+        require_tensorrt()  # fail in one line before any work on machines without a GPU
+    if precision == "int8" and not config.calibration_dir:
+        raise ResnextError("--precision int8 needs --calibration-dir DIR (a folder of representative images)")
+    if config.image_size < 32:
+        raise ResnextError(f"--image-size must be at least 32, got {config.image_size}")
+    path = Path(config.output)
+    if model is None:
+        model = load_model(config.arch, config.weights)
+    model = model.eval().float()
+    metadata = _metadata(config, model, precision)
+    num_classes = metadata["num_classes"]
+
+    # Inputs for calibration and for the agreement report, loaded before writing anything.
+    eval_paths, eval_labels, notes = sample_images(), None, []
+    calibration = None
+    if config.calibration_dir:
+        calib_paths, _, _ = labelled_images(config.calibration_dir, num_classes)
+        calib_paths, _ = _spread(calib_paths, None, config.calibration_count)
+        if not calib_paths:
+            raise ResnextError(f"no images found in --calibration-dir {config.calibration_dir}")
+        calibration = preprocess(calib_paths, config.image_size)
+    if precision != "fp32" and (config.eval_dir or config.calibration_dir):
+        paths, eval_labels, note = labelled_images(config.eval_dir or config.calibration_dir, num_classes)
+        eval_paths, eval_labels = _spread(paths, eval_labels, max(config.calibration_count, 512))
+        notes += [note] if note else []
+
+    # Everything is written into a staging folder beside the output and moved into place only after the parity
+    # check passed: a failed export leaves no file behind, and no half-written file ever has the final name.
+    final = path
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=".resnext-export-"))
+    try:
+        path = stage / final.name
+        onnx_fp32 = stage / "intermediate" / "model.onnx"
+        if config.format in ("onnx", "openvino", "tensorrt"):
+            target = path if config.format == "onnx" and precision == "fp32" else onnx_fp32
+            files = write_onnx(model, target, config, {**metadata, "precision": "fp32"})
+            if precision == "int8":
+                target = path if config.format == "onnx" else stage / "intermediate" / "model-int8.onnx"
+                assert calibration is not None
+                files = quantize_onnx(onnx_fp32, target, calibration, metadata)
+                notes.append(f"int8 calibrated on {calibration.shape[0]} images from {config.calibration_dir}")
+            if config.format == "openvino":
+                files = write_openvino(target, path, metadata)
+            elif config.format == "tensorrt":
+                files = write_tensorrt(onnx_fp32, path, config, precision, metadata)
+        elif config.format == "export":
+            files = write_program(model, path, config, metadata)
+        else:
+            files = write_torchscript(model, path, config, metadata)
+        if config.format == "onnx" and precision == "fp32":
+            notes.append("weights stored " + ("as external data in " + files[-1].name if len(files) > 1 else "inline"))
+
+        runtime = create_backend(RUNTIME[config.format], model_file=str(path), precision=precision,
+                                 threads=config.threads)
+        parity, acc = check_parity(model, runtime, config, precision, eval_paths, eval_labels)
+        for f in files:
+            os.replace(f, final.parent / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    result = ExportResult(config.format, precision, str(final), [str(final.parent / f.name) for f in files], metadata,
+                          parity=parity, accuracy=acc, notes=notes)
+    if precision == "bf16" and getattr(runtime, "precision", "bf16") != "bf16":
+        result.notes.append(f"this CPU has no native bf16: OpenVINO ran {runtime.precision}; bf16 applies on CPUs with it")
+    return result
+
+
+def check_parity(
+    model: torch.nn.Module,
+    runtime: Callable[[Tensor], Tensor],
+    config: ExportConfig,
+    precision: str,
+    image_paths: Sequence[str],
+    labels: Sequence[int] | None = None,
+) -> tuple[list[Parity], dict[str, float] | None]:
+    """Compare ``runtime`` with ``model`` (fp32 eager) on random batches of 7 and 1 and on real images.
+
+    Raises :class:`ResnextError` when an fp32 export differs beyond tolerance or a reduced-precision one agrees
+    less than ``config.min_agreement``.
+    """
+    generator = torch.Generator().manual_seed(0)
+    size = config.image_size
+    step = config.batch_range[1]
+    factor = config.tolerance if precision == "fp32" else None
+    images = preprocess(image_paths, size)
+    results, acc = [], None
+    reference_images = _logits(model, images, step)
+    candidate_images = _logits(runtime, images, step)
+    for batch in (7, 1):
+        x = torch.randn(batch, 3, size, size, generator=generator)
+        results.append(compare(_logits(model, x, step), _logits(runtime, x, step), f"random batch of {batch}", factor))
+    results.append(compare(reference_images, candidate_images, "real images", factor))
+    if labels is not None:
+        acc = {"fp32": accuracy(reference_images, labels), precision: accuracy(candidate_images, labels)}
+    for p in results:
+        if p.limit is not None and not p.max_abs_diff <= p.limit:
+            raise ResnextError(
+                f"{config.format} export differs from PyTorch on {p.inputs}: max abs diff {p.max_abs_diff:.3g} "
+                f"exceeds {p.limit:.3g}"
+            )
+    real = results[-1]
+    if config.min_agreement is not None and real.top1_agreement < config.min_agreement:
+        raise ResnextError(
+            f"{precision} export agrees with fp32 on top-1 for only {100 * real.top1_agreement:.1f}% of "
+            f"{real.count} images (--min-agreement {100 * config.min_agreement:.1f}%)"
+        )
+    if precision != "fp32" and real.top1_agreement < 0.99:
+        logger.warning("%s top-1 agreement with fp32 is %.1f%%", precision, 100 * real.top1_agreement)
+    if not math.isfinite(real.max_abs_diff):
+        raise ResnextError(f"{config.format} export produced non-finite logits")
+    return results, acc

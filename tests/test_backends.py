@@ -1,0 +1,108 @@
+"""Exported-model runtimes behind ``Predictor``: registration, input checks, batching, the classify path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnext.errors import ResnextError
+from resnext.export import ExportConfig, export_model, load_model
+from resnext.predict import BACKENDS, Predictor, create_backend, sample_images
+
+SIZE = 32
+EXTENSIONS = {"onnxruntime": ("onnx", ".onnx"), "openvino": ("openvino", ".xml"), "torch-export": ("export", ".pt2"),
+              "torchscript": ("torchscript", ".ts")}
+NEEDS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """resnext_test (random weights) exported at 32 px with a batch range of 1..4 in every CPU format."""
+    torch.manual_seed(0)
+    model = load_model("resnext_test", "random")
+    root = tmp_path_factory.mktemp("backends")
+    files = {}
+    for backend, (fmt, ext) in EXTENSIONS.items():
+        if backend in NEEDS:
+            pytest.importorskip(NEEDS[backend])
+        files[backend] = root / f"m{ext}"
+        export_model(ExportConfig(fmt, str(files[backend]), arch="resnext_test", weights="random", image_size=SIZE,
+                                  batch_range=(1, 4)), model=model)
+    return {"model": model, "files": files, "root": root}
+
+
+def test_backends_are_registered_on_demand():
+    create_backend  # noqa: B018 - create_backend imports resnext.backends lazily
+    import resnext.backends  # noqa: F401
+
+    assert {"onnxruntime", "openvino", "tensorrt", "torchscript", "torch-export"} <= set(BACKENDS)
+
+
+@pytest.mark.parametrize("backend", list(EXTENSIONS))
+def test_backend_matches_model_and_splits_batches_beyond_range(exported, backend):
+    runtime = create_backend(backend, model_file=str(exported["files"][backend]))
+    assert runtime.num_classes == 1000 and runtime.image_size == SIZE
+    x = torch.randn(7, 3, SIZE, SIZE)  # 7 > the exported maximum of 4 for torch.export
+    with torch.no_grad():
+        ref = exported["model"](x)
+    out = runtime(x)
+    assert out.dtype == torch.float32 and out.device.type == "cpu" and out.shape == (7, 1000)
+    assert (out - ref).abs().max() <= 1e-4 * max(1.0, float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("backend", list(EXTENSIONS))
+def test_wrong_image_size_is_a_clear_error(exported, backend):
+    runtime = create_backend(backend, model_file=str(exported["files"][backend]))
+    for bad in (torch.randn(2, 3, 48, 48), torch.randn(3, SIZE, SIZE), torch.randn(1, 1, SIZE, SIZE)):
+        with pytest.raises(ResnextError, match=r"expects a batch of shape \[N, 3, 32, 32\]"):
+            runtime(bad)
+
+
+def test_missing_or_foreign_model_file(tmp_path, exported):
+    with pytest.raises(ResnextError, match="model file not found"):
+        create_backend("onnxruntime", model_file=str(tmp_path / "nope.onnx"))
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not a model")
+    with pytest.raises(ResnextError, match="not a valid ONNX model"):
+        create_backend("onnxruntime", model_file=str(junk))
+    with pytest.raises(ResnextError, match="no resnext.json"):
+        torch.jit.save(torch.jit.script(torch.nn.Identity()), str(tmp_path / "bare.ts"))
+        create_backend("torchscript", model_file=str(tmp_path / "bare.ts"))
+    with pytest.raises(ResnextError, match="needs --model-file"):
+        create_backend("onnxruntime")
+
+
+def test_precision_fixed_in_file_is_enforced(exported):
+    with pytest.raises(ResnextError, match="precision stored in the model file"):
+        create_backend("onnxruntime", model_file=str(exported["files"]["onnxruntime"]), precision="bf16")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_tensorrt_backend_on_cpu_says_so(exported):
+    with pytest.raises(ResnextError, match="TensorRT needs an NVIDIA GPU"):
+        create_backend("tensorrt", model_file=str(exported["files"]["onnxruntime"]))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_predictor_from_pretrained_runs_exported_model_like_torch(tmp_path, backend):
+    """The classify path: same preprocessing and labels as the torch backend, same answers."""
+    pytest.importorskip(NEEDS[backend])
+    torch.manual_seed(1)
+    model = load_model("resnext_test", "random")
+    weights = tmp_path / "w.pth"
+    torch.save(model.state_dict(), weights)
+    fmt, ext = EXTENSIONS[backend]
+    path = tmp_path / f"m{ext}"
+    export_model(ExportConfig(fmt, str(path), arch="resnext_test", weights=str(weights), batch_range=(1, 8)))
+
+    reference = Predictor.from_pretrained("resnext_test", weights=str(weights), device="cpu")
+    exported = Predictor.from_pretrained("resnext_test", backend=backend, model_file=str(path))
+    samples = sample_images()
+    batch = torch.stack([reference.preprocess(s) for s in samples])
+    assert (exported.predict(batch) - reference.predict(batch)).abs().max() <= 1e-5
+    ours, theirs = exported.classify(samples, topk=3), reference.classify(samples, topk=3)
+    assert [[p.index for p in row] for row in ours] == [[p.index for p in row] for row in theirs]
+    assert ours[0][0].label == theirs[0][0].label and isinstance(ours[0][0].label, str)
+    assert Path(path).is_file()
