@@ -1,0 +1,249 @@
+"""Datasets, samplers and loaders for training and evaluation.
+
+* :class:`ImageFolder` reads ``<root>/<class>/*`` (labels = sorted folder names) through the same decoder as
+  inference (:func:`resnext.predict.load_image`); a file that cannot be decoded is returned as an error, logged
+  with its path by the training loop and skipped, never a crash.
+* :class:`TrainSampler` makes the data order and each sample's augmentation a pure function of
+  ``(seed, epoch, index)``: a resumed run sees exactly the batches an uninterrupted run would, and
+  ``torchrun --nproc_per_node W`` with gradient accumulation ``A`` sees the same micro-batches as any other
+  split of ``W * A`` (DDP on 2 processes == one process accumulating the same two half-batches).
+* :class:`ShardSampler` splits evaluation without padding, so every sample is counted exactly once.
+* ``--data-backend synthetic`` is a fixed random batch, for speed measurements.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .errors import ResnextError
+from .predict import IMAGE_EXTENSIONS, load_image
+from .transforms import eval_preset, train_preset
+
+logger = logging.getLogger("resnext")
+
+__all__ = [
+    "ImageFolder",
+    "TrainSampler",
+    "ShardSampler",
+    "SyntheticData",
+    "collate_skip_errors",
+    "find_classes",
+    "train_loader",
+    "eval_loader",
+]
+
+
+def find_classes(root: str | os.PathLike) -> list[str]:
+    """Sorted class folder names under ``root``; clear error when ``root`` is not an ImageFolder tree."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ResnextError(f"data folder not found: {root}")
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    if not classes:
+        raise ResnextError(f"{root} has no class folders; expected the ImageFolder layout {root}/<class>/<image>")
+    return classes
+
+
+class ImageFolder(Dataset):
+    """``<root>/<class>/<image>`` -> ``(tensor | None, label, path, error | None)``.
+
+    ``classes`` fixes the label order (e.g. the training set's, or a checkpoint's); folders not in it are an error.
+    Items may be an index or an ``(index, seed)`` pair: with a seed, the random transforms draw from a generator
+    seeded with it, which makes augmentation reproducible whatever the worker, process or resume point.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable[[Any], Tensor],
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        found = find_classes(root)
+        self.classes = list(classes) if classes is not None else found
+        unknown = sorted(set(found) - set(self.classes))
+        if unknown:
+            raise ResnextError(f"{root} has class folders the model does not know: {', '.join(unknown[:5])}")
+        index = {name: i for i, name in enumerate(self.classes)}
+        self.samples: list[tuple[str, int]] = []
+        for name in found:
+            for dirpath, _, files in sorted(os.walk(self.root / name, followlinks=True)):
+                for file in sorted(files):
+                    if file.lower().endswith(IMAGE_EXTENSIONS):
+                        self.samples.append((os.path.join(dirpath, file), index[name]))
+        if not self.samples:
+            raise ResnextError(f"no images found under {root} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Tensor | None, int, str, str | None]:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        path, label = self.samples[index]
+        try:
+            image = load_image(path)
+        except ResnextError as exc:
+            return None, label, path, str(exc)
+        if seed is None:
+            return self.transform(image), label, path, None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), label, path, None
+
+
+def collate_skip_errors(items: list[tuple[Tensor | None, int, str, str | None]]) -> tuple[Tensor | None, Tensor, list[str]]:
+    """Stack the decodable samples; return ``(images | None, labels, ["path: reason", ...] of the skipped)``."""
+    ok = [(x, y) for x, y, _, err in items if err is None]
+    errors = [err or path for x, _, path, err in items if err is not None]
+    images = torch.stack([x for x, _ in ok]) if ok else None
+    labels = torch.tensor([y for _, y in ok], dtype=torch.long)
+    return images, labels, errors
+
+
+def _mix(*values: int) -> int:
+    """A well-spread 63-bit seed from a few integers (splitmix64), so nearby epochs/indices don't correlate."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 29
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class TrainSampler(Sampler):
+    """Shuffled, sharded training order yielding ``(index, augmentation seed)`` pairs.
+
+    Each epoch's permutation depends on ``(seed, epoch)`` only. It is cut into global batches of
+    ``batch_size * world_size * accumulation`` samples (an incomplete last one is dropped, so every process runs
+    the same number of steps); inside a global batch, micro-batch ``m`` of process ``r`` is chunk
+    ``m * world_size + r``. ``start_step`` skips optimizer steps already done (resume within an epoch).
+    """
+
+    def __init__(
+        self, size: int, batch_size: int, *, rank: int = 0, world_size: int = 1, accumulation: int = 1, seed: int = 0
+    ) -> None:
+        self.size, self.batch_size = size, batch_size
+        self.rank, self.world_size, self.accumulation = rank, world_size, accumulation
+        self.seed, self.epoch, self.start_step = seed, 0, 0
+        self.global_batch = batch_size * world_size * accumulation
+        if size < self.global_batch:
+            raise ResnextError(
+                f"the training set has {size} images, fewer than one global batch of {self.global_batch} "
+                f"(batch size {batch_size} x {world_size} processes x {accumulation} accumulation steps)"
+            )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.size // self.global_batch
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.start_step) * self.accumulation * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        order = torch.randperm(self.size, generator=generator).tolist()
+        b = self.batch_size
+        for step in range(self.start_step, self.steps_per_epoch):
+            for micro in range(self.accumulation):
+                chunk = (step * self.world_size * self.accumulation) + micro * self.world_size + self.rank
+                for index in order[chunk * b:(chunk + 1) * b]:
+                    yield index, _mix(self.seed, self.epoch, index, 1)
+
+
+class ShardSampler(Sampler):
+    """Process ``rank`` takes indices ``rank, rank + world_size, ...``: no padding, no duplicates."""
+
+    def __init__(self, size: int, *, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(rank, size, world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+@dataclass
+class SyntheticData:
+    """A fixed random batch served ``steps`` times (NVIDIA's synthetic backend): measures compute, not I/O."""
+
+    batch_size: int
+    image_size: int
+    num_classes: int
+    steps: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        generator = torch.Generator().manual_seed(self.seed)
+        self.images = torch.randn(self.batch_size, 3, self.image_size, self.image_size, generator=generator)
+        self.labels = torch.randint(0, self.num_classes, (self.batch_size,), generator=generator)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
+        for _ in range(self.steps):
+            yield self.images, self.labels, []
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: the training process handles it (finish the step, checkpoint);
+    # loader workers must not die first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _loader_kwargs(workers: int, pin_memory: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"num_workers": workers, "pin_memory": pin_memory, "collate_fn": collate_skip_errors}
+    if workers > 0:
+        kwargs.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=_ignore_sigint)
+    return kwargs
+
+
+def train_loader(
+    root: str | os.PathLike,
+    *,
+    image_size: int,
+    batch_size: int,
+    workers: int,
+    rank: int = 0,
+    world_size: int = 1,
+    accumulation: int = 1,
+    seed: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Loader over ``root`` with NVIDIA's training augmentation; ``loader.sampler`` is the :class:`TrainSampler`."""
+    dataset = ImageFolder(root, train_preset(image_size))
+    sampler = TrainSampler(
+        len(dataset), batch_size, rank=rank, world_size=world_size, accumulation=accumulation, seed=seed
+    )
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **_loader_kwargs(workers, pin_memory))
+
+
+def eval_loader(
+    root: str | os.PathLike,
+    *,
+    image_size: int,
+    batch_size: int,
+    workers: int,
+    classes: Sequence[str] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Loader over ``root`` with the evaluation preset (:func:`resnext.transforms.eval_preset`), unpadded shards."""
+    dataset = ImageFolder(root, eval_preset(image_size), classes=classes)
+    sampler = ShardSampler(len(dataset), rank=rank, world_size=world_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **_loader_kwargs(workers, pin_memory))
