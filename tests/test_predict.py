@@ -177,6 +177,14 @@ def test_top_k_sorted_and_clipped() -> None:
     assert row[0].probability == pytest.approx(0.6)
 
 
+def test_top_k_from_logits_keeps_order_where_softmax_underflows() -> None:
+    logits = torch.tensor([[200.0, -150.0, -120.0, -130.0]])  # softmax: 1.0 then three exact 0.0 in float32
+    assert (torch.softmax(logits, -1)[0, 1:] == 0).all()
+    (row,) = top_k(logits, 4, ["a", "b", "c", "d"], from_logits=True)
+    assert [p.label for p in row] == ["a", "c", "d", "b"]
+    assert row[0].probability == pytest.approx(1.0) and row[1].probability == 0.0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Predictor and batch classification
 

@@ -124,6 +124,10 @@ def add_benchmark_training_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps per setting (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile settings")
+    p.add_argument(
+        "--precisions", default="fp32,bf16",
+        help="comma-separated precisions to measure; the fp32 NCHW reference row always runs (default: %(default)s)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p.set_defaults(func=run_benchmark_training)
 
@@ -133,7 +137,11 @@ def run_benchmark_training(args: argparse.Namespace) -> int:
 
     from .train import DEFAULT_SETTINGS, benchmark_training, format_speed_table
 
-    settings = tuple(s for s in DEFAULT_SETTINGS if not (args.no_compile and s.compile))
+    precisions = {p.strip() for p in args.precisions.split(",") if p.strip()}
+    reference, *others = DEFAULT_SETTINGS
+    settings = (reference,) + tuple(
+        s for s in others if s.precision in precisions and not (args.no_compile and s.compile)
+    )
     rows = benchmark_training(args.arch, batch_size=args.batch_size, image_size=args.image_size, warmup=args.warmup,
                               steps=args.steps, settings=settings, device=args.device)
     print(f"training speed: {args.arch}, batch {args.batch_size}, {args.image_size} px, synthetic data, "

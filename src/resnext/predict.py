@@ -133,10 +133,17 @@ class Prediction:
     probability: float
 
 
-def top_k(probabilities: Tensor, k: int, categories: Sequence[str]) -> list[list[Prediction]]:
-    """Per sample, the ``k`` most probable classes (``probabilities`` is already softmaxed) with their names."""
-    k = min(k, probabilities.shape[-1])
-    values, indices = probabilities.float().topk(k, dim=-1)
+def top_k(scores: Tensor, k: int, categories: Sequence[str], *, from_logits: bool = False) -> list[list[Prediction]]:
+    """Per sample, the ``k`` highest-scoring classes with their names and probabilities.
+
+    ``scores`` are probabilities, or logits with ``from_logits=True``: ranking logits keeps a correct order among
+    classes whose softmax probabilities underflow to the same 0.0 (a saturated softmax ties them arbitrarily).
+    """
+    k = min(k, scores.shape[-1])
+    scores = scores.float()
+    values, indices = scores.topk(k, dim=-1)
+    if from_logits:
+        values = torch.softmax(scores, dim=-1).gather(-1, indices)
     return [
         [Prediction(int(i), categories[int(i)], float(v)) for v, i in zip(row_v, row_i)]
         for row_v, row_i in zip(values.tolist(), indices.tolist())
@@ -301,7 +308,7 @@ class Predictor:
 
     def classify(self, sources: Sequence[ImageSource], *, topk: int = 5) -> list[list[Prediction]]:
         batch = torch.stack([self.preprocess(s) for s in sources])
-        return top_k(self.predict(batch), topk, self.categories)
+        return top_k(self.backend(batch), topk, self.categories, from_logits=True)
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -372,7 +379,7 @@ def classify_sources(
         for indices, batch, errors in loader:
             outcome: dict[int, ClassifyResult] = {i: ClassifyResult(str(sources[i]), error=e) for i, e in errors}
             if batch is not None:
-                for i, predictions in zip(indices, top_k(predictor.predict(batch), topk, predictor.categories)):
+                for i, predictions in zip(indices, top_k(predictor.backend(batch), topk, predictor.categories, from_logits=True)):
                     outcome[i] = ClassifyResult(str(sources[i]), predictions=predictions)
             for i in sorted(outcome):
                 yield outcome[i]
