@@ -106,3 +106,22 @@ def test_predictor_from_pretrained_runs_exported_model_like_torch(tmp_path, back
     assert [[p.index for p in row] for row in ours] == [[p.index for p in row] for row in theirs]
     assert ours[0][0].label == theirs[0][0].label and isinstance(ours[0][0].label, str)
     assert Path(path).is_file()
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_predictor_preprocesses_at_the_exported_input_size(tmp_path, backend):
+    """A model exported at 64 px gets 64 px crops without being told (a 224 px batch would be refused)."""
+    pytest.importorskip(NEEDS[backend])
+    torch.manual_seed(2)
+    weights = tmp_path / "w.pth"
+    torch.save(load_model("resnext_test", "random").state_dict(), weights)
+    fmt, ext = EXTENSIONS[backend]
+    path = tmp_path / f"m64{ext}"
+    export_model(ExportConfig(fmt, str(path), arch="resnext_test", weights=str(weights), batch_range=(1, 4), image_size=64))
+    exported = Predictor.from_pretrained("resnext_test", backend=backend, model_file=str(path))
+    reference = Predictor.from_pretrained("resnext_test", weights=str(weights), device="cpu", image_size=64)
+    assert exported.transforms.crop_size == reference.transforms.crop_size == 64
+    samples = sample_images()
+    assert [[p.index for p in row] for row in exported.classify(samples, topk=2)] == [
+        [p.index for p in row] for row in reference.classify(samples, topk=2)
+    ]

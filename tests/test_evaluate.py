@@ -85,6 +85,17 @@ def test_evaluate_matches_independent_computation(tiny, tmp_path: Path) -> None:
     assert json.loads(out.read_text())["val.top1"] == result["val.top1"]
 
 
+def test_image_size_defaults_to_the_training_checkpoints(tiny, tmp_path: Path) -> None:
+    val, ckpt, state_dict = tiny
+    trained = tmp_path / "trained.pth"
+    torch.save({**torch.load(ckpt, weights_only=True), "config": {"image_size": 32}}, trained)
+    expected = independent(val, state_dict, crop=32)
+    result = evaluate_folder(val, weights=str(trained), batch_size=4, workers=0, progress=False)
+    assert result["image_size"] == 32
+    assert result["val.top1"] == pytest.approx(expected["top1"])
+    assert evaluate_folder(val, weights=str(ckpt), batch_size=4, workers=0, progress=False)["image_size"] == 224
+
+
 def test_evaluate_cli_prints_and_writes_json(tiny, tmp_path: Path, capsys) -> None:
     val, ckpt, _ = tiny
     out = tmp_path / "e.json"

@@ -51,6 +51,10 @@ def add_classify_parser(sub: argparse._SubParsersAction) -> None:
         help="inference runtime; all but torch run an exported --model-file (default: %(default)s)",
     )
     p.add_argument("--model-file", metavar="PATH", help="exported model for the non-torch backends")
+    p.add_argument(
+        "--image-size", type=int, default=None,
+        help="center-crop size the model was trained at (default: an exported file's input size, else 224)",
+    )
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (for fine-tuned models)")
     p.add_argument(
         "--workers", type=int, default=2, help="background processes decoding images; 0 = none (default: %(default)s)"
@@ -72,7 +76,7 @@ def run_classify(args: argparse.Namespace) -> int:
     categories = read_label_file(args.labels) if args.labels else None
     predictor = Predictor.from_pretrained(
         args.arch, weights=args.weights, backend=args.backend, model_file=args.model_file, device=args.device,
-        precision=args.precision, channels_last=args.channels_last, categories=categories,
+        precision=args.precision, channels_last=args.channels_last, categories=categories, image_size=args.image_size,
     )
     results, failed = [], 0
     for result in classify_sources(
@@ -168,7 +172,10 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", "-b", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="(default: %(default)s)")
     p.add_argument("--channels-last", action="store_true", help="run the model in NHWC memory format")
-    p.add_argument("--image-size", type=int, default=224, help="center crop; resize to size + 32 first (default: %(default)s)")
+    p.add_argument(
+        "--image-size", type=int, default=None,
+        help="center crop; resize to size + 32 first (default: the training checkpoint's size, else 224)",
+    )
     p.add_argument("--workers", "-j", type=int, default=4, help="data loading processes (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--output", "-o", default="evaluation.json", help="JSON results file (default: %(default)s)")

@@ -154,8 +154,9 @@ def evaluate(
 
 def load_for_evaluation(
     arch: str | None, weights: str | None, *, use_ema: bool = False
-) -> tuple[torch.nn.Module, str, list[str] | None]:
-    """Model with the checkpoint's own number of classes, its architecture name and its class names (if stored)."""
+) -> tuple[torch.nn.Module, str, list[str] | None, int | None]:
+    """Model with the checkpoint's own number of classes, its architecture name, and the class names and training
+    image size when the checkpoint stores them (training checkpoints do)."""
     from .models import create_model
     from .weights import WEIGHTS_BY_MODEL, extract_state_dict, load_state_dict_into, read_checkpoint, remap_state_dict
 
@@ -163,7 +164,7 @@ def load_for_evaluation(
         arch = arch or "resnext101_32x4d"
         if arch not in WEIGHTS_BY_MODEL:
             raise ResnextError(f"{arch} has no published weights; pass --weights FILE")
-        return create_model(arch, weights="DEFAULT"), arch, imagenet_wnids()
+        return create_model(arch, weights="DEFAULT"), arch, imagenet_wnids(), None
     checkpoint = read_checkpoint(weights)
     state_dict = remap_state_dict(extract_state_dict(checkpoint, use_ema=use_ema))
     stored = checkpoint if isinstance(checkpoint, dict) else {}
@@ -174,7 +175,9 @@ def load_for_evaluation(
     classes = stored.get("classes")
     if not (isinstance(classes, list) and len(classes) == num_classes and all(isinstance(c, str) for c in classes)):
         classes = None
-    return model, arch, classes
+    config = stored.get("config")
+    image_size = config.get("image_size") if isinstance(config, dict) else None
+    return model, arch, classes, int(image_size) if isinstance(image_size, int) else None
 
 
 def match_classes(root: str | os.PathLike, num_classes: int, classes: list[str] | None) -> list[str]:
@@ -203,18 +206,22 @@ def evaluate_folder(
     batch_size: int = 64,
     precision: str = "fp32",
     channels_last: bool = False,
-    image_size: int = 224,
+    image_size: int | None = None,
     workers: int = 4,
     device: str = "auto",
     output: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate ``weights`` on the ImageFolder tree ``root``; rank 0 writes the results as JSON to ``output``."""
+    """Evaluate ``weights`` on the ImageFolder tree ``root``; rank 0 writes the results as JSON to ``output``.
+
+    ``image_size`` defaults to the size a training checkpoint was trained at, else 224.
+    """
     from .data import eval_loader
     from .predict import TorchBackend
 
     dist_info = init_distributed(device)
-    model, arch, classes = load_for_evaluation(arch, weights, use_ema=use_ema)
+    model, arch, classes, trained_size = load_for_evaluation(arch, weights, use_ema=use_ema)
+    image_size = image_size or trained_size or 224
     classes = match_classes(root, model.num_classes, classes)
     loader = eval_loader(
         root, image_size=image_size, batch_size=batch_size, workers=workers, classes=classes,

@@ -263,40 +263,39 @@ class Predictor:
         channels_last: bool = False,
         num_classes: int | None = None,
         categories: Sequence[str] | None = None,
+        image_size: int | None = None,
         progress: bool = True,
         **options: Any,
     ) -> Predictor:
         """``weights`` is a file, a URL, a weights name, or ``None`` for the published default.
 
         A checkpoint file's classifier size is used as is (a fine-tuned 5-class file gives a 5-class predictor);
-        ``num_classes``, when given, must agree with it: inference never re-initialises a head.
+        ``num_classes``, when given, must agree with it: inference never re-initialises a head. ``image_size`` is
+        the crop the model expects (default: the exported file's input size, else the weights' preset, 224).
         """
         from .models import create_model
-        from .weights import WEIGHTS_BY_MODEL, extract_state_dict, load_state_dict_into, read_checkpoint, remap_state_dict
+        from .weights import WEIGHTS_BY_MODEL
 
-        transforms = None
         model = None
         if backend == "torch":
-            enum = WEIGHTS_BY_MODEL.get(arch)
             if weights is None:
-                if enum is None:
+                if arch not in WEIGHTS_BY_MODEL:
                     raise ResnextError(f"{arch} has no published weights; pass --weights FILE")
                 weights = "DEFAULT"
-            if enum is not None and str(weights) in enum.__members__:
-                model = create_model(arch, weights=weights, num_classes=num_classes, progress=progress)
-            else:
-                state_dict = remap_state_dict(extract_state_dict(read_checkpoint(weights, progress=progress)))
-                head = state_dict.get("fc.weight")
-                if head is not None and num_classes is not None and head.shape[0] != num_classes:
-                    raise ResnextError(f"{weights} has {head.shape[0]} classes, not the {num_classes} requested")
-                model = create_model(arch, num_classes=num_classes or (head.shape[0] if head is not None else None))
-                load_state_dict_into(model, state_dict)
-        if arch in WEIGHTS_BY_MODEL:
-            transforms = WEIGHTS_BY_MODEL[arch].DEFAULT.transforms()
+            model = create_model(arch, weights=weights, progress=progress)
+            if num_classes is not None and model.num_classes != num_classes:
+                raise ResnextError(f"{weights} has {model.num_classes} classes, not the {num_classes} requested")
         engine = create_backend(
             backend, model=model, model_file=model_file, device=device, precision=precision,
             channels_last=channels_last, **options,
         )
+        image_size = image_size or getattr(engine, "image_size", None)
+        if image_size is not None:
+            transforms = eval_preset(image_size)
+        elif arch in WEIGHTS_BY_MODEL:
+            transforms = WEIGHTS_BY_MODEL[arch].DEFAULT.transforms()
+        else:
+            transforms = eval_preset()
         return cls(engine, transforms=transforms, categories=categories)
 
     def preprocess(self, source: ImageSource) -> Tensor:

@@ -786,24 +786,21 @@ def measure_training_speed(
     def criterion(logits: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(logits, target, label_smoothing=0.1)
 
-    def sync() -> None:
+    def run(n: int) -> tuple[Tensor, float]:
+        """``n`` training steps; returns the last loss and the wall time, GPU work included."""
+        t0 = time.perf_counter()
+        loss = torch.zeros(())
+        for _ in range(n):
+            loss = forward_backward(net, images, labels, criterion=criterion, amp_dtype=amp_dtype, scaler=scaler)
+            optimizer_step(optimizer, scaler)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
+        return loss, time.perf_counter() - t0
 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        loss = forward_backward(net, images, labels, criterion=criterion, amp_dtype=amp_dtype, scaler=scaler)
-        optimizer_step(optimizer, scaler)
-    sync()
-    warmup_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = forward_backward(net, images, labels, criterion=criterion, amp_dtype=amp_dtype, scaler=scaler)
-        optimizer_step(optimizer, scaler)
-    sync()
-    elapsed = time.perf_counter() - t0
+    _, warmup_s = run(warmup)
+    loss, elapsed = run(steps)
     result = {
         "setting": setting.name, "precision": setting.precision, "memory_format": setting.memory_format,
         "compile": setting.compile, "batch_size": batch_size, "image_size": image_size, "steps": steps,
