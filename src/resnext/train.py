@@ -620,7 +620,7 @@ def _train(cfg: TrainConfig, di: Distributed, stop: _StopRequest) -> dict[str, A
     summary: dict[str, Any] = {"exit_code": 0, "epochs_done": start_epoch, "best_top1": best_top1, "metrics": {}}
     if di.is_main:
         logger.info(
-            "training %s on %d classes: %d processes x batch %d x %d accumulation = global batch %d, lr %.4g, "
+            "training %s on %d classes: %d process(es) x batch %d x %d accumulation = global batch %d, lr %.4g, "
             "%d steps/epoch, %s, %s", cfg.arch, num_classes, di.world_size, cfg.batch_size, accumulation,
             global_batch, base_lr, steps_per_epoch, cfg.precision, cfg.memory_format,
         )
