@@ -84,3 +84,22 @@ def test_ddp_two_processes_equal_single_process_gradient_accumulation(data: Path
     assert distributed["val.top1"] == pytest.approx(local["val.top1"])
     assert distributed["val.top5"] == pytest.approx(local["val.top5"])
     assert distributed["val.loss"] == pytest.approx(local["val.loss"], rel=1e-4)
+
+
+def test_ddp_survives_a_process_whose_micro_batch_is_all_unreadable(tmp_path: Path) -> None:
+    """Batch 1 per process and one corrupt image: one process has nothing to train on for a step. It must still
+    join the gradient all-reduce (a zero gradient), or the other process waits forever."""
+    root = make_shapes_dataset(tmp_path / "data", num_classes=2, train_per_class=2, val_per_class=1)
+    broken = sorted((root / "train").rglob("*.png"))[0]
+    broken.write_bytes(b"not an image")
+    workspace = tmp_path / "ws"
+    # batch 1 needs 64 px: at 32 px the last stage is 1x1 and BatchNorm cannot train on a single value
+    args = ["--arch", "resnext_test", "--image-size", "64", "--lr", "0.4", "--warmup", "0", "--epochs", "1",
+            "--seed", "3", "-j", "0", "--no-progress", "-b", "1", "--workspace", str(workspace)]
+    proc = torchrun("train", str(root), *args, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert broken.name in proc.stderr
+    epochs = [json.loads(line) for line in (workspace / "log.jsonl").read_text().splitlines()]
+    assert [r["train.skipped_images"] for r in epochs if "train.skipped_images" in r] == [1]
+    state = read_checkpoint(workspace / "last.pth")["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

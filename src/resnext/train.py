@@ -655,20 +655,27 @@ def _train(cfg: TrainConfig, di: Distributed, stop: _StopRequest) -> dict[str, A
                 for error in errors:
                     logger.warning("skipped unreadable training image: %s", error)
                 skipped += len(errors)
-                if images is None:
-                    continue
+                placeholder = images is None
+                if placeholder:
+                    if not di.enabled:
+                        continue
+                    # every DDP process must join every gradient all-reduce, or the others wait forever: stand in
+                    # with two blank images whose loss is scaled by 0 (a zero gradient from this process)
+                    images = torch.zeros(2, 3, cfg.image_size, cfg.image_size)
+                    labels = torch.zeros(2, dtype=torch.long)
                 images = images.to(device, non_blocking=True, memory_format=memory_format)
                 labels = labels.to(device, non_blocking=True)
                 targets: Tensor = labels
-                if cfg.mixup > 0:
+                if cfg.mixup > 0 and not placeholder:
                     soft = F.one_hot(labels, num_classes).float() * (1 - cfg.label_smoothing) + cfg.label_smoothing / num_classes
                     images, targets = mixup(images, soft, cfg.mixup, _mix(cfg.seed, epoch, step, micro, di.rank))
                 sync = train_model.no_sync() if di.enabled and micro < accumulation - 1 else contextlib.nullcontext()
                 with sync:
                     loss = forward_backward(train_model, images, targets, criterion=criterion, amp_dtype=amp_dtype,
-                                            scaler=scaler, scale=1.0 / accumulation)
-                loss_sum += loss.float() * len(labels)
-                images_in_step += len(labels)
+                                            scaler=scaler, scale=0.0 if placeholder else 1.0 / accumulation)
+                if not placeholder:
+                    loss_sum += loss.float() * len(labels)
+                    images_in_step += len(labels)
             optimizer_step(optimizer, scaler)
             if ema is not None:
                 ema.update(model)
