@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .backends import INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, require, require_tensorrt
-from .errors import ResnextError, WeightsError
+from .errors import ResnextError
 from .predict import create_backend, find_images, load_image, sample_images
 from .transforms import eval_preset
 
@@ -201,22 +201,13 @@ def load_model(arch: str, weights: str | None = None) -> torch.nn.Module:
     """The eval-mode model to export. A checkpoint file decides the number of classes (its ``fc``), so
     fine-tuned models export with their own head; one of another architecture fails with one clear line."""
     from .models import create_model, list_models
-    from .weights import WEIGHTS_BY_MODEL, extract_state_dict, load_state_dict_into, read_checkpoint, remap_state_dict
+    from .weights import WEIGHTS_BY_MODEL
 
     if arch not in list_models():
         raise ResnextError(f"unknown architecture {arch!r}; choose one of {', '.join(list_models())}")
     if weights == "random" or (weights is None and arch not in WEIGHTS_BY_MODEL):
         return create_model(arch).eval()
-    if weights is None or (arch in WEIGHTS_BY_MODEL and weights in WEIGHTS_BY_MODEL[arch].__members__):
-        return create_model(arch, weights=weights or "DEFAULT").eval()
-    state_dict = remap_state_dict(extract_state_dict(read_checkpoint(weights)))
-    head = state_dict.get("fc.weight")
-    model = create_model(arch, num_classes=int(head.shape[0]) if head is not None and head.dim() == 2 else None)
-    try:
-        load_state_dict_into(model, state_dict)
-    except WeightsError as exc:
-        raise WeightsError(f"--weights {weights} is not a {arch} checkpoint: {exc}") from None
-    return model.eval()
+    return create_model(arch, weights=weights or "DEFAULT").eval()
 
 
 def _metadata(config: ExportConfig, model: torch.nn.Module, precision: str) -> dict[str, Any]:

@@ -266,13 +266,12 @@ def create_model(
     """
     if name not in _MODEL_REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    from .errors import WeightsError
     from .weights import WEIGHTS_BY_MODEL, extract_state_dict, load_state_dict_into, read_checkpoint, remap_state_dict
 
     enum = WEIGHTS_BY_MODEL.get(name)
     is_file_or_url = isinstance(weights, (str, os.PathLike)) and not (enum and str(weights) in enum.__members__)
     if enum is None and isinstance(weights, str) and weights.split(".")[-1] in ("DEFAULT", "IMAGENET1K_NVIDIA"):
-        from .errors import WeightsError
-
         raise WeightsError(f"{name} has no published weights; pass a checkpoint file or URL instead")
     state_dict = None
     if is_file_or_url:
@@ -285,5 +284,8 @@ def create_model(
     )
     model.arch_name = name
     if state_dict is not None:
-        load_state_dict_into(model, state_dict)
+        try:
+            load_state_dict_into(model, state_dict)
+        except WeightsError as exc:
+            raise WeightsError(f"{weights} is not a {name} checkpoint: {exc}") from None
     return model
