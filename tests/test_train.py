@@ -79,6 +79,16 @@ def test_learns_coloured_shapes_fp32_and_writes_workspace(shapes: Path, tmp_path
     model = create_model("resnext_test", weights=str(tmp_path / "best.pth"), num_classes=4)
     assert model.num_classes == 4
 
+    # TensorBoard scalars mirror the JSON log (tensorboard is in the test extra; the run works without it)
+    pytest.importorskip("tensorboard", reason="tensorboard not installed (extra [tensorboard])")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    top1 = [e.value for e in events.Scalars("val/top1")]
+    assert top1 == pytest.approx([r["val.top1"] for r in val_rec])
+    assert {"train/loss", "train/lr", "val/loss"} <= set(events.Tags()["scalars"])
+
 
 @pytest.mark.slow
 def test_learns_coloured_shapes_bf16(shapes: Path, tmp_path: Path) -> None:
