@@ -278,9 +278,6 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
         add(kinds)
 
 
-BENCHMARK_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [add_benchmark_training_parser]
-
-
 def add_benchmark_inference_parser(kinds: argparse._SubParsersAction) -> None:
     from .bench import SUPPORTED
 
@@ -317,16 +314,18 @@ def run_benchmark_inference(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARK_PARSERS.append(add_benchmark_inference_parser)
+BENCHMARK_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_benchmark_inference_parser, add_benchmark_training_parser,
+]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # dispatcher
 
 PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_classify_parser, add_train_parser, add_evaluate_parser, add_export_weights_parser, add_benchmark_parser,
+    add_classify_parser, add_train_parser, add_evaluate_parser, add_export_weights_parser, add_export_parser,
+    add_benchmark_parser,
 ]
-PARSERS.append(add_export_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,6 +37,11 @@ _NGC = "https://api.ngc.nvidia.com/v2/models/nvidia"
 _SOURCE = "https://github.com/NVIDIA/DeepLearningExamples/tree/master/PyTorch/Classification/ConvNets"
 
 
+def cache_path_for(url: str) -> Path:
+    """``$TORCH_HOME/hub/checkpoints/<file name of the URL>``: where ``torch.hub.load_state_dict_from_url`` keeps it."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
 @dataclass(frozen=True)
 class Weights:
     """One published checkpoint: where it lives, how inputs must be prepared, and what it is."""
@@ -52,8 +57,7 @@ class Weights:
 
     @property
     def cache_path(self) -> Path:
-        """``$TORCH_HOME/hub/checkpoints/<file name>``: where ``torch.hub.load_state_dict_from_url`` keeps it."""
-        return Path(torch.hub.get_dir()) / "checkpoints" / self.file_name
+        return cache_path_for(self.url)
 
     def resolved_url(self) -> str:
         mirror = os.environ.get(MIRROR_ENV)
@@ -173,7 +177,7 @@ def get_weights(model_name: str, weights: str = "DEFAULT") -> WeightsEnum:
 def read_checkpoint(source: str | os.PathLike[str], *, progress: bool = True) -> Any:
     """Load a checkpoint object from a path or URL with ``weights_only=True``; URLs are cached like published weights."""
     if is_url(source):
-        path = Path(torch.hub.get_dir()) / "checkpoints" / str(source).rsplit("/", 1)[-1]
+        path = cache_path_for(str(source))
         if not path.is_file():
             try:
                 download_file(str(source), path, progress=progress)
