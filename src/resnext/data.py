@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import ResnextError
+from .labels import imagenet_wnids
 from .predict import IMAGE_EXTENSIONS, load_image
 from .transforms import eval_preset, train_preset
 
@@ -37,6 +38,7 @@ __all__ = [
     "SyntheticData",
     "collate_skip_errors",
     "find_classes",
+    "match_classes",
     "train_loader",
     "eval_loader",
 ]
@@ -51,6 +53,22 @@ def find_classes(root: str | os.PathLike) -> list[str]:
     if not classes:
         raise ResnextError(f"{root} has no class folders; expected the ImageFolder layout {root}/<class>/<image>")
     return classes
+
+
+def match_classes(root: str | os.PathLike, num_classes: int, classes: list[str] | None) -> list[str]:
+    """Label order for ``root``: the checkpoint's class names, ImageNet wnids (1000-class model, wnid folders),
+    or the sorted folders (torchvision's ImageFolder rule) when their count matches the model's classes."""
+    if classes is not None:
+        return classes
+    folders = find_classes(root)
+    if num_classes == 1000 and set(folders) <= set(imagenet_wnids()):
+        return imagenet_wnids()
+    if len(folders) == num_classes:
+        return folders
+    raise ResnextError(
+        f"{root} has {len(folders)} class folders but the model predicts {num_classes} classes, and the weights "
+        "carry no class names to match them (use a training checkpoint, or ImageNet wnid folder names)"
+    )
 
 
 class ImageFolder(Dataset):

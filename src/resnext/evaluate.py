@@ -157,44 +157,25 @@ def load_for_evaluation(
 ) -> tuple[torch.nn.Module, str, list[str] | None, int | None]:
     """Model with the checkpoint's own number of classes, its architecture name, and the class names and training
     image size when the checkpoint stores them (training checkpoints do)."""
-    from .models import create_model
-    from .weights import WEIGHTS_BY_MODEL, extract_state_dict, load_state_dict_into, read_checkpoint, remap_state_dict
+    from .models import create_model, model_from_state_dict
+    from .weights import WEIGHTS_BY_MODEL, extract_state_dict, read_checkpoint
 
     if weights is None:
         arch = arch or "resnext101_32x4d"
         if arch not in WEIGHTS_BY_MODEL:
             raise ResnextError(f"{arch} has no published weights; pass --weights FILE")
         return create_model(arch, weights="DEFAULT"), arch, imagenet_wnids(), None
-    checkpoint = read_checkpoint(weights)
-    state_dict = remap_state_dict(extract_state_dict(checkpoint, use_ema=use_ema))
+    checkpoint = read_checkpoint(weights)  # read once: the model and the stored metadata both come from it
     stored = checkpoint if isinstance(checkpoint, dict) else {}
     arch = arch or stored.get("arch") or "resnext101_32x4d"
-    num_classes = int(state_dict["fc.weight"].shape[0]) if "fc.weight" in state_dict else 1000
-    model = create_model(arch, num_classes=num_classes)
-    load_state_dict_into(model, state_dict)
+    model = model_from_state_dict(arch, extract_state_dict(checkpoint, use_ema=use_ema), source=str(weights))
+    num_classes = model.num_classes
     classes = stored.get("classes")
     if not (isinstance(classes, list) and len(classes) == num_classes and all(isinstance(c, str) for c in classes)):
         classes = None
     config = stored.get("config")
     image_size = config.get("image_size") if isinstance(config, dict) else None
     return model, arch, classes, int(image_size) if isinstance(image_size, int) else None
-
-
-def match_classes(root: str | os.PathLike, num_classes: int, classes: list[str] | None) -> list[str]:
-    """Label order for ``root``: the checkpoint's class names, ImageNet wnids, or the sorted folders."""
-    from .data import find_classes
-
-    if classes is not None:
-        return classes
-    folders = find_classes(root)
-    if num_classes == 1000 and set(folders) <= set(imagenet_wnids()):
-        return imagenet_wnids()
-    if len(folders) == num_classes:
-        return folders
-    raise ResnextError(
-        f"{root} has {len(folders)} class folders but the model predicts {num_classes} classes, and the weights "
-        "carry no class names to match them (use a training checkpoint, or ImageNet wnid folder names)"
-    )
 
 
 def evaluate_folder(
@@ -216,7 +197,7 @@ def evaluate_folder(
 
     ``image_size`` defaults to the size a training checkpoint was trained at, else 224.
     """
-    from .data import eval_loader
+    from .data import eval_loader, match_classes
     from .predict import TorchBackend
 
     dist_info = init_distributed(device)

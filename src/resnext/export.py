@@ -149,34 +149,28 @@ def preprocess(paths: Sequence[str], image_size: int) -> Tensor:
 
 
 def labelled_images(root: str | Path, num_classes: int) -> tuple[list[str], list[int] | None, str | None]:
-    """Images under ``root`` and, when it is an ImageFolder tree the model's classes fit, their class indices.
-
-    Class index: the position of the folder name in the ImageNet wnid list for 1000-class models with wnid
-    folders, else the position of the folder among the sorted sub-folders (torchvision's ImageFolder rule).
-    """
-    from .labels import imagenet_wnids
+    """Images under ``root`` and, when it is an ImageFolder tree the model's classes fit, their class indices
+    (label order from :func:`resnext.data.match_classes`, the rule evaluation uses)."""
+    from .data import match_classes
 
     root = Path(root)
     if not root.is_dir():
         raise ResnextError(f"image folder not found: {root}")
-    classes = sorted(d for d in root.iterdir() if d.is_dir())
-    if not classes:
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
         paths = find_images([root])
         return paths, None, "the folder has no class sub-folders, so only agreement (not accuracy) is reported"
-    wnids = {w: i for i, w in enumerate(imagenet_wnids())}
-    if num_classes == 1000 and all(d.name in wnids for d in classes):
-        index = {d: wnids[d.name] for d in classes}
-    elif len(classes) == num_classes:
-        index = {d: i for i, d in enumerate(classes)}
-    else:
+    try:
+        index = {name: i for i, name in enumerate(match_classes(root, num_classes, None))}
+    except ResnextError:
         paths = find_images([root])
-        return paths, None, (f"{len(classes)} class folders do not match the model's {num_classes} classes, "
+        return paths, None, (f"{len(folders)} class folders do not match the model's {num_classes} classes, "
                              "so only agreement (not accuracy) is reported")
     paths, labels = [], []
-    for d in classes:
-        found = find_images([d])
+    for name in folders:
+        found = find_images([root / name])
         paths += found
-        labels += [index[d]] * len(found)
+        labels += [index[name]] * len(found)
     return paths, labels, None
 
 

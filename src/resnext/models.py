@@ -29,6 +29,7 @@ __all__ = [
     "se_resnext101_32x4d",
     "resnext_test",
     "create_model",
+    "model_from_state_dict",
     "list_models",
     "register_model",
 ]
@@ -267,25 +268,40 @@ def create_model(
     if name not in _MODEL_REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     from .errors import WeightsError
-    from .weights import WEIGHTS_BY_MODEL, extract_state_dict, load_state_dict_into, read_checkpoint, remap_state_dict
+    from .weights import WEIGHTS_BY_MODEL, extract_state_dict, read_checkpoint
 
     enum = WEIGHTS_BY_MODEL.get(name)
     is_file_or_url = isinstance(weights, (str, os.PathLike)) and not (enum and str(weights) in enum.__members__)
     if enum is None and isinstance(weights, str) and weights.split(".")[-1] in ("DEFAULT", "IMAGENET1K_NVIDIA"):
         raise WeightsError(f"{name} has no published weights; pass a checkpoint file or URL instead")
-    state_dict = None
     if is_file_or_url:
-        state_dict = remap_state_dict(extract_state_dict(read_checkpoint(weights, progress=progress)))
-        head = state_dict.get("fc.weight")
-        if num_classes is None and head is not None and head.dim() == 2:
-            num_classes = head.shape[0]  # a fine-tuned file keeps its own head unless told otherwise
-    model = _MODEL_REGISTRY[name](
-        weights=None if is_file_or_url else weights, num_classes=num_classes, progress=progress, **kwargs
-    )
+        state_dict = extract_state_dict(read_checkpoint(weights, progress=progress))
+        return model_from_state_dict(name, state_dict, num_classes=num_classes, source=str(weights), **kwargs)
+    model = _MODEL_REGISTRY[name](weights=weights, num_classes=num_classes, progress=progress, **kwargs)
     model.arch_name = name
-    if state_dict is not None:
-        try:
-            load_state_dict_into(model, state_dict)
-        except WeightsError as exc:
-            raise WeightsError(f"{weights} is not a {name} checkpoint: {exc}") from None
+    return model
+
+
+def model_from_state_dict(
+    name: str, state_dict: dict[str, Tensor], *, num_classes: int | None = None, source: str = "checkpoint",
+    **kwargs: Any,
+) -> ResNet:
+    """Build ``name`` and load ``state_dict`` (any known key layout) into it.
+
+    The head takes the checkpoint's size unless ``num_classes`` says otherwise (then it is re-initialised), so a
+    fine-tuned file keeps its own classes. A checkpoint of another architecture is a one-line ``WeightsError``.
+    """
+    from .errors import WeightsError
+    from .weights import load_state_dict_into, remap_state_dict
+
+    state_dict = remap_state_dict(state_dict)
+    head = state_dict.get("fc.weight")
+    if num_classes is None and head is not None and head.dim() == 2:
+        num_classes = head.shape[0]
+    model = _MODEL_REGISTRY[name](weights=None, num_classes=num_classes, **kwargs)
+    model.arch_name = name
+    try:
+        load_state_dict_into(model, state_dict)
+    except WeightsError as exc:
+        raise WeightsError(f"{source} is not a {name} checkpoint: {exc}") from None
     return model
