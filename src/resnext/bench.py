@@ -246,35 +246,20 @@ def make_runner(
         image_size=config.image_size, calibration_dir=config.calibration_dir, threads=config.threads,
     )
     metadata = export._metadata(settings, model, precision)
-    fp32_meta = {**metadata, "precision": "fp32"}
-    if backend in ("onnxruntime", "openvino", "tensorrt"):
-        if "onnx" not in cache:
-            cache["onnx"] = workdir / "model.onnx"
-            export.write_onnx(model, cache["onnx"], settings, fp32_meta)
-        source = cache["onnx"]
-        if precision == "int8":
-            if "onnx-int8" not in cache:
-                images = export.preprocess(
-                    export.find_images([config.calibration_dir]) if config.calibration_dir else export.sample_images(),
-                    config.image_size,
-                )
-                cache["onnx-int8"] = workdir / "model-int8.onnx"
-                export.quantize_onnx(source, cache["onnx-int8"], images, metadata)
-            source = cache["onnx-int8"]
-        if backend == "onnxruntime":
-            path = source
-        elif backend == "openvino":
-            path = workdir / f"model-{precision}.xml"
-            export.write_openvino(source, path, metadata)
-        else:
-            path = workdir / f"model-{precision}.engine"
-            export.write_tensorrt(cache["onnx"], path, settings, precision, metadata)
-    elif backend == "torchscript":
-        path = workdir / "model.ts"
-        export.write_torchscript(model, path, settings, metadata)
-    else:
-        path = workdir / "model.pt2"
-        export.write_program(model, path, settings, metadata)
+    calibration = None
+    if precision == "int8" and "onnx-int8" not in cache:
+        calibration = export.preprocess(
+            export.find_images([config.calibration_dir]) if config.calibration_dir else export.sample_images(),
+            config.image_size,
+        )
+    file_name = {
+        "onnxruntime": f"model{'-int8' if precision == 'int8' else ''}.onnx",  # = the shared ONNX intermediates
+        "openvino": f"model-{precision}.xml", "tensorrt": f"model-{precision}.engine",
+        "torchscript": "model.ts", "torch-export": "model.pt2",
+    }[backend]
+    path = workdir / file_name
+    export.write_model(model, settings, precision, path, metadata, workdir=workdir, calibration=calibration,
+                       cache=cache)
     runtime = create_backend(backend, model_file=str(path), precision=precision, threads=config.threads)
     parity, _ = export.check_parity(model, runtime, settings, precision, export.sample_images())
     logger.info("%s %s parity: %s", backend, precision, parity[-1].line())

@@ -397,6 +397,53 @@ def accuracy(logits: Tensor, labels: Sequence[int]) -> float:
     return float((logits.argmax(-1) == torch.as_tensor(labels)).float().mean())
 
 
+def write_model(
+    model: torch.nn.Module, config: ExportConfig, precision: str, path: Path, metadata: dict[str, Any], *,
+    workdir: Path, calibration: Tensor | None = None, cache: dict[str, Path] | None = None,
+) -> list[Path]:
+    """Write ``model`` as ``config.format`` at ``precision`` to ``path``; returns the files written there.
+
+    int8 ONNX, OpenVINO and TensorRT are built from an fp32 (and for int8 a quantized) ONNX intermediate in
+    ``workdir``. ``cache`` lets several calls share those intermediates (the benchmark writes each once);
+    asking for an intermediate's own path returns it without writing again.
+    """
+    cache = {} if cache is None else cache
+    fp32_meta = {**metadata, "precision": "fp32"}
+
+    def onnx_fp32() -> Path:
+        if "onnx" not in cache:
+            cache["onnx"] = workdir / "model.onnx"
+            write_onnx(model, cache["onnx"], config, fp32_meta)
+        return cache["onnx"]
+
+    def quantized(target: Path) -> list[Path]:
+        if calibration is None:
+            raise ResnextError("--precision int8 needs --calibration-dir DIR (a folder of representative images)")
+        cache.setdefault("onnx-int8", target)
+        return quantize_onnx(onnx_fp32(), target, calibration, metadata)
+
+    def onnx_int8() -> Path:
+        if "onnx-int8" not in cache:
+            quantized(workdir / "model-int8.onnx")
+        return cache["onnx-int8"]
+
+    if config.format == "onnx":
+        if path in (cache.get("onnx"), cache.get("onnx-int8")):
+            return [path]
+        if precision == "int8":
+            return quantized(path)
+        files = write_onnx(model, path, config, fp32_meta)
+        cache.setdefault("onnx", path)
+        return files
+    if config.format == "openvino":
+        return write_openvino(onnx_int8() if precision == "int8" else onnx_fp32(), path, metadata)
+    if config.format == "tensorrt":
+        return write_tensorrt(onnx_fp32(), path, config, precision, metadata)
+    if config.format == "export":
+        return write_program(model, path, config, metadata)
+    return write_torchscript(model, path, config, metadata)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Entry point
 
@@ -444,23 +491,10 @@ def export_model(config: ExportConfig, model: torch.nn.Module | None = None) -> 
     stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=".resnext-export-"))
     try:
         path = stage / final.name
-        onnx_fp32 = stage / "intermediate" / "model.onnx"
-        if config.format in ("onnx", "openvino", "tensorrt"):
-            target = path if config.format == "onnx" and precision == "fp32" else onnx_fp32
-            files = write_onnx(model, target, config, {**metadata, "precision": "fp32"})
-            if precision == "int8":
-                target = path if config.format == "onnx" else stage / "intermediate" / "model-int8.onnx"
-                assert calibration is not None
-                files = quantize_onnx(onnx_fp32, target, calibration, metadata)
-                notes.append(f"int8 calibrated on {calibration.shape[0]} images from {config.calibration_dir}")
-            if config.format == "openvino":
-                files = write_openvino(target, path, metadata)
-            elif config.format == "tensorrt":
-                files = write_tensorrt(onnx_fp32, path, config, precision, metadata)
-        elif config.format == "export":
-            files = write_program(model, path, config, metadata)
-        else:
-            files = write_torchscript(model, path, config, metadata)
+        files = write_model(model, config, precision, path, metadata, workdir=stage / "intermediate",
+                            calibration=calibration)
+        if precision == "int8":
+            notes.append(f"int8 calibrated on {calibration.shape[0]} images from {config.calibration_dir}")
         if config.format == "onnx" and precision == "fp32":
             notes.append("weights stored " + ("as external data in " + files[-1].name if len(files) > 1 else "inline"))
 
