@@ -3,7 +3,7 @@
     model = torch.hub.load(REPO, "nvidia_resneXt", source="local")            # or a GitHub "owner/repo"
     utils = torch.hub.load(REPO, "nvidia_convnets_processing_utils", source="local")
 
-A thin shim over ``resnext.models``, ``resnext.weights`` and ``resnext.predict``.
+A thin shim over ``resnext.sources`` (one model source) and ``resnext.hub`` (processing utils).
 """
 
 import os
@@ -15,15 +15,17 @@ _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
 if os.path.isdir(_SRC) and _SRC not in sys.path:
     sys.path.insert(0, _SRC)
 
-from resnext.models import create_model  # noqa: E402
-from resnext.predict import ProcessingUtils  # noqa: E402
+from resnext.hub import ProcessingUtils  # noqa: E402
+from resnext.sources import load_source  # noqa: E402
 
 
 def _hub_model(arch, pretrained, pretrained_from_file, **kwargs):
     # A local file wins over the download, whatever ``pretrained`` says (NVIDIA's entry points behave alike).
     # Models come back in eval mode, ready for the published inference snippet; call .train() to fine-tune.
     weights = pretrained_from_file or ("DEFAULT" if pretrained else None)
-    return create_model(arch, weights=weights, **kwargs).eval()
+    if kwargs.keys() - {"num_classes", "progress"}:
+        raise TypeError(f"unexpected arguments {sorted(kwargs.keys() - {'num_classes', 'progress'})}")
+    return load_source(weights, arch=arch, **kwargs).model.eval()
 
 
 def nvidia_resnext101_32x4d(pretrained=True, pretrained_from_file=None, **kwargs):

@@ -114,7 +114,7 @@ def check_inference(cpu_smoke: bool = False) -> bool | None:
     from resnext.bench import set_bn_statistics
     from resnext.export import ExportConfig, preprocess, write_onnx, write_tensorrt, _metadata
     from resnext.models import create_model
-    from resnext.predict import sample_images
+    from resnext.images import sample_images
 
     print("== inference ==", flush=True)
     if not cpu_smoke and not torch.cuda.is_available():

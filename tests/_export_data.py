@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from resnext.models import create_model
-from resnext.predict import find_images, load_image
+from resnext.images import find_images, load_image
 from resnext.transforms import eval_preset
 
 CLASSES = ("blue", "green", "grey", "red")  # sorted: ImageFolder indices 0..3

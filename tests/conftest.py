@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnext.predict import sample_images
+from resnext.images import sample_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # hubconf.py lives at the repository root

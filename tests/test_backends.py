@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from resnext.errors import ResnextError
-from resnext.export import ExportConfig, export_model, load_model
-from resnext.predict import BACKENDS, Predictor, create_backend, sample_images
+from resnext.export import ExportConfig, export_model
+from resnext.models import create_model
+from resnext.images import sample_images
+from resnext.predict import Predictor
+from resnext.runtimes import RUNTIMES, create_backend
 
 SIZE = 32
 EXTENSIONS = {"onnxruntime": ("onnx", ".onnx"), "openvino": ("openvino", ".xml"), "torch-export": ("export", ".pt2"),
@@ -21,7 +24,7 @@ NEEDS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """resnext_test (random weights) exported at 32 px with a batch range of 1..4 in every CPU format."""
     torch.manual_seed(0)
-    model = load_model("resnext_test", "random")
+    model = create_model("resnext_test").eval()
     root = tmp_path_factory.mktemp("backends")
     files = {}
     for backend, (fmt, ext) in EXTENSIONS.items():
@@ -33,11 +36,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"model": model, "files": files, "root": root}
 
 
-def test_backends_are_registered_on_demand():
-    create_backend  # noqa: B018 - create_backend imports resnext.backends lazily
-    import resnext.backends  # noqa: F401
-
-    assert {"onnxruntime", "openvino", "tensorrt", "torchscript", "torch-export"} <= set(BACKENDS)
+def test_every_runtime_in_the_registry_names_a_loadable_backend_class():
+    assert {"torch", "onnxruntime", "openvino", "tensorrt", "torchscript", "torch-export"} == set(RUNTIMES)
+    for runtime in RUNTIMES.values():
+        assert callable(runtime.backend_class())
 
 
 @pytest.mark.parametrize("backend", list(EXTENSIONS))
@@ -90,7 +92,7 @@ def test_predictor_from_pretrained_runs_exported_model_like_torch(tmp_path, back
     """The classify path: same preprocessing and labels as the torch backend, same answers."""
     pytest.importorskip(NEEDS[backend])
     torch.manual_seed(1)
-    model = load_model("resnext_test", "random")
+    model = create_model("resnext_test").eval()
     weights = tmp_path / "w.pth"
     torch.save(model.state_dict(), weights)
     fmt, ext = EXTENSIONS[backend]
@@ -114,7 +116,7 @@ def test_predictor_preprocesses_at_the_exported_input_size(tmp_path, backend):
     pytest.importorskip(NEEDS[backend])
     torch.manual_seed(2)
     weights = tmp_path / "w.pth"
-    torch.save(load_model("resnext_test", "random").state_dict(), weights)
+    torch.save(create_model("resnext_test").eval().state_dict(), weights)
     fmt, ext = EXTENSIONS[backend]
     path = tmp_path / f"m64{ext}"
     export_model(ExportConfig(fmt, str(path), arch="resnext_test", weights=str(weights), batch_range=(1, 4), image_size=64))

@@ -17,19 +17,11 @@ from PIL import Image
 from resnext import create_model
 from resnext.errors import ImageError, ResnextError
 from resnext.labels import imagenet_categories, imagenet_wnids
-from resnext.predict import (
-    ClassifyResult,
-    ImageDataset,
-    Predictor,
-    ProcessingUtils,
-    TorchBackend,
-    classify_sources,
-    collate_images,
-    find_images,
-    load_image,
-    resolve_device,
-    top_k,
-)
+from resnext.hub import ProcessingUtils
+from resnext.images import ImageDataset, collate_images, find_images, load_image
+from resnext.predict import ClassifyResult, Predictor, classify_sources, top_k
+from resnext.runtimes import TorchBackend
+from resnext.util import resolve_device
 from resnext.transforms import eval_preset
 
 

@@ -1,10 +1,8 @@
 """Runtimes for exported models: ONNX Runtime, OpenVINO, TensorRT, TorchScript and torch.export programs.
 
 Each backend loads a file written by :mod:`resnext.export` and maps a normalised float batch ``[N, 3, S, S]``
-to float32 CPU logits ``[N, C]``, exactly like :class:`resnext.predict.TorchBackend`. Importing this module
-registers them in :data:`resnext.predict.BACKENDS`, so ``Predictor.from_pretrained(arch, backend="onnxruntime",
-model_file="model.onnx")`` and ``resnext classify --backend ... --model-file ...`` use them with the package's one
-preprocessing path. The runtimes themselves are optional dependencies, imported only when a backend is built.
+to float32 CPU logits ``[N, C]``, exactly like :class:`resnext.runtimes.TorchBackend`. :data:`resnext.runtimes.RUNTIMES` names each class;
+nothing is registered by importing this module. The runtimes themselves are optional dependencies, imported only when a backend is built.
 
 Every backend checks the input shape before running, so a batch of the wrong image size gives one clear sentence
 instead of a runtime's internal message.
@@ -23,27 +21,9 @@ import torch
 from torch import Tensor
 
 from .errors import ResnextError
-from .predict import BACKENDS
+from .runtimes import INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, require
 
 logger = logging.getLogger(__name__)
-
-#: Key under which :mod:`resnext.export` stores its JSON metadata (ONNX metadata_props, OpenVINO rt_info,
-#: the extra file of TorchScript / torch.export archives, the sidecar ``<engine>.json`` of a TensorRT engine).
-METADATA_KEY = "resnext"
-METADATA_FILE = "resnext.json"
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-
-
-def require(module: str, extra: str) -> Any:
-    """Import an optional dependency, or fail with the pip command that installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ResnextError(f"this needs the {module} package: pip install 'resnext[{extra}]'") from None
-
 
 def _existing(model_file: str | os.PathLike) -> Path:
     path = Path(model_file)
@@ -327,13 +307,3 @@ class TensorRTBackend(ExportedBackend):
         stream.synchronize()
         return out[:n].cpu()
 
-
-BACKENDS.update(
-    {
-        "onnxruntime": OnnxRuntimeBackend,
-        "openvino": OpenVinoBackend,
-        "tensorrt": TensorRTBackend,
-        "torchscript": TorchScriptBackend,
-        "torch-export": TorchExportBackend,
-    }
-)

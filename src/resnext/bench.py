@@ -224,7 +224,8 @@ def make_runner(
 ) -> Callable[[Tensor], Tensor]:
     """A callable batch -> logits for (backend, precision); exported files are written once and parity-checked."""
     from . import export
-    from .predict import TorchBackend, create_backend
+    from .runtimes import TorchBackend, create_backend
+    from .sources import source_from_model
 
     if backend == "torch":
         return TorchBackend(model, device="cpu", precision=precision)
@@ -245,7 +246,7 @@ def make_runner(
         output="", arch=config.arch, weights=config.weights, batch_range=(low, high), precision=precision,
         image_size=config.image_size, calibration_dir=config.calibration_dir, threads=config.threads,
     )
-    metadata = export._metadata(settings, model, precision)
+    metadata = export._metadata(settings, source_from_model(model, arch=config.arch, image_size=config.image_size), precision)
     calibration = None
     if precision == "int8" and "onnx-int8" not in cache:
         calibration = export.preprocess(
@@ -275,7 +276,8 @@ def parse_list(text: str, kind: type = str) -> list[Any]:
 
 def run_inference_benchmark(config: BenchConfig, model: torch.nn.Module | None = None) -> BenchResult:
     """Measure every supported (backend, precision) at every batch size, reference rows included."""
-    from .export import load_model, preprocess, sample_images
+    from .export import preprocess, sample_images
+    from .sources import load_source
 
     unknown = [b for b in config.backends if b not in SUPPORTED]
     if unknown:
@@ -289,7 +291,7 @@ def run_inference_benchmark(config: BenchConfig, model: torch.nn.Module | None =
     with torch_threads(config.threads):
         images = preprocess(sample_images(), config.image_size)
         if model is None:
-            model = load_model(config.arch, config.weights or "random")
+            model = load_source(config.weights, arch=config.arch).model
             if config.weights in (None, "random"):
                 set_bn_statistics(model, images)
         model = model.eval()

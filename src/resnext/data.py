@@ -1,7 +1,7 @@
 """Datasets, samplers and loaders for training and evaluation.
 
 * :class:`ImageFolder` reads ``<root>/<class>/*`` (labels = sorted folder names) through the same decoder as
-  inference (:func:`resnext.predict.load_image`); a file that cannot be decoded is returned as an error, logged
+  inference (:func:`resnext.images.load_image`); a file that cannot be decoded is returned as an error, logged
   with its path by the training loop and skipped, never a crash.
 * :class:`TrainSampler` makes the data order and each sample's augmentation a pure function of
   ``(seed, epoch, index)``: a resumed run sees exactly the batches an uninterrupted run would, and
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import ResnextError
 from .labels import imagenet_wnids
-from .predict import IMAGE_EXTENSIONS, load_image
+from .images import IMAGE_EXTENSIONS, load_image
 from .transforms import eval_preset, train_preset
 
 logger = logging.getLogger("resnext")

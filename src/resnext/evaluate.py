@@ -3,7 +3,7 @@
     resnext evaluate /data/imagenet/val --arch resnext101_32x4d --weights model.pth --precision bf16
     torchrun --nproc_per_node 8 -m resnext.cli evaluate /data/imagenet/val --weights model.pth
 
-Images go through the one inference path (:func:`resnext.predict.load_image`, the eval preset of
+Images go through the one inference path (:func:`resnext.images.load_image`, the eval preset of
 :mod:`resnext.transforms`, a :class:`resnext.predict.TorchBackend`). Each process
 evaluates an unpadded shard; the per-process sums (correct, loss, count) are added with ``all_reduce``.
 """
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .errors import ResnextError
 from .labels import imagenet_wnids
-from .predict import resolve_device
+from .util import resolve_device
 
 logger = logging.getLogger("resnext")
 
@@ -198,7 +198,7 @@ def evaluate_folder(
     ``image_size`` defaults to the size a training checkpoint was trained at, else 224.
     """
     from .data import eval_loader, match_classes
-    from .predict import TorchBackend
+    from .runtimes import TorchBackend
 
     dist_info = init_distributed(device)
     model, arch, classes, trained_size = load_for_evaluation(arch, weights, use_ema=use_ema)

@@ -45,24 +45,17 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from .backends import INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, require, require_tensorrt
+from .backends import require_tensorrt
+from .runtimes import EXPORT_FORMATS, INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, create_backend, require
 from .errors import ResnextError
-from .predict import create_backend, find_images, load_image, sample_images
+from .images import find_images, load_image, sample_images
+from .sources import ModelSource, load_source, source_from_model
 from .transforms import eval_preset
 
 logger = logging.getLogger(__name__)
 
-#: format -> supported precisions; the first one is the default.
-FORMATS: dict[str, tuple[str, ...]] = {
-    "onnx": ("fp32", "int8"),
-    "openvino": ("fp32", "bf16", "int8"),
-    "export": ("fp32",),
-    "torchscript": ("fp32",),
-    "tensorrt": ("fp16", "fp32"),
-}
-#: format -> backend name in :data:`resnext.predict.BACKENDS` that runs it.
-RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "export": "torch-export", "torchscript": "torchscript",
-           "tensorrt": "tensorrt"}
+#: format -> supported precisions (the first is the default), derived from the runtime registry.
+FORMATS: dict[str, tuple[str, ...]] = {name: r.precisions for name, r in EXPORT_FORMATS.items()}
 ONNX_OPSET = 18
 INLINE_LIMIT_BYTES = int(1.8 * 2**30)
 
@@ -71,13 +64,13 @@ INLINE_LIMIT_BYTES = int(1.8 * 2**30)
 class ExportConfig:
     format: str
     output: str
-    arch: str = "resnext101_32x4d"
-    weights: str | None = None  # file / URL / weights name; None = published weights (random for resnext_test)
+    arch: str | None = None  # default: the checkpoint's own architecture, else resnext101_32x4d
+    weights: Any = "DEFAULT"  # a model source (see resnext.sources): weights name, file, URL, or "random"/None
     batch_range: tuple[int, int] = (1, 256)
     precision: str | None = None  # None = the format's default (FORMATS[format][0])
     calibration_dir: str | None = None
     eval_dir: str | None = None  # images for the int8/bf16 agreement report; default: the calibration folder
-    image_size: int = 224
+    image_size: int | None = None  # default: the checkpoint's training size, else 224
     calibration_count: int = 256  # at most this many calibration images are used
     tolerance: float = 1e-4  # fp32 parity: max abs diff <= tolerance * max(1, max |logit|)
     min_agreement: float | None = None  # reduced precision: fail below this top-1 agreement with fp32
@@ -191,27 +184,13 @@ def _batches(x: Tensor, size: int) -> Iterator[Tensor]:
 # Model
 
 
-def load_model(arch: str, weights: str | None = None) -> torch.nn.Module:
-    """The eval-mode model to export. A checkpoint file decides the number of classes (its ``fc``), so
-    fine-tuned models export with their own head; one of another architecture fails with one clear line."""
-    from .models import create_model, list_models
-    from .weights import WEIGHTS_BY_MODEL
-
-    if arch not in list_models():
-        raise ResnextError(f"unknown architecture {arch!r}; choose one of {', '.join(list_models())}")
-    if weights == "random" or (weights is None and arch not in WEIGHTS_BY_MODEL):
-        return create_model(arch).eval()
-    return create_model(arch, weights=weights or "DEFAULT").eval()
-
-
-def _metadata(config: ExportConfig, model: torch.nn.Module, precision: str) -> dict[str, Any]:
+def _metadata(config: ExportConfig, source: ModelSource, precision: str) -> dict[str, Any]:
+    """What every exported file carries, so it runs with its own class names and input size (no checkpoint)."""
     return {
-        "arch": config.arch,
-        "weights": config.weights or "default",
+        **source.describe(),
         "format": config.format,
         "precision": precision,
         "image_size": config.image_size,
-        "num_classes": int(getattr(model, "num_classes", 1000)),
         "batch_range": list(config.batch_range),
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
@@ -448,8 +427,9 @@ def write_model(
 # Entry point
 
 
-def export_model(config: ExportConfig, model: torch.nn.Module | None = None) -> ExportResult:
-    """Write ``config.output`` in ``config.format``, reload it and check it against ``model`` (PyTorch fp32)."""
+def export_model(config: ExportConfig, model: ModelSource | torch.nn.Module | None = None) -> ExportResult:
+    """Write ``config.output`` in ``config.format``, reload it and check it against the PyTorch fp32 model
+    (``model``, else the source ``config.weights`` resolves to)."""
     if config.format not in FORMATS:
         raise ResnextError(f"unknown export format {config.format!r}; choose one of {', '.join(FORMATS)}")
     precision = config.precision or FORMATS[config.format][0]
@@ -461,13 +441,22 @@ def export_model(config: ExportConfig, model: torch.nn.Module | None = None) -> 
         require_tensorrt()  # fail in one line before any work on machines without a GPU
     if precision == "int8" and not config.calibration_dir:
         raise ResnextError("--precision int8 needs --calibration-dir DIR (a folder of representative images)")
-    if config.image_size < 32:
+    if config.format in ("onnx", "openvino", "tensorrt") and config.opset < 17:
+        raise ResnextError(f"ONNX opset {config.opset} is too old: use 17 or newer")
+    if config.image_size is not None and config.image_size < 32:
         raise ResnextError(f"--image-size must be at least 32, got {config.image_size}")
     path = Path(config.output)
     if model is None:
-        model = load_model(config.arch, config.weights)
-    model = model.eval().float()
-    metadata = _metadata(config, model, precision)
+        source = load_source(config.weights, arch=config.arch)
+    elif isinstance(model, ModelSource):
+        source = model
+    else:
+        source = source_from_model(model, arch=config.arch, image_size=config.image_size or 224)
+    config.arch = source.arch
+    config.image_size = config.image_size or source.image_size
+    assert source.model is not None
+    model = source.model.eval().float()
+    metadata = _metadata(config, source, precision)
     num_classes = metadata["num_classes"]
 
     # Inputs for calibration and for the agreement report, loaded before writing anything.
@@ -498,7 +487,7 @@ def export_model(config: ExportConfig, model: torch.nn.Module | None = None) -> 
         if config.format == "onnx" and precision == "fp32":
             notes.append("weights stored " + ("as external data in " + files[-1].name if len(files) > 1 else "inline"))
 
-        runtime = create_backend(RUNTIME[config.format], model_file=str(path), precision=precision,
+        runtime = create_backend(EXPORT_FORMATS[config.format].name, model_file=str(path), precision=precision,
                                  threads=config.threads)
         parity, acc = check_parity(model, runtime, config, precision, eval_paths, eval_labels)
         for f in files:

@@ -254,31 +254,30 @@ def list_models() -> list[str]:
 def create_model(
     name: str,
     *,
-    weights: Weights | str | None = None,
+    weights: Weights | str | os.PathLike[str] | None = None,
     num_classes: int | None = None,
     progress: bool = True,
     **kwargs: Any,
 ) -> ResNet:
-    """Build a registered architecture by name, optionally with weights.
+    """Build a registered architecture by name (timm style); ``weights=None`` gives random weights.
 
-    ``weights`` may be a :class:`~resnext.weights.Weights` member, its name (``"IMAGENET1K_NVIDIA"``,
-    ``"DEFAULT"``), a local file path or an http(s) URL. With ``num_classes`` different from the checkpoint's,
-    every layer but ``fc`` is loaded and the head is re-initialised (fine-tuning).
+    Any other ``weights`` is a model source resolved by :func:`resnext.sources.load_source`: a
+    :class:`~resnext.weights.Weights` member or its name (``"DEFAULT"``), a checkpoint file or an http(s) URL.
+    With ``num_classes`` different from the checkpoint's, every layer but ``fc`` is loaded and the head is
+    re-initialised (fine-tuning).
     """
     if name not in _MODEL_REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    from .errors import WeightsError
-    from .weights import WEIGHTS_BY_MODEL, extract_state_dict, read_checkpoint
+    if weights is None:
+        model = _MODEL_REGISTRY[name](weights=None, num_classes=num_classes, progress=progress, **kwargs)
+        model.arch_name = name
+        return model
+    if kwargs:
+        raise ValueError(f"model options {sorted(kwargs)} cannot be combined with pretrained weights")
+    from .sources import load_source
 
-    enum = WEIGHTS_BY_MODEL.get(name)
-    is_file_or_url = isinstance(weights, (str, os.PathLike)) and not (enum and str(weights) in enum.__members__)
-    if enum is None and isinstance(weights, str) and weights.split(".")[-1] in ("DEFAULT", "IMAGENET1K_NVIDIA"):
-        raise WeightsError(f"{name} has no published weights; pass a checkpoint file or URL instead")
-    if is_file_or_url:
-        state_dict = extract_state_dict(read_checkpoint(weights, progress=progress))
-        return model_from_state_dict(name, state_dict, num_classes=num_classes, source=str(weights), **kwargs)
-    model = _MODEL_REGISTRY[name](weights=weights, num_classes=num_classes, progress=progress, **kwargs)
-    model.arch_name = name
+    model = load_source(weights, arch=name, num_classes=num_classes, progress=progress).model
+    assert isinstance(model, ResNet)
     return model
 
 

@@ -43,7 +43,7 @@ from .data import SyntheticData, _mix, eval_loader, find_classes, train_loader
 from .errors import ResnextError
 from .evaluate import Distributed, evaluate, init_distributed
 from .models import create_model, list_models
-from .predict import TorchBackend
+from .runtimes import TorchBackend
 from .weights import WEIGHTS_BY_MODEL, extract_state_dict, read_checkpoint, remap_state_dict
 
 logger = logging.getLogger("resnext")

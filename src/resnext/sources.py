@@ -1,0 +1,199 @@
+"""Resolve any model source, once, into a model with its architecture, class names and input size.
+
+A *source* is one of:
+
+* published weights: a :class:`~resnext.weights.WeightsEnum` member, its name (``"IMAGENET1K_NVIDIA"``) or
+  ``"DEFAULT"`` (the architecture's default published weights; the default of every entry point);
+* a checkpoint file or an http(s) URL: a flat state_dict, NVIDIA's layouts, or a ``resnext train`` checkpoint;
+* ``None`` or ``"random"``: random initialisation (torchvision's meaning of ``weights=None``).
+
+``None`` means random weights everywhere in the package (as in torchvision); the published weights are asked
+for by name, ``"DEFAULT"``, which is the default of the CLI, :class:`~resnext.predict.Predictor`, evaluation,
+export and the hub entry points with ``pretrained=True``.
+
+Training checkpoints and files written by ``resnext export-weights`` carry their architecture, class names and
+image size (:func:`checkpoint_metadata`), so a fine-tuned model classifies with its own names at its own size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .errors import WeightsError
+from .labels import imagenet_categories, imagenet_wnids
+from .transforms import EvalPreset, eval_preset
+
+DEFAULT_ARCH = "resnext101_32x4d"
+RANDOM = "random"
+
+WeightsSource = Any  # WeightsEnum member | str (name, "DEFAULT", path, URL, "random") | os.PathLike | None
+
+
+@dataclass
+class ModelSource:
+    """A resolved source: the eval-mode torch model (``None`` for exported files) and what it needs to run."""
+
+    arch: str
+    model: nn.Module | None
+    num_classes: int
+    categories: list[str]  # display names, one per output index
+    image_size: int
+    weights: str  # where the weights came from: a weights name, path, URL or "random"
+    classes: list[str] | None = None  # folder names / ImageNet wnids the model was trained with, for label matching
+    transforms: EvalPreset = field(default=None)  # type: ignore[assignment]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.transforms is None:
+            self.transforms = eval_preset(self.image_size)
+
+    def describe(self) -> dict[str, Any]:
+        """What exported files and servers carry along so the model can be used without its checkpoint."""
+        return {"arch": self.arch, "num_classes": self.num_classes, "image_size": self.image_size,
+                "categories": self.categories, "classes": self.classes, "weights": self.weights}
+
+
+def display_names(num_classes: int, classes: list[str] | None = None) -> list[str]:
+    """Human-readable names for ``num_classes`` outputs: ImageNet names for ImageNet wnids or a 1000-class head,
+    else the stored class (folder) names, else ``class_<i>``."""
+    if classes is not None and len(classes) == num_classes:
+        return imagenet_categories() if list(classes) == imagenet_wnids() else list(classes)
+    if num_classes == 1000:
+        return imagenet_categories()
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def checkpoint_metadata(checkpoint: Any) -> dict[str, Any]:
+    """``arch``, ``classes`` and ``image_size`` stored in a training / export-weights checkpoint (absent keys
+    are left out; values of the wrong type are ignored)."""
+    if not isinstance(checkpoint, Mapping):
+        return {}
+    found: dict[str, Any] = {}
+    arch = checkpoint.get("arch")
+    if isinstance(arch, str):
+        from .models import list_models
+
+        arch = arch.replace("-", "_")  # NVIDIA's training scripts write "resnext101-32x4d"
+        if arch in list_models():
+            found["arch"] = arch
+    classes = checkpoint.get("classes")
+    if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes):
+        found["classes"] = classes
+    size = checkpoint.get("image_size")
+    config = checkpoint.get("config")
+    if not isinstance(size, int) and isinstance(config, Mapping):
+        size = config.get("image_size")
+    if isinstance(size, int) and not isinstance(size, bool) and size >= 32:
+        found["image_size"] = size
+    return found
+
+
+def with_metadata(state_dict: Mapping[str, Tensor], **metadata: Any) -> dict[str, Any]:
+    """A checkpoint object holding ``state_dict`` plus metadata that :func:`checkpoint_metadata` reads back."""
+    return {"state_dict": dict(state_dict), **{k: v for k, v in metadata.items() if v is not None}}
+
+
+def is_published(arch: str, weights: WeightsSource) -> bool:
+    from .weights import WEIGHTS_BY_MODEL, WeightsEnum
+
+    if isinstance(weights, WeightsEnum):
+        return True
+    if not isinstance(weights, str):
+        return False
+    name = weights.rsplit(".", 1)[-1]
+    enum = WEIGHTS_BY_MODEL.get(arch)
+    if name == "DEFAULT" or (enum is not None and name in enum.__members__):
+        return not os.path.exists(weights)
+    return False
+
+
+def infer_arch(state_dict: Mapping[str, Tensor]) -> str | None:
+    """The registered architecture whose parameter names and shapes (head aside) match ``state_dict``."""
+    from .models import _MODEL_REGISTRY
+    from .weights import remap_state_dict
+
+    state_dict = remap_state_dict(state_dict)
+    wanted = {k: tuple(v.shape) for k, v in state_dict.items() if not k.startswith("fc.")}
+    for name, builder in _MODEL_REGISTRY.items():
+        with torch.device("meta"):
+            candidate = builder(weights=None).state_dict()
+        shapes = {k: tuple(v.shape) for k, v in candidate.items() if not k.startswith("fc.")}
+        if shapes == wanted:
+            return name
+    return None
+
+
+def load_source(
+    weights: WeightsSource = "DEFAULT",
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    use_ema: bool = False,
+    progress: bool = True,
+) -> ModelSource:
+    """Resolve ``weights`` (see the module docstring) into an eval-mode model and its metadata.
+
+    ``arch`` defaults to the checkpoint's own, else the architecture its tensors fit, else resnext101_32x4d.
+    ``num_classes`` different from the checkpoint's re-initialises the head (fine-tuning); inference callers
+    leave it ``None`` so a fine-tuned file keeps its own head.
+    """
+    from .models import _MODEL_REGISTRY, create_model, list_models, model_from_state_dict
+    from .weights import WEIGHTS_BY_MODEL, WeightsEnum, extract_state_dict, get_weights, read_checkpoint
+
+    if arch is not None and arch not in list_models():
+        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(list_models())}")
+    if isinstance(weights, WeightsEnum):
+        arch = arch or next((a for a, e in WEIGHTS_BY_MODEL.items() if isinstance(weights, e)), DEFAULT_ARCH)
+    if weights is None or weights == RANDOM:
+        arch = arch or DEFAULT_ARCH
+        model = create_model(arch, num_classes=num_classes)
+        return _source(arch, model, RANDOM, None, None)
+    if is_published(arch or DEFAULT_ARCH, weights):
+        arch = arch or DEFAULT_ARCH
+        if arch not in WEIGHTS_BY_MODEL:
+            raise WeightsError(f"{arch} has no published weights; pass --weights FILE (or --weights random)")
+        published = get_weights(arch, weights.name if isinstance(weights, WeightsEnum) else str(weights).rsplit(".", 1)[-1])
+        model = _MODEL_REGISTRY[arch](weights=published, num_classes=num_classes, progress=progress)
+        model.arch_name = arch
+        size = published.transforms().crop_size
+        source = _source(arch, model, repr(published), imagenet_wnids(), size)
+        source.transforms = published.transforms()
+        return source
+
+    checkpoint = read_checkpoint(weights, progress=progress)  # read once: the tensors and the metadata
+    stored = checkpoint_metadata(checkpoint)
+    state_dict = extract_state_dict(checkpoint, use_ema=use_ema)
+    if arch is None:
+        arch = stored.get("arch") or infer_arch(state_dict) or DEFAULT_ARCH
+    elif stored.get("arch") not in (None, arch):
+        raise WeightsError(f"{weights} holds a {stored['arch']} checkpoint, not {arch}; drop --arch or pass "
+                           f"--arch {stored['arch']}")
+    try:
+        model = model_from_state_dict(arch, state_dict, num_classes=num_classes, source=str(weights))
+    except WeightsError as exc:
+        fits = infer_arch(state_dict)
+        hint = f"; its tensors fit --arch {fits}" if fits and fits != arch else ""
+        raise WeightsError(f"{exc}{hint}") from None
+    classes = stored.get("classes") if num_classes is None else None
+    return _source(arch, model, str(weights), classes, stored.get("image_size"))
+
+
+def _source(arch: str, model: nn.Module, weights: str, classes: list[str] | None, image_size: int | None) -> ModelSource:
+    num_classes = int(getattr(model, "num_classes", 1000))
+    if classes is not None and len(classes) != num_classes:
+        classes = None
+    return ModelSource(
+        arch=arch, model=model.eval(), num_classes=num_classes, categories=display_names(num_classes, classes),
+        image_size=image_size or 224, weights=weights, classes=classes,
+    )
+
+
+def source_from_model(model: nn.Module, *, arch: str | None = None, image_size: int = 224,
+                      classes: list[str] | None = None, weights: str = "in-memory model") -> ModelSource:
+    """Wrap a model built in memory (tests, benchmarks, a training run) as a :class:`ModelSource`."""
+    return _source(arch or getattr(model, "arch_name", type(model).__name__), model, weights, classes, image_size)

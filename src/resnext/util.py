@@ -1,0 +1,110 @@
+"""Small helpers shared by every layer: atomic file writes, device resolution, the precision table."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import torch
+
+from .errors import ResnextError
+
+#: precision name -> autocast dtype (``None`` = plain fp32). The one precision table of the package.
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Prefix of every temporary file this package writes beside a target; stale ones can be recognised and swept.
+TMP_PREFIX = ".resnext-tmp-"
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    if precision not in AUTOCAST_DTYPES:
+        raise ResnextError(f"unknown precision {precision!r}; choose one of {', '.join(AUTOCAST_DTYPES)}")
+    return AUTOCAST_DTYPES[precision]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available; a CUDA request without a GPU is a :class:`ResnextError`."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ResnextError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ResnextError("--device cuda was requested but no CUDA GPU is available")
+    return resolved
+
+
+def check_writable(path: str | os.PathLike[str], what: str = "output") -> Path:
+    """Fail early, before any work, when ``path`` cannot be written: a directory, or an unwritable folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise ResnextError(f"{what} {path} is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ResnextError(f"cannot write {what} {path}: {existing} is not a writable folder")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step, on any failure it is
+    removed. Readers never see a half-written file, and a failed write leaves the old file intact."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=parent, prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=f"-{path.name}")
+    except OSError as exc:
+        raise ResnextError(f"cannot write {path}: {exc.strerror or exc}") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ResnextError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """``open()`` for writing through :func:`atomic_path`; the data is flushed to disk before the rename."""
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def sweep_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary files left in ``folder`` by processes of this package that no longer run (a hard
+    abort such as SIGKILL or a full disk). Files of live processes are kept."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in Path(folder).iterdir():
+            if not entry.name.startswith(TMP_PREFIX):
+                continue
+            pid = entry.name[len(TMP_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
