@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from .errors import ResnextError
+from ..errors import ResnextError
 
 logger = logging.getLogger(__name__)
 
@@ -223,9 +223,9 @@ def make_runner(
     backend: str, precision: str, model: torch.nn.Module, config: BenchConfig, workdir: Path, cache: dict[str, Path]
 ) -> Callable[[Tensor], Tensor]:
     """A callable batch -> logits for (backend, precision); exported files are written once and parity-checked."""
-    from . import export
-    from .runtimes import TorchBackend, create_backend
-    from .sources import source_from_model
+    from .. import export
+    from ..runtimes import TorchBackend, create_backend
+    from ..sources import source_from_model
 
     if backend == "torch":
         return TorchBackend(model, device="cpu", precision=precision)
@@ -276,8 +276,8 @@ def parse_list(text: str, kind: type = str) -> list[Any]:
 
 def run_inference_benchmark(config: BenchConfig, model: torch.nn.Module | None = None) -> BenchResult:
     """Measure every supported (backend, precision) at every batch size, reference rows included."""
-    from .export import preprocess, sample_images
-    from .sources import load_source
+    from ..export import preprocess, sample_images
+    from ..sources import load_source
 
     unknown = [b for b in config.backends if b not in SUPPORTED]
     if unknown:

@@ -1,0 +1,10 @@
+"""Benchmarks: each measures against a reference row taken in the same run, because these machines are shared.
+
+``inference`` (runtimes x precisions x batch sizes), ``training`` (img/s per precision and memory format),
+and the commands built on them; ``resnext benchmark KIND`` runs them.
+"""
+
+from .inference import BenchConfig, BenchResult, Row, matmul_peak_gflops, model_gflop, parse_list, run_inference_benchmark, summarise
+
+__all__ = ["BenchConfig", "BenchResult", "Row", "matmul_peak_gflops", "model_gflop", "parse_list",
+           "run_inference_benchmark", "summarise"]
