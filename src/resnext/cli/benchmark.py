@@ -18,7 +18,7 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_benchmark_inference_parser(kinds: argparse._SubParsersAction) -> None:
-    from ..bench import SUPPORTED
+    from ..bench.inference import SUPPORTED
 
     p = kinds.add_parser(
         "inference", help="latency and img/s per backend, precision and batch size vs PyTorch eager fp32",
