@@ -111,7 +111,7 @@ def check_inference(cpu_smoke: bool = False) -> bool | None:
 
     import torch
 
-    from resnext.bench import set_bn_statistics
+    from resnext.bench.inference import set_bn_statistics
     from resnext.export import ExportConfig, preprocess, write_onnx, write_tensorrt, _metadata
     from resnext.models import create_model
     from resnext.images import sample_images

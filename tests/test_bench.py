@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resnext.bench import BenchConfig, matmul_peak_gflops, model_gflop, run_inference_benchmark, summarise
+from resnext.bench.inference import BenchConfig, matmul_peak_gflops, model_gflop, run_inference_benchmark, summarise
 from resnext.cli import main
 from resnext.errors import ResnextError
 from resnext.models import create_model
