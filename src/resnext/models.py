@@ -261,24 +261,25 @@ def create_model(
 ) -> ResNet:
     """Build a registered architecture by name (timm style); ``weights=None`` gives random weights.
 
-    Any other ``weights`` is a model source resolved by :func:`resnext.sources.load_source`: a
-    :class:`~resnext.weights.Weights` member or its name (``"DEFAULT"``), a checkpoint file or an http(s) URL.
+    Otherwise ``weights`` is a :class:`~resnext.weights.Weights` member or its name (``"DEFAULT"``), a checkpoint
+    file or an http(s) URL (:func:`resnext.weights.published_weights` tells names from paths). For the class names
+    and image size stored with a checkpoint, use :func:`resnext.sources.load_source`.
     With ``num_classes`` different from the checkpoint's, every layer but ``fc`` is loaded and the head is
     re-initialised (fine-tuning).
     """
     if name not in _MODEL_REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    if weights is None:
-        model = _MODEL_REGISTRY[name](weights=None, num_classes=num_classes, progress=progress, **kwargs)
+    from .weights import extract_state_dict, published_weights, read_checkpoint
+
+    published = published_weights(name, weights) if weights is not None else None
+    if weights is None or published is not None:
+        if published is not None and kwargs:
+            raise ValueError(f"model options {sorted(kwargs)} cannot be combined with published weights")
+        model = _MODEL_REGISTRY[name](weights=published, num_classes=num_classes, progress=progress, **kwargs)
         model.arch_name = name
         return model
-    if kwargs:
-        raise ValueError(f"model options {sorted(kwargs)} cannot be combined with pretrained weights")
-    from .sources import load_source
-
-    model = load_source(weights, arch=name, num_classes=num_classes, progress=progress).model
-    assert isinstance(model, ResNet)
-    return model
+    state_dict = extract_state_dict(read_checkpoint(weights, progress=progress))
+    return model_from_state_dict(name, state_dict, num_classes=num_classes, source=str(weights), **kwargs)
 
 
 def model_from_state_dict(

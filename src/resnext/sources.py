@@ -98,20 +98,6 @@ def with_metadata(state_dict: Mapping[str, Tensor], **metadata: Any) -> dict[str
     return {"state_dict": dict(state_dict), **{k: v for k, v in metadata.items() if v is not None}}
 
 
-def is_published(arch: str, weights: WeightsSource) -> bool:
-    from .weights import WEIGHTS_BY_MODEL, WeightsEnum
-
-    if isinstance(weights, WeightsEnum):
-        return True
-    if not isinstance(weights, str):
-        return False
-    name = weights.rsplit(".", 1)[-1]
-    enum = WEIGHTS_BY_MODEL.get(arch)
-    if name == "DEFAULT" or (enum is not None and name in enum.__members__):
-        return not os.path.exists(weights)
-    return False
-
-
 def infer_arch(state_dict: Mapping[str, Tensor]) -> str | None:
     """The registered architecture whose parameter names and shapes (head aside) match ``state_dict``."""
     from .models import _MODEL_REGISTRY
@@ -142,8 +128,8 @@ def load_source(
     ``num_classes`` different from the checkpoint's re-initialises the head (fine-tuning); inference callers
     leave it ``None`` so a fine-tuned file keeps its own head.
     """
-    from .models import _MODEL_REGISTRY, create_model, list_models, model_from_state_dict
-    from .weights import WEIGHTS_BY_MODEL, WeightsEnum, extract_state_dict, get_weights, read_checkpoint
+    from .models import create_model, list_models, model_from_state_dict
+    from .weights import WEIGHTS_BY_MODEL, WeightsEnum, extract_state_dict, published_weights, read_checkpoint
 
     if arch is not None and arch not in list_models():
         raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(list_models())}")
@@ -151,17 +137,12 @@ def load_source(
         arch = arch or next((a for a, e in WEIGHTS_BY_MODEL.items() if isinstance(weights, e)), DEFAULT_ARCH)
     if weights is None or weights == RANDOM:
         arch = arch or DEFAULT_ARCH
-        model = create_model(arch, num_classes=num_classes)
-        return _source(arch, model, RANDOM, None, None)
-    if is_published(arch or DEFAULT_ARCH, weights):
+        return _source(arch, create_model(arch, num_classes=num_classes), RANDOM, None, None)
+    published = published_weights(arch or DEFAULT_ARCH, weights)
+    if published is not None:
         arch = arch or DEFAULT_ARCH
-        if arch not in WEIGHTS_BY_MODEL:
-            raise WeightsError(f"{arch} has no published weights; pass --weights FILE (or --weights random)")
-        published = get_weights(arch, weights.name if isinstance(weights, WeightsEnum) else str(weights).rsplit(".", 1)[-1])
-        model = _MODEL_REGISTRY[arch](weights=published, num_classes=num_classes, progress=progress)
-        model.arch_name = arch
-        size = published.transforms().crop_size
-        source = _source(arch, model, repr(published), imagenet_wnids(), size)
+        model = create_model(arch, weights=published, num_classes=num_classes, progress=progress)
+        source = _source(arch, model, repr(published), imagenet_wnids(), published.transforms().crop_size)
         source.transforms = published.transforms()
         return source
 

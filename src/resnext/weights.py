@@ -170,6 +170,23 @@ def get_weights(model_name: str, weights: str = "DEFAULT") -> WeightsEnum:
     return WEIGHTS_BY_MODEL[model_name].verify(weights)
 
 
+def published_weights(model_name: str, weights: Any) -> WeightsEnum | None:
+    """The published weights ``weights`` names for ``model_name`` (a member, ``"DEFAULT"``, a member name, or
+    ``"<Enum>.<member>"``), or ``None`` when it names a file or URL instead. The one place that tells them apart:
+    an existing file always wins over a name."""
+    if isinstance(weights, WeightsEnum):
+        return weights
+    if not isinstance(weights, str) or is_url(weights) or os.path.exists(weights):
+        return None
+    name = weights.rsplit(".", 1)[-1]
+    enum = WEIGHTS_BY_MODEL.get(model_name)
+    if name == "DEFAULT" and enum is None:
+        raise WeightsError(f"{model_name} has no published weights; pass --weights FILE (or --weights random)")
+    if enum is not None and name in enum.__members__:
+        return enum[name]
+    return None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reading and remapping checkpoints
 
