@@ -25,7 +25,9 @@ def _hub_model(arch, pretrained, pretrained_from_file, **kwargs):
     weights = pretrained_from_file or ("DEFAULT" if pretrained else None)
     if kwargs.keys() - {"num_classes", "progress"}:
         raise TypeError(f"unexpected arguments {sorted(kwargs.keys() - {'num_classes', 'progress'})}")
-    return load_source(weights, arch=arch, **kwargs).model.eval()
+    model = load_source(weights, arch=arch, **kwargs).model
+    assert model is not None
+    return model.eval()
 
 
 def nvidia_resnext101_32x4d(pretrained=True, pretrained_from_file=None, **kwargs):

@@ -23,8 +23,8 @@ def test_published_snippet_runs_verbatim(offline_cache, tv_reference, capsys) ->
     device = torch.device("cpu")
 
     # --- the snippet from the issue, unchanged except REPO_DIR and source='local' ---
-    resneXt = torch.hub.load(REPO_DIR, 'nvidia_resneXt', source='local')
-    utils = torch.hub.load(REPO_DIR, 'nvidia_convnets_processing_utils', source='local')
+    resneXt = torch.hub.load(REPO_DIR, "nvidia_resneXt", source="local")
+    utils = torch.hub.load(REPO_DIR, "nvidia_convnets_processing_utils", source="local")
     batch = torch.cat([utils.prepare_input_from_uri(uri) for uri in uris]).to(device)
     with torch.no_grad():
         output = torch.nn.functional.softmax(resneXt(batch), dim=1)

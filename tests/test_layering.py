@@ -21,8 +21,21 @@ LAYERS: list[set[str]] = [
     {"sources", "images"},
     {"runtimes", "backends"},
     {"explain", "predict", "export", "auto"},
-    {"hub", "report", "data", "distributed", "checkpoint", "train_config", "evaluate", "train", "bulk", "bulk_ray",
-     "demo", "serve", "bench"},
+    {
+        "hub",
+        "report",
+        "data",
+        "distributed",
+        "checkpoint",
+        "train_config",
+        "evaluate",
+        "train",
+        "bulk",
+        "bulk_ray",
+        "demo",
+        "serve",
+        "bench",
+    },
     {"cli", "__main__", "__init__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
@@ -75,7 +88,8 @@ def test_every_module_has_a_layer():
 def test_imports_point_down():
     upward = [
         f"{module} (layer {RANK[module]}) imports {target} (layer {RANK[target]})"
-        for module, targets in edges().items() for target in targets
+        for module, targets in edges().items()
+        for target in targets
         if module in RANK and target in RANK and RANK[target] > RANK[module]
     ]
     assert not upward, "\n".join(upward)
@@ -89,8 +103,11 @@ def test_no_import_cycles():
         state[node] = 1
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                pytest.fail("import cycle: " + " -> ".join(trail[trail.index(target):] + [node, target])
-                            if target in trail else f"import cycle: {node} -> {target}")
+                pytest.fail(
+                    "import cycle: " + " -> ".join(trail[trail.index(target) :] + [node, target])
+                    if target in trail
+                    else f"import cycle: {node} -> {target}"
+                )
             if state.get(target) is None:
                 visit(target, trail + [node])
         state[node] = 2
@@ -105,7 +122,9 @@ def test_import_resnext_needs_only_the_required_dependencies():
     import subprocess
     import sys
 
-    code = ("import sys, resnext; optional = ['onnxruntime', 'openvino', 'tensorrt', 'gradio', 'ray', 'pytriton', "
-            "'tritonclient', 'matplotlib', 'pyarrow']; print([m for m in optional if m in sys.modules])")
+    code = (
+        "import sys, resnext; optional = ['onnxruntime', 'openvino', 'tensorrt', 'gradio', 'ray', 'pytriton', "
+        "'tritonclient', 'matplotlib', 'pyarrow']; print([m for m in optional if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"

@@ -27,7 +27,10 @@ def test_registry_lists_the_family() -> None:
         ("resnext101_32x4d", 44_177_704),  # NVIDIA README / paper
         ("resnet50", 25_557_032),  # torchvision resnet50
         # NVIDIA's SE unit adds Linear(C,16) + Linear(16,C) = 33*C + 16 per block, C = 256/512/1024/2048 x 3/4/23/3.
-        ("se_resnext101_32x4d", 44_177_704 + sum(n * (33 * c + 16) for n, c in [(3, 256), (4, 512), (23, 1024), (3, 2048)])),
+        (
+            "se_resnext101_32x4d",
+            44_177_704 + sum(n * (33 * c + 16) for n, c in [(3, 256), (4, 512), (23, 1024), (3, 2048)]),
+        ),
     ],
 )
 def test_parameter_counts(name: str, expected: int) -> None:

@@ -11,7 +11,8 @@ name (timm style) so command lines and configs can name an architecture with a s
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -107,6 +108,9 @@ class SEBottleneck(Bottleneck):
 class ResNet(nn.Module):
     """Stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool), four stages of bottlenecks, global average pool, ``fc``."""
 
+    #: registry name, set by the builders (``create_model``); exported files and servers carry it
+    arch_name: str = "resnet"
+
     def __init__(
         self,
         block: type[Bottleneck],
@@ -131,7 +135,7 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.num_features = 512 * block.expansion
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.fc: nn.Module = nn.Linear(self.num_features, num_classes)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -153,7 +157,9 @@ class ResNet(nn.Module):
             )
         layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width) for _ in range(1, blocks)]
+        layers += [
+            block(self.inplanes, planes, groups=self.groups, base_width=self.base_width) for _ in range(1, blocks)
+        ]
         return nn.Sequential(*layers)
 
     @property
@@ -182,7 +188,7 @@ class ResNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace ``fc`` with a freshly initialised head for ``num_classes`` (0 gives an identity head)."""
-        device = self.fc.weight.device
+        device = next(self.parameters()).device
         self.fc = nn.Linear(self.num_features, num_classes).to(device) if num_classes > 0 else nn.Identity()
 
 
@@ -197,7 +203,7 @@ def register_model(fn: Callable[..., ResNet]) -> Callable[..., ResNet]:
 def _build(
     block: type[Bottleneck],
     layers: list[int],
-    weights: Weights | None,
+    weights: Any,
     progress: bool,
     num_classes: int | None,
     **kwargs: Any,
@@ -209,7 +215,9 @@ def _build(
 
 
 @register_model
-def resnet50(*, weights: Weights | str | None = None, progress: bool = True, num_classes: int | None = None, **kwargs: Any) -> ResNet:
+def resnet50(
+    *, weights: Weights | str | None = None, progress: bool = True, num_classes: int | None = None, **kwargs: Any
+) -> ResNet:
     """ResNet-50 v1.5 (25.6M parameters)."""
     from .weights import ResNet50_Weights
 
@@ -240,7 +248,9 @@ def se_resnext101_32x4d(
 
 
 @register_model
-def resnext_test(*, weights: None = None, progress: bool = True, num_classes: int | None = None, **kwargs: Any) -> ResNet:
+def resnext_test(
+    *, weights: None = None, progress: bool = True, num_classes: int | None = None, **kwargs: Any
+) -> ResNet:
     """One block per stage, same classes as ResNeXt101-32x4d: for fast tests and smoke runs, no weights."""
     if weights is not None:
         raise ValueError("resnext_test has no published weights")
@@ -278,12 +288,16 @@ def create_model(
         model = _MODEL_REGISTRY[name](weights=published, num_classes=num_classes, progress=progress, **kwargs)
         model.arch_name = name
         return model
-    state_dict = extract_state_dict(read_checkpoint(weights, progress=progress))
+    state_dict = extract_state_dict(read_checkpoint(str(weights), progress=progress))
     return model_from_state_dict(name, state_dict, num_classes=num_classes, source=str(weights), **kwargs)
 
 
 def model_from_state_dict(
-    name: str, state_dict: dict[str, Tensor], *, num_classes: int | None = None, source: str = "checkpoint",
+    name: str,
+    state_dict: dict[str, Tensor],
+    *,
+    num_classes: int | None = None,
+    source: str = "checkpoint",
     **kwargs: Any,
 ) -> ResNet:
     """Build ``name`` and load ``state_dict`` (any known key layout) into it.

@@ -72,19 +72,55 @@ RUNTIMES: dict[str, Runtime] = {
     r.name: r
     for r in (
         Runtime("torch", "resnext.runtimes:TorchBackend", (), ("fp32", "bf16", "fp16"), exact=True),
-        Runtime("onnxruntime", "resnext.backends:OnnxRuntimeBackend", (".onnx",), ("fp32", "int8"),
-                module="onnxruntime", extra="onnx", export_format="onnx", writer="resnext.export:write_onnx",
-                exact=True),
-        Runtime("openvino", "resnext.backends:OpenVinoBackend", (".xml",), ("fp32", "bf16", "int8"),
-                module="openvino", extra="openvino", export_format="openvino", writer="resnext.export:write_openvino",
-                exact=True),
-        Runtime("torchscript", "resnext.backends:TorchScriptBackend", (".ts", ".torchscript"), ("fp32",),
-                export_format="torchscript", writer="resnext.export:write_torchscript"),
-        Runtime("torch-export", "resnext.backends:TorchExportBackend", (".pt2",), ("fp32",),
-                export_format="export", writer="resnext.export:write_program"),
-        Runtime("tensorrt", "resnext.backends:TensorRTBackend", (".engine", ".plan"), ("fp16", "fp32"),
-                module="tensorrt", extra="tensorrt", export_format="tensorrt", writer="resnext.export:write_tensorrt",
-                gpu_only=True),
+        Runtime(
+            "onnxruntime",
+            "resnext.backends:OnnxRuntimeBackend",
+            (".onnx",),
+            ("fp32", "int8"),
+            module="onnxruntime",
+            extra="onnx",
+            export_format="onnx",
+            writer="resnext.export:write_onnx",
+            exact=True,
+        ),
+        Runtime(
+            "openvino",
+            "resnext.backends:OpenVinoBackend",
+            (".xml",),
+            ("fp32", "bf16", "int8"),
+            module="openvino",
+            extra="openvino",
+            export_format="openvino",
+            writer="resnext.export:write_openvino",
+            exact=True,
+        ),
+        Runtime(
+            "torchscript",
+            "resnext.backends:TorchScriptBackend",
+            (".ts", ".torchscript"),
+            ("fp32",),
+            export_format="torchscript",
+            writer="resnext.export:write_torchscript",
+        ),
+        Runtime(
+            "torch-export",
+            "resnext.backends:TorchExportBackend",
+            (".pt2",),
+            ("fp32",),
+            export_format="export",
+            writer="resnext.export:write_program",
+        ),
+        Runtime(
+            "tensorrt",
+            "resnext.backends:TensorRTBackend",
+            (".engine", ".plan"),
+            ("fp16", "fp32"),
+            module="tensorrt",
+            extra="tensorrt",
+            export_format="tensorrt",
+            writer="resnext.export:write_tensorrt",
+            gpu_only=True,
+        ),
     )
 }
 #: `resnext export --format` value -> runtime
@@ -122,8 +158,13 @@ class TorchBackend:
     """Eager PyTorch; reduced precision through autocast, optional channels_last memory format."""
 
     def __init__(
-        self, model: torch.nn.Module, *, device: str | torch.device = "auto", precision: str = "fp32",
-        channels_last: bool = False, **_: Any,
+        self,
+        model: torch.nn.Module,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+        channels_last: bool = False,
+        **_: Any,
     ) -> None:
         self.dtype = autocast_dtype(precision)
         if precision not in RUNTIMES["torch"].precisions:
@@ -131,7 +172,7 @@ class TorchBackend:
         self.device = resolve_device(device)
         self.precision = precision
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.eval().to(self.device, memory_format=self.memory_format)
+        self.model = model.eval().to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
         self.num_classes = int(getattr(model, "num_classes", 1000))
 
     @torch.inference_mode()

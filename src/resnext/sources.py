@@ -17,9 +17,9 @@ image size (:func:`checkpoint_metadata`), so a fine-tuned model classifies with 
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -54,8 +54,14 @@ class ModelSource:
 
     def describe(self) -> dict[str, Any]:
         """What exported files and servers carry along so the model can be used without its checkpoint."""
-        return {"arch": self.arch, "num_classes": self.num_classes, "image_size": self.image_size,
-                "categories": self.categories, "classes": self.classes, "weights": self.weights}
+        return {
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "categories": self.categories,
+            "classes": self.classes,
+            "weights": self.weights,
+        }
 
 
 def display_names(num_classes: int, classes: list[str] | None = None) -> list[str]:
@@ -152,8 +158,9 @@ def load_source(
     if arch is None:
         arch = stored.get("arch") or infer_arch(state_dict) or DEFAULT_ARCH
     elif stored.get("arch") not in (None, arch):
-        raise WeightsError(f"{weights} holds a {stored['arch']} checkpoint, not {arch}; drop --arch or pass "
-                           f"--arch {stored['arch']}")
+        raise WeightsError(
+            f"{weights} holds a {stored['arch']} checkpoint, not {arch}; drop --arch or pass --arch {stored['arch']}"
+        )
     try:
         model = model_from_state_dict(arch, state_dict, num_classes=num_classes, source=str(weights))
     except WeightsError as exc:
@@ -164,17 +171,31 @@ def load_source(
     return _source(arch, model, str(weights), classes, stored.get("image_size"))
 
 
-def _source(arch: str, model: nn.Module, weights: str, classes: list[str] | None, image_size: int | None) -> ModelSource:
+def _source(
+    arch: str, model: nn.Module, weights: str, classes: list[str] | None, image_size: int | None
+) -> ModelSource:
     num_classes = int(getattr(model, "num_classes", 1000))
     if classes is not None and len(classes) != num_classes:
         classes = None
     return ModelSource(
-        arch=arch, model=model.eval(), num_classes=num_classes, categories=display_names(num_classes, classes),
-        image_size=image_size or 224, weights=weights, classes=classes,
+        arch=arch,
+        model=model.eval(),
+        num_classes=num_classes,
+        categories=display_names(num_classes, classes),
+        image_size=image_size or 224,
+        weights=weights,
+        classes=classes,
     )
 
 
-def source_from_model(model: nn.Module, *, arch: str | None = None, image_size: int = 224,
-                      classes: list[str] | None = None, weights: str = "in-memory model") -> ModelSource:
+def source_from_model(
+    model: nn.Module,
+    *,
+    arch: str | None = None,
+    image_size: int = 224,
+    classes: list[str] | None = None,
+    weights: str = "in-memory model",
+) -> ModelSource:
     """Wrap a model built in memory (tests, benchmarks, a training run) as a :class:`ModelSource`."""
-    return _source(arch or getattr(model, "arch_name", type(model).__name__), model, weights, classes, image_size)
+    name = arch or str(getattr(model, "arch_name", type(model).__name__))
+    return _source(name, model, weights, classes, image_size)

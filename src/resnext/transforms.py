@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -66,7 +65,10 @@ def train_preset(crop_size: int = 224, *, hflip: float = 0.5) -> v2.Compose:
     return v2.Compose(
         [
             v2.RandomResizedCrop(
-                crop_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=InterpolationMode.BILINEAR,
+                crop_size,
+                scale=(0.08, 1.0),
+                ratio=(3 / 4, 4 / 3),
+                interpolation=InterpolationMode.BILINEAR,
                 antialias=True,
             ),
             v2.RandomHorizontalFlip(hflip),

@@ -5,15 +5,21 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import torch
 
 from .errors import ResnextError
 
 #: precision name -> autocast dtype (``None`` = plain fp32). The one precision table of the package.
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "tf32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 #: Prefix of every temporary file this package writes beside a target; stale ones can be recognised and swept.
 TMP_PREFIX = ".resnext-tmp-"
 
@@ -92,7 +98,7 @@ def sweep_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
         for entry in Path(folder).iterdir():
             if not entry.name.startswith(TMP_PREFIX):
                 continue
-            pid = entry.name[len(TMP_PREFIX):].split("-", 1)[0]
+            pid = entry.name[len(TMP_PREFIX) :].split("-", 1)[0]
             if pid.isdigit() and not _alive(int(pid)):
                 with contextlib.suppress(OSError):
                     entry.unlink()

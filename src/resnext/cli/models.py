@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_models)
 
 
-def describe() -> dict:
+def describe() -> dict[str, Any]:
     """Everything ``resnext models`` shows, as plain data (from the registries, so it cannot drift)."""
     from ..models import _MODEL_REGISTRY
     from ..runtimes import RUNTIMES
@@ -20,23 +21,35 @@ def describe() -> dict:
 
     architectures = []
     for name in sorted(_MODEL_REGISTRY):
-        enum = WEIGHTS_BY_MODEL.get(name)
+        enum: Any = WEIGHTS_BY_MODEL.get(name)
         weights = []
-        for member_name, member in (enum.__members__.items() if enum else []):
+        for member_name, member in enum.__members__.items() if enum else []:
             if member_name == "DEFAULT":
                 continue
             meta = member.meta
-            weights.append({
-                "name": f"{enum.__name__}.{member_name}", "default": member is enum.DEFAULT,
-                "metrics": meta.get("metrics"), "metrics_note": meta.get("metrics_note"),
-                "num_params": meta.get("num_params"), "gmacs": meta.get("gmacs"), "license": meta.get("license"),
-                "url": member.url,
-            })
+            weights.append(
+                {
+                    "name": f"{enum.__name__}.{member_name}",
+                    "default": member is enum.DEFAULT,
+                    "metrics": meta.get("metrics"),
+                    "metrics_note": meta.get("metrics_note"),
+                    "num_params": meta.get("num_params"),
+                    "gmacs": meta.get("gmacs"),
+                    "license": meta.get("license"),
+                    "url": member.url,
+                }
+            )
         architectures.append({"arch": name, "weights": weights})
     runtimes = [
-        {"name": r.name, "installed": r.installed(), "precisions": list(r.precisions), "suffixes": list(r.suffixes),
-         "export_format": r.export_format, "exact": r.exact,
-         "install": None if r.installed() else r.missing_reason()}
+        {
+            "name": r.name,
+            "installed": r.installed(),
+            "precisions": list(r.precisions),
+            "suffixes": list(r.suffixes),
+            "export_format": r.export_format,
+            "exact": r.exact,
+            "install": None if r.installed() else r.missing_reason(),
+        }
         for r in RUNTIMES.values()
     ]
     return {"architectures": architectures, "runtimes": runtimes}
