@@ -134,10 +134,18 @@ def test_bad_options_are_one_line_errors(run, args, match) -> None:
     ] != []
 
 
-def test_missing_input_is_reported_and_exit_1(run, tmp_path) -> None:
-    code, out, err = run(str(SAMPLES[0]), str(tmp_path / "nope.jpg"))
+def test_unreadable_input_is_reported_and_exit_1(run, tmp_path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image at all")
+    code, out, err = run(str(SAMPLES[0]), str(broken))
     assert code == 1 and out.startswith(str(SAMPLES[0]))
-    assert any("nope.jpg: no such file" in line for line in messages(err))
+    assert any("broken.jpg: not an image" in line for line in messages(err))
+
+
+def test_missing_input_is_one_line_and_exit_2_before_any_work(run, tmp_path) -> None:
+    code, out, err = run(str(SAMPLES[0]), str(tmp_path / "nope.jpg"))
+    assert code == 2 and out == ""
+    assert messages(err) == [f"resnext: error: no such file or folder: {tmp_path / 'nope.jpg'}"]
 
 
 def test_real_subprocess_with_background_decoding(small_checkpoint, tmp_path) -> None:

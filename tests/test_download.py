@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from resnext.download import download_file, fetch_bytes
+from resnext.download import download_file, fetch_bytes, read_source_record
 from resnext.errors import DownloadError
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
@@ -16,7 +16,8 @@ def test_download_file_writes_atomically_and_checks_sha256(tmp_path, http_server
     base, _ = http_server({"/w.bin": BODY})
     good = hashlib.sha256(BODY).hexdigest()
     path = download_file(f"{base}/w.bin", tmp_path / "cache" / "w.bin", progress=False, sha256=good.upper())
-    assert path.read_bytes() == BODY and sorted(p.name for p in path.parent.iterdir()) == ["w.bin"]
+    assert path.read_bytes() == BODY and sorted(p.name for p in path.parent.iterdir()) == ["w.bin", "w.bin.source.json"]
+    assert read_source_record(path) == {"url": f"{base}/w.bin", "sha256": good, "bytes": len(BODY)}
 
 
 def test_sha256_mismatch_is_refused_and_leaves_nothing(tmp_path, http_server) -> None:

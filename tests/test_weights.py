@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 
@@ -237,7 +239,11 @@ def test_pretrained_downloads_into_the_cache_with_progress(offline_cache, tv_ref
     monkeypatch.setenv(MIRROR_ENV, f"{base}/mirror/")
     model = create_model("resnext101_32x4d", weights="DEFAULT")
     assert requests == [f"/mirror/{NGC_RESNEXT_FILE}"]
-    assert os.listdir(offline_cache) == [NGC_RESNEXT_FILE]
+    # the file under its published name, and the record of where it came from (the mirror) and its sha256
+    assert sorted(os.listdir(offline_cache)) == [NGC_RESNEXT_FILE, NGC_RESNEXT_FILE + ".source.json"]
+    record = json.loads((offline_cache / (NGC_RESNEXT_FILE + ".source.json")).read_text())
+    assert record["url"] == f"{base}/mirror/{NGC_RESNEXT_FILE}"
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert (offline_cache / NGC_RESNEXT_FILE).read_bytes() == path.read_bytes()
     assert f"downloading {NGC_RESNEXT_FILE}" in capsys.readouterr().err  # the tqdm progress bar
     torch.testing.assert_close(logits(model), logits(reference), atol=1e-5, rtol=0)
@@ -268,6 +274,8 @@ def test_offline_error_names_url_and_cache_path(offline_cache) -> None:
 def test_weights_url_is_cached_like_published_weights(offline_cache, small_checkpoint, http_server) -> None:
     base, requests = http_server({"/fine-tuned.pth": small_checkpoint.read_bytes()})
     model = create_model("resnext_test", weights=f"{base}/fine-tuned.pth")
-    assert (offline_cache / "fine-tuned.pth").is_file() and requests == ["/fine-tuned.pth"]
+    # cached under a name holding a hash of the full URL (see tests/test_hostile.py for why)
+    cached = [p.name for p in offline_cache.iterdir() if not p.name.endswith(".source.json")]
+    assert len(cached) == 1 and cached[0].endswith("-fine-tuned.pth") and requests == ["/fine-tuned.pth"]
     expected = create_model("resnext_test", weights=str(small_checkpoint))
     torch.testing.assert_close(logits(model), logits(expected))

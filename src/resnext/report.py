@@ -14,12 +14,20 @@ from .predict import ClassifyResult
 from .util import atomic_path
 
 
+def printable(text: str) -> str:
+    """``text`` safe for one line of a terminal: newlines, tabs, escape sequences and other control characters
+    are written as Python escapes (``\\n``, ``\\x1b``), so a file named ``a\\nb.jpg`` cannot split or fake output."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def format_table(result: ClassifyResult) -> str:
     """A readable block for one classified image: its name, then one ``rank  probability  class`` row per class."""
     assert result.predictions is not None
-    rows = [result.source]
+    rows = [printable(result.source)]
     for rank, p in enumerate(result.predictions, 1):
-        rows.append(f"  {rank:>2}  {100 * p.probability:6.2f}%  {p.label}  [{p.index}]")
+        rows.append(f"  {rank:>2}  {100 * p.probability:6.2f}%  {printable(p.label)}  [{p.index}]")
     return "\n".join(rows)
 
 

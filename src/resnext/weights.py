@@ -19,12 +19,12 @@ import zipfile
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from .download import download_file, is_url
+from .download import download_file, is_url, url_cache_name, url_file_name
 from .errors import DownloadError, WeightsError
 from .labels import imagenet_categories
 from .transforms import EvalPreset, eval_preset
@@ -38,8 +38,20 @@ _SOURCE = "https://github.com/NVIDIA/DeepLearningExamples/tree/master/PyTorch/Cl
 
 
 def cache_path_for(url: str) -> Path:
-    """``$TORCH_HOME/hub/checkpoints/<file name of the URL>``: where ``torch.hub.load_state_dict_from_url`` keeps it."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    """Where the weights at ``url`` are cached, under ``$TORCH_HOME/hub/checkpoints/``.
+
+    A published checkpoint's own URL keeps its file name (where ``torch.hub.load_state_dict_from_url`` keeps it,
+    so a file downloaded by hand is found); any other URL gets :func:`~resnext.download.url_cache_name`, a name
+    that includes a hash of the full URL: no URL can replace a published file or share a file with another URL.
+    """
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    if url in _published_urls():
+        return checkpoints / url_file_name(url)
+    return checkpoints / url_cache_name(url)
+
+
+def _published_urls() -> set[str]:
+    return {member.value.url for enum in WEIGHTS_BY_MODEL.values() for member in enum}
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,7 @@ class Weights:
 
     @property
     def cache_path(self) -> Path:
-        return cache_path_for(self.url)
+        return Path(torch.hub.get_dir()) / "checkpoints" / url_file_name(self.url)
 
     def resolved_url(self) -> str:
         mirror = os.environ.get(MIRROR_ENV)
@@ -71,7 +83,7 @@ class Weights:
         url = self.resolved_url()
         logger.debug("downloading %s to %s", url, path)
         try:
-            return download_file(url, path, progress=progress, sha256=self.sha256)
+            return download_file(url, path, progress=progress, sha256=self.sha256, verify=verify_download)
         except DownloadError as exc:
             source = "" if url == self.url else f" (original: {self.url})"
             raise WeightsError(
@@ -192,27 +204,53 @@ def published_weights(model_name: str, weights: Any) -> WeightsEnum | None:
 
 
 def read_checkpoint(source: str | os.PathLike[str], *, progress: bool = True) -> Any:
-    """Load a checkpoint object from a path or URL with ``weights_only=True``; URLs are cached like published weights."""
+    """Load a checkpoint object from a path or URL with ``weights_only=True`` and :func:`check_tensor_bounds`.
+    URLs are downloaded once into the cache (:func:`cache_path_for`), verified before they enter it."""
     if is_url(source):
-        path = cache_path_for(str(source))
-        if not path.is_file():
-            try:
-                download_file(str(source), path, progress=progress)
-            except DownloadError as exc:
-                raise WeightsError(f"could not download weights from {source} ({exc}); place the file at {path}") from None
-        source = path
+        source = _fetch_url(str(source), progress=progress)
     path = Path(source)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     _verify_archive(path)
+    checkpoint = _torch_load(path)
+    check_tensor_bounds(checkpoint, path)
+    return checkpoint
+
+
+def _fetch_url(url: str, *, progress: bool) -> Path:
+    for enum in WEIGHTS_BY_MODEL.values():
+        for member in enum:
+            if member.value.url == url:
+                return member.value.fetch(progress=progress)  # published: its own cache file, checksum, mirror
+    try:
+        path = cache_path_for(url)
+        if not path.is_file():
+            download_file(url, path, progress=progress, verify=verify_download)
+    except DownloadError as exc:
+        raise WeightsError(f"could not download weights: {exc}") from None
+    return path
+
+
+def verify_download(path: Path) -> None:
+    """Refuse a downloaded checkpoint before it enters the cache: the CRC-32 of every record of a zip-format
+    file (a body cut short has no central directory and fails here too), or a full read of a legacy one."""
+    if zipfile.is_zipfile(path):
+        _verify_archive(path)
+    else:
+        _torch_load(path)
+
+
+def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = _UNSUPPORTED_GLOBAL.search(str(exc))
         if refused:
+            name = refused.group(1) or refused.group(2)
             raise WeightsError(
-                f"{path} was refused: it contains a pickled Python object ({refused.group(1)}) that is not a tensor, "
-                f"and loading it could run code; only tensors and plain containers are accepted (weights_only=True)"
+                f"{path} was refused: it holds Python objects that are not loaded for safety ({name} is "
+                f"not a tensor or a plain container; loading it could run code). Nothing in it was run; only "
+                f"tensors, numbers, strings and plain containers are read (torch.load weights_only=True)"
             ) from None
         raise WeightsError(f"{path} is not a PyTorch checkpoint, or it is corrupt (unreadable pickle data)") from None
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for damaged files; all mean the same
@@ -224,7 +262,11 @@ def read_checkpoint(source: str | os.PathLike[str], *, progress: bool = True) ->
         ) from None
 
 
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+#: torch's refusals of a non-allow-listed object, as worded by torch 2.0 - 2.14 (the wording keeps changing).
+_UNSUPPORTED_GLOBAL = re.compile(
+    r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)|"
+    r"(?:Can only create new object for|Can only build) [^\n]*?(?:but got|got) <?(?:class )?'?([\w.]+)"
+)
 
 
 def _verify_archive(path: Path) -> None:
@@ -239,6 +281,66 @@ def _verify_archive(path: Path) -> None:
         raise WeightsError(f"{path} is a damaged checkpoint archive ({exc})") from None
     if bad is not None:
         raise WeightsError(f"{path} is corrupt: the checksum of its record {bad!r} does not match (damaged or tampered)")
+
+
+#: A classifier with more classes than this is refused before any model is built (ImageNet-21k has 21,843).
+MAX_CLASSES = 100_000
+#: No tensor of a checkpoint may declare more elements than this (8 GiB of fp32), whatever its storage.
+MAX_TENSOR_ELEMENTS = 2**31
+
+
+def _tensors(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Tensor]]:
+    if isinstance(obj, Tensor):
+        yield prefix or "<tensor>", obj
+    elif depth < 6 and isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key), depth + 1)
+    elif depth < 6 and isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{prefix}.{i}" if prefix else str(i), depth + 1)
+
+
+def check_tensor_bounds(checkpoint: Any, path: Path) -> None:
+    """Refuse a checkpoint whose tensors declare more memory than the file holds, before anything is built.
+
+    ``weights_only=True`` blocks code, not allocation: a zero-stride tensor of shape (10**12, 2048) is a few bytes
+    on disk and would make the model build (and copy into) an 8 PB head. Every tensor must be backed by its own
+    bytes (elements x element size <= its storage), stay under :data:`MAX_TENSOR_ELEMENTS`, and all storages
+    together must fit in the file.
+    """
+    file_size, seen, stored = path.stat().st_size, set(), 0
+    for name, tensor in _tensors(checkpoint):
+        if tensor.layout != torch.strided:
+            raise WeightsError(f"{path}: tensor {name} is {tensor.layout}; only dense tensors are accepted")
+        shape = tuple(tensor.shape)
+        storage = tensor.untyped_storage()
+        needed = tensor.numel() * tensor.element_size()
+        if tensor.numel() > MAX_TENSOR_ELEMENTS or needed > storage.nbytes():
+            raise WeightsError(
+                f"{path}: tensor {name} declares shape {shape} ({needed:,} bytes) but the file holds only "
+                f"{storage.nbytes():,} bytes for it; refusing a checkpoint that would demand that much memory"
+            )
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            stored += storage.nbytes()
+    if stored > file_size:
+        raise WeightsError(f"{path}: its tensors claim {stored:,} bytes, more than the file's {file_size:,}; corrupt")
+
+
+def check_state_dict(state_dict: Mapping[str, Tensor]) -> None:
+    """A usable classifier: a head of 1..:data:`MAX_CLASSES` classes and finite values only (NaN or inf weights
+    make every score NaN: a damaged file or a diverged training run)."""
+    for key, value in state_dict.items():
+        if key.endswith("fc.weight") and value.dim() == 2 and not 1 <= value.shape[0] <= MAX_CLASSES:
+            raise WeightsError(
+                f"the checkpoint's classifier {key} has {value.shape[0]} classes; a head needs 1 to {MAX_CLASSES:,}"
+            )
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise WeightsError(
+                f"the checkpoint's tensor {key} holds NaN or infinite values: its weights are damaged (a diverged "
+                f"training run?) and would make every prediction NaN"
+            )
 
 
 def extract_state_dict(checkpoint: Any, *, use_ema: bool = False) -> dict[str, Tensor]:
@@ -260,6 +362,7 @@ def extract_state_dict(checkpoint: Any, *, use_ema: bool = False) -> dict[str, T
     state_dict = {k: v for k, v in checkpoint.items() if isinstance(v, Tensor)}
     if not state_dict:
         raise WeightsError("not a checkpoint: no tensors found in it")
+    check_state_dict(state_dict)
     return state_dict
 
 
