@@ -1,0 +1,286 @@
+"""``resnext serve``: a real Triton Inference Server (through PyTriton) running a :class:`~resnext.predict.Predictor`.
+
+Two models are served, each running the predictor's backend:
+
+- ``<arch>``: FP32 ``input [-1, 3, S, S]`` (preprocessed by the client) -> FP32 ``logits [-1, C]``. The class names
+  are attached to ``logits`` (``label_filename``), so Triton's classification extension (``class_count`` on the
+  output) answers ``"score:index:name"``. Triton's dynamic batcher merges concurrent requests into one call.
+- ``<arch>_image``: BYTES ``image [-1, 1]`` (a JPEG/PNG/WebP file as sent by any client) -> ``labels`` (BYTES),
+  ``probabilities`` (FP32) and ``indices`` (INT64), all ``[-1, K]``, through the package's one decode
+  (:func:`resnext.images.load_image`), the predictor's preset transforms and :func:`resnext.predict.top_k`.
+  Each request runs on its own (a request may carry many images), so an undecodable image fails only the
+  request that sent it: Triton's Python backend, which PyTriton uses, can only fail a whole execution, and
+  requests merged into one execution would fail together.
+
+Shape, dtype and batch-size limits of ``<arch>`` are enforced by Triton before the model sees a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..download import MAX_IMAGE_BYTES
+from ..errors import ImageError, ResnextError
+from ..images import MAX_IMAGE_PIXELS, load_image
+from ..predict import Predictor, top_k
+from ..util import sweep_stale_temporaries
+from .tritonserver import require_serving, server_environment
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+IMAGE_INPUT, LABELS_OUTPUT, PROBS_OUTPUT, INDEX_OUTPUT = "image", "labels", "probabilities", "indices"
+LABELS_FILE = "labels.txt"
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_batch_size: int = 64
+    max_queue_delay_us: int = 2000  # how long the batcher may hold a request to form a larger batch
+    preferred_batch_sizes: Sequence[int] = ()
+    instances: int = 1
+    topk: int = 5  # classes returned per image by <arch>_image
+    max_image_bytes: int = MAX_IMAGE_BYTES
+    max_pixels: int = MAX_IMAGE_PIXELS
+    exit_timeout_s: int = 10  # on stop, in-flight requests get this long to finish
+    name: str | None = None  # model name; default: the predictor's architecture
+    log_file: str | None = None  # Triton's own log; default: a file in the temporary workspace
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        for what, value in (("--max-batch-size", self.max_batch_size), ("--instances", self.instances),
+                            ("--topk", self.topk)):
+            if value < 1:
+                raise ResnextError(f"{what} must be at least 1, got {value}")
+        if self.max_queue_delay_us < 0:
+            raise ResnextError(f"--max-queue-delay-us must be >= 0, got {self.max_queue_delay_us}")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise ResnextError(f"preferred batch sizes must lie in 1..{self.max_batch_size}, got {bad}")
+
+
+class TensorModel:
+    """``<arch>``: the requests Triton batched together are concatenated into one backend call."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    def __call__(self, requests: list) -> list[dict[str, np.ndarray]]:
+        arrays = [np.asarray(r[INPUT_NAME], dtype=np.float32) for r in requests]
+        sizes = np.cumsum([a.shape[0] for a in arrays])[:-1]
+        logits = self.predictor.backend(torch.from_numpy(np.concatenate(arrays))).numpy()
+        return [{OUTPUT_NAME: part} for part in np.split(logits, sizes)]
+
+
+class ImageModel:
+    """``<arch>_image``: encoded images -> top-k names and probabilities, one request per execution."""
+
+    def __init__(self, predictor: Predictor, config: ServeConfig) -> None:
+        self.predictor = predictor
+        self.topk = min(config.topk, len(predictor.categories))
+        self.max_bytes, self.max_pixels = config.max_image_bytes, config.max_pixels
+
+    def decode(self, item: Any) -> torch.Tensor:
+        data = item if isinstance(item, bytes) else bytes(item)
+        if len(data) > self.max_bytes:
+            raise ImageError(f"<{len(data)} bytes>: image is larger than the limit of {self.max_bytes} bytes")
+        return self.predictor.transforms(load_image(data, max_pixels=self.max_pixels))
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        batch = torch.stack([self.decode(item) for item in images.reshape(-1)])
+        predictions = top_k(self.predictor.backend(batch), self.topk, self.predictor.categories, from_logits=True)
+        labels = np.array([[p.label.encode() for p in row] for row in predictions], dtype=np.object_)
+        probs = np.array([[p.probability for p in row] for row in predictions], dtype=np.float32)
+        indices = np.array([[p.index for p in row] for row in predictions], dtype=np.int64)
+        return {LABELS_OUTPUT: labels, PROBS_OUTPUT: probs, INDEX_OUTPUT: indices}
+
+    def __call__(self, requests: list) -> list[dict[str, np.ndarray]]:
+        return [self.run(r[IMAGE_INPUT]) for r in requests]
+
+
+def _attach_labels(model: Any, categories: Sequence[str]) -> None:
+    """Give the bound PyTriton model a ``labels.txt`` wired to its ``logits`` output.
+
+    PyTriton's config generator has no ``label_filename``; it loads each model through Triton's load API with a
+    JSON config and a file map, so both are extended on this one model object (the ``serve`` extra pins PyTriton).
+    """
+    text = ("\n".join(categories) + "\n").encode()
+    get_config, get_files = model.get_model_config, model.get_proxy_model_files
+
+    def config() -> dict:
+        cfg = get_config()
+        for output in cfg.get("output", []):
+            if output.get("name") == OUTPUT_NAME:
+                output["label_filename"] = LABELS_FILE
+        return cfg
+
+    model.get_model_config = config
+    model.get_proxy_model_files = lambda: {**get_files(), f"file:{LABELS_FILE}": text}
+
+
+class ResnextServer:
+    """Triton serving ``predictor``; ``start()``/``stop()`` or a ``with`` block. Binds ``config.host`` only."""
+
+    def __init__(self, predictor: Predictor, config: ServeConfig | None = None) -> None:
+        self.predictor = predictor
+        self.config = config or ServeConfig()
+        self.config.check()
+        self.name = self.config.name or predictor.arch or "resnext"
+        self.triton: Any = None
+        self._workspace: Path | None = None
+        self._stop = threading.Event()
+
+    @property
+    def image_name(self) -> str:
+        return f"{self.name}_image"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.config.host}:{self.config.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.config.host}:{self.config.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.metrics_port}/metrics"
+
+    def _triton_config(self) -> Any:
+        from pytriton.triton import TritonConfig
+
+        c = self.config
+        assert self._workspace is not None
+        return TritonConfig(
+            http_address=c.host, grpc_address=c.host, metrics_address=c.host, http_port=c.http_port,
+            grpc_port=c.grpc_port, metrics_port=c.metrics_port, exit_timeout_secs=c.exit_timeout_s,
+            allow_gpu_metrics=torch.cuda.is_available(), log_file=Path(c.log_file or self._workspace / "triton.log"),
+            **c.extra,
+        )
+
+    def _bind(self, triton: Any) -> None:
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+
+        c, size, classes = self.config, self.predictor.image_size, len(self.predictor.categories)
+        batcher = DynamicBatcher(max_queue_delay_microseconds=c.max_queue_delay_us,
+                                 preferred_batch_size=list(c.preferred_batch_sizes) or None)
+        triton.bind(
+            model_name=self.name, infer_func=[TensorModel(self.predictor) for _ in range(c.instances)],
+            inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=(3, size, size))],
+            outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(classes,))],
+            config=ModelConfig(max_batch_size=c.max_batch_size, batcher=batcher),
+        )
+        model = next(m for m in triton._model_manager.models if m.model_name == self.name)
+        _attach_labels(model, self.predictor.categories)
+        topk = min(c.topk, classes)
+        triton.bind(
+            model_name=self.image_name, infer_func=[ImageModel(self.predictor, c) for _ in range(c.instances)],
+            inputs=[Tensor(name=IMAGE_INPUT, dtype=np.object_, shape=(1,))],
+            outputs=[Tensor(name=LABELS_OUTPUT, dtype=np.object_, shape=(topk,)),
+                     Tensor(name=PROBS_OUTPUT, dtype=np.float32, shape=(topk,)),
+                     Tensor(name=INDEX_OUTPUT, dtype=np.int64, shape=(topk,))],
+            # No dynamic batcher: one request per execution, so one bad image cannot fail other clients' requests.
+            config=ModelConfig(max_batch_size=c.max_batch_size, batcher=None),
+        )
+
+    def start(self) -> ResnextServer:
+        require_serving()
+        from pytriton.triton import Triton
+
+        # A refused request (an undecodable image) is the client's error, reported to it; PyTriton would also log
+        # each one's traceback here, which lets any client flood the server's console.
+        logging.getLogger("pytriton.proxy.inference").setLevel(logging.ERROR)
+        # PyTriton starts tritonserver with a copy of os.environ: the stub must find this interpreter's libpython.
+        os.environ["LD_LIBRARY_PATH"] = server_environment()["LD_LIBRARY_PATH"]
+        # A copy of the server (~30 MB) lives in the workspace: sweep those of servers that were killed (SIGKILL).
+        sweep_stale_temporaries(tempfile.gettempdir(), prefix="resnext-serve-")
+        self._workspace = Path(tempfile.mkdtemp(prefix=f"resnext-serve-{os.getpid()}-"))
+        try:
+            self.triton = Triton(config=self._triton_config(), workspace=self._workspace / "pytriton")
+            self._bind(self.triton)
+            self.triton.run()
+        except Exception as exc:
+            tail = self.log_tail()
+            self.stop()
+            if isinstance(exc, ResnextError):
+                raise
+            raise ResnextError(f"Triton failed to start: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+                               + (f"; log: {tail}" if tail else "")) from None
+        return self
+
+    def log_tail(self) -> str:
+        folder = self._workspace or Path("/nonexistent")
+        path = Path(self.config.log_file) if self.config.log_file else folder / "triton.log"
+        try:
+            lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.startswith("E")]
+        except OSError:
+            return ""
+        return lines[-1][:300] if lines else ""
+
+    def is_alive(self) -> bool:
+        return self.triton is not None and self.triton.is_alive()
+
+    def stop(self) -> None:
+        """Stop Triton (in-flight requests finish within ``exit_timeout_s``) and the model handlers."""
+        if self.triton is not None:
+            triton, self.triton = self.triton, None
+            triton.stop()
+        if self._workspace is not None:
+            shutil.rmtree(self._workspace, ignore_errors=True)
+            self._workspace = None
+
+    def serve_forever(self, poll_s: float = 1.0) -> None:
+        """Block until SIGINT/SIGTERM (or Triton dies), then stop cleanly."""
+        previous = {s: signal.signal(s, lambda *_: self._stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not self._stop.wait(poll_s):
+                if not self.is_alive():
+                    raise ResnextError(f"Triton stopped unexpectedly; log: {self.log_tail()}")
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def describe(self) -> list[str]:
+        """Endpoints and a ready-to-paste curl line (the binary-data extension: a JSON header, then the file)."""
+        url, size = f"http://{self.http_url}", self.predictor.image_size
+        header = ('{"inputs":[{"name":"image","shape":[1,1],"datatype":"BYTES","parameters":{"binary_data_size":'
+                  "'$((N+4))'}}],\"outputs\":[{\"name\":\"labels\",\"parameters\":{\"binary_data\":false}},"
+                  '{"name":"probabilities","parameters":{"binary_data":false}}]}')
+        curl = (f"IMG=photo.jpg; N=$(stat -c%s \"$IMG\"); H='{header}'; {{ printf %s \"$H\"; printf \"$(printf "
+                "'\\\\%03o' $((N&255)) $((N>>8&255)) $((N>>16&255)) $((N>>24&255)))\"; cat \"$IMG\"; } | curl -s "
+                f"-H \"Inference-Header-Content-Length: ${{#H}}\" --data-binary @- "
+                f"{url}/v2/models/{self.image_name}/infer")
+        return [
+            f"serving {self.name} (input [-1,3,{size},{size}] FP32 -> logits [-1,{len(self.predictor.categories)}]) "
+            f"and {self.image_name} (encoded image bytes -> top-{self.config.topk})",
+            f"  HTTP     {url}   (health: {url}/v2/health/ready)",
+            f"  gRPC     {self.grpc_url}",
+            f"  metrics  {self.metrics_url}",
+            f"  dynamic batching: max batch {self.config.max_batch_size}, max queue delay "
+            f"{self.config.max_queue_delay_us} us, {self.config.instances} instance(s)",
+            f"  try:     resnext client photo.jpg --url {self.http_url}",
+            f"  or curl: {curl}",
+        ]
+
+    def __enter__(self) -> ResnextServer:
+        return self.start() if self.triton is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
