@@ -10,7 +10,6 @@ reference vs channels_last + torch.compile vs TensorRT when importable, each par
 
 from __future__ import annotations
 
-
 TRAINING_GOAL_IPS = 2500.0  # our goal on one H200; NVIDIA publishes 1,211 img/s AMP on one A100-80GB
 
 
@@ -26,7 +25,7 @@ def check_training(cpu_smoke: bool = False) -> bool | None:
 
     import torch
 
-    from resnext.train import SpeedSetting, measure_training_speed
+    from resnext.bench.training import SpeedSetting, measure_training_speed
 
     print("== training ==", flush=True)
     if not cpu_smoke and not torch.cuda.is_available():
@@ -42,8 +41,9 @@ def check_training(cpu_smoke: bool = False) -> bool | None:
 
     def attempt(setting: SpeedSetting, batch: int) -> dict | None:
         try:
-            r = measure_training_speed(arch, setting, batch_size=batch, image_size=size, warmup=warmup, steps=steps,
-                                       device=device)
+            r = measure_training_speed(
+                arch, setting, batch_size=batch, image_size=size, warmup=warmup, steps=steps, device=device
+            )
         except torch.cuda.OutOfMemoryError:
             rows.append((setting.name, batch, "out of memory"))
             r = None
@@ -55,9 +55,14 @@ def check_training(cpu_smoke: bool = False) -> bool | None:
             torch.cuda.empty_cache()
         if r is not None:
             memory = f", peak {r['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in r else ""
-            rows.append((setting.name, batch, f"{r['img_per_s']:.1f} img/s ({r['ms_per_step']:.1f} ms/step{memory}, "
-                         f"loss {r['final_loss']:.3f})"))
-            if not r["final_loss"] == r["final_loss"]:
+            rows.append(
+                (
+                    setting.name,
+                    batch,
+                    f"{r['img_per_s']:.1f} img/s ({r['ms_per_step']:.1f} ms/step{memory}, loss {r['final_loss']:.3f})",
+                )
+            )
+            if r["final_loss"] != r["final_loss"]:  # NaN
                 rows[-1] = (setting.name, batch, rows[-1][2] + " NaN LOSS")
                 return None
         print(f"  {rows[-1][0]} batch {rows[-1][1]}: {rows[-1][2]}", flush=True)
@@ -72,8 +77,10 @@ def check_training(cpu_smoke: bool = False) -> bool | None:
     results = [best] if best is not None else []
     if best is not None:
         batch = best["batch_size"]
-        for setting in (SpeedSetting("fp16 + GradScaler + channels_last", "fp16", "nhwc"),
-                        SpeedSetting("bf16 + channels_last + compile", "bf16", "nhwc", compile=True)):
+        for setting in (
+            SpeedSetting("fp16 + GradScaler + channels_last", "fp16", "nhwc"),
+            SpeedSetting("bf16 + channels_last + compile", "bf16", "nhwc", compile=True),
+        ):
             if setting.compile and cpu_smoke:
                 continue  # inductor's C++ build takes minutes on 2 cores
             if time.perf_counter() - started > 120:
@@ -89,8 +96,10 @@ def check_training(cpu_smoke: bool = False) -> bool | None:
     passed = top is not None and top["img_per_s"] >= goal
     device_name = "CPU smoke, numbers meaningless" if cpu_smoke else torch.cuda.get_device_name()
     best_text = f"{top['setting']} at batch {top['batch_size']}: {top['img_per_s']:.0f} img/s" if top else "nothing ran"
-    print(f"{'PASS' if passed else 'FAIL'}: training {best_text} (goal >= {goal:g} img/s; NVIDIA 1x A100-80GB AMP: "
-          f"1211 img/s) [{arch}, {size} px, synthetic data, {device_name}, {time.perf_counter() - started:.0f} s]")
+    print(
+        f"{'PASS' if passed else 'FAIL'}: training {best_text} (goal >= {goal:g} img/s; NVIDIA 1x A100-80GB AMP: "
+        f"1211 img/s) [{arch}, {size} px, synthetic data, {device_name}, {time.perf_counter() - started:.0f} s]"
+    )
     return passed
 
 
@@ -98,7 +107,8 @@ def check_inference(cpu_smoke: bool = False) -> bool | None:
     """Inference img/s at batch 1/64/256: eager AMP (reference) vs AMP + channels_last + torch.compile
     (mode "reduce-overhead": CUDA graphs) vs TensorRT fp16; each parity-checked against fp32 eager.
 
-    Returns whether the goal (best >= 2x the reference at batch 256) is met; None when skipped.
+    Returns whether the goal (best >= 2x the reference at batch 256, every variant close to fp32) is met; None when
+    skipped. The CPU smoke run's goal is every variant running and staying close to fp32 (speed is not checked).
     ``cpu_smoke`` runs the same code on the CPU with ``resnext_test`` at 32 px (bf16 autocast, compile with the
     tracing-only "eager" backend, no TensorRT) to prove the script works; its numbers mean nothing.
     The model has random weights (no network on GPU machines) with batch-norm statistics from the sample photos,
@@ -112,9 +122,9 @@ def check_inference(cpu_smoke: bool = False) -> bool | None:
     import torch
 
     from resnext.bench.inference import set_bn_statistics
-    from resnext.export import ExportConfig, preprocess, write_onnx, write_tensorrt, _metadata
-    from resnext.models import create_model
+    from resnext.export import ExportConfig, _metadata, preprocess, write_onnx, write_tensorrt
     from resnext.images import sample_images
+    from resnext.models import create_model
 
     print("== inference ==", flush=True)
     if not cpu_smoke and not torch.cuda.is_available():
@@ -128,6 +138,7 @@ def check_inference(cpu_smoke: bool = False) -> bool | None:
     goal_batch = batch_sizes[-1]
 
     images = preprocess(sample_images(), size)
+    torch.manual_seed(0)  # the same random model every run, so the smoke run's parity check is repeatable
     model = create_model(arch)  # random weights: speed does not depend on them; BN statistics from real photos
     set_bn_statistics(model, images)
     model = model.eval().to(device)
@@ -152,13 +163,16 @@ def check_inference(cpu_smoke: bool = False) -> bool | None:
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.autocast(device.type, dtype=amp_dtype):
                 return fn(x).float()
+
         return run
 
     model_cl = create_model(arch).to(device, memory_format=torch.channels_last).eval()
     model_cl.load_state_dict(model.state_dict())
     # Batch 1 compiles a static graph, the next size a dynamic-batch one that the rest reuse (CUDA graphs are
     # recorded per shape). The smoke run only traces (backend "eager"): inductor's C++ build takes minutes on 2 cores.
-    compiled = torch.compile(model_cl, backend="eager") if cpu_smoke else torch.compile(model_cl, mode="reduce-overhead")
+    compiled = (
+        torch.compile(model_cl, backend="eager") if cpu_smoke else torch.compile(model_cl, mode="reduce-overhead")
+    )
     variants = {
         "eager AMP (reference)": amp(model),
         "AMP + channels_last + compile": amp(lambda x: compiled(x.contiguous(memory_format=torch.channels_last))),
@@ -172,8 +186,9 @@ def check_inference(cpu_smoke: bool = False) -> bool | None:
         from resnext.backends import TensorRTBackend
 
         tmp = Path(tempfile.mkdtemp())
-        config = ExportConfig("tensorrt", str(tmp / "m.engine"), arch=arch, image_size=size,
-                              batch_range=(1, max(batch_sizes)))
+        config = ExportConfig(
+            "tensorrt", str(tmp / "m.engine"), arch=arch, image_size=size, batch_range=(1, max(batch_sizes))
+        )
         t0 = time.perf_counter()
         write_onnx(model.cpu(), tmp / "m.onnx", config, _metadata(config, model, "fp32"))
         model.to(device)
@@ -209,12 +224,23 @@ def check_inference(cpu_smoke: bool = False) -> bool | None:
         print(f"{name:32} {n:5d} {ips:9.1f} {ips / reference[n]:6.2f} {100 * agree:10.1f}% {diff:12.3e}")
     best_name, _, best, *_ = max((r for r in rows if r[1] == goal_batch), key=lambda r: r[2])
     ratio = best / reference[goal_batch]
-    passed = ratio >= 2.0
+    # Every variant must have run at every batch size with finite logits whose top-1 mostly agrees with fp32 (random
+    # weights: near-ties may flip, so 2 of 3 photos; the logit diff is printed, not judged: bf16 on a random network
+    # differs by up to ~40% of the logits' size). The CPU smoke run checks that and not speed (goal ratio 0).
+    faithful = len(rows) == len(variants) * len(batch_sizes) and all(
+        diff == diff and diff < float("inf") and agree >= 0.66 for *_, agree, diff, _ in rows
+    )
+    if not faithful:
+        notes.append("a variant is missing, gave non-finite logits or agrees with fp32 on less than 2/3 of the photos")
+    passed = faithful and ratio >= (0.0 if cpu_smoke else 2.0)
     device_name = "CPU smoke, numbers meaningless" if cpu_smoke else torch.cuda.get_device_name()
     for note in notes:
         print(f"note: {note}")
-    print(f"{'PASS' if passed else 'FAIL'}: best at batch {goal_batch} is {best_name} with {ratio:.2f}x the eager AMP "
-          f"reference (goal >= 2x) [{arch}, {size} px, {device_name}, {time.perf_counter() - started:.0f} s]")
+    print(
+        f"{'PASS' if passed else 'FAIL'}: best at batch {goal_batch} is {best_name} with {ratio:.2f}x the eager AMP "
+        f"reference (goal >= {'0x, smoke' if cpu_smoke else '2x'}; every variant finite and agreeing with fp32: "
+        f"{faithful}) [{arch}, {size} px, {device_name}, {time.perf_counter() - started:.0f} s]"
+    )
     return passed
 
 
@@ -223,8 +249,9 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["training", "inference"], help="run one section")
-    parser.add_argument("--cpu-smoke", action="store_true",
-                        help="run on the CPU with a tiny model: checks the script, measures nothing")
+    parser.add_argument(
+        "--cpu-smoke", action="store_true", help="run on the CPU with a tiny model: checks the script, measures nothing"
+    )
     args = parser.parse_args(argv)
     if args.only != "inference":
         check_training(cpu_smoke=args.cpu_smoke)

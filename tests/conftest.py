@@ -1,4 +1,5 @@
-"""Shared fixtures: loopback HTTP servers, an isolated weights cache, reference checkpoints, sample images.
+"""Shared fixtures: loopback HTTP servers, an isolated weights cache, reference checkpoints, sample images, and
+the one tiny-dataset factory (:func:`make_image_folder` / :func:`make_tiny_dataset`) every test draws data from.
 
 Nothing here touches the network: servers bind 127.0.0.1, and the weights mirror points at a closed local port
 so any accidental fetch fails fast instead of reaching NGC.
@@ -7,15 +8,18 @@ so any accidental fetch fails fast instead of reaching NGC.
 from __future__ import annotations
 
 import http.server
+import os
+import random
 import shutil
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
+from PIL import Image, ImageDraw
 from torch import nn
 
 from resnext.images import sample_images
@@ -41,6 +45,136 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
                 m.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=g)))
     return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tiny-dataset factory: learnable ImageFolder trees of coloured shapes
+
+#: class name -> (fill colour, shape); colour and shape both identify the class (sorted = label order)
+TINY_CLASSES = {
+    "blue_triangle": ((40, 60, 220), "triangle"),
+    "green_square": ((40, 180, 60), "square"),
+    "red_circle": ((220, 40, 40), "circle"),
+    "yellow_cross": ((230, 210, 30), "cross"),
+    "magenta_diamond": ((200, 50, 200), "diamond"),
+}
+
+
+def _draw(shape: str, colour: tuple[int, int, int], size: int, rng: random.Random) -> Image.Image:
+    # A tinted, speckled background scattered with shapes of the class: any crop, at any of RandomResizedCrop's
+    # scales or the evaluation's centre crop, holds similar evidence, so few steps learn it reliably.
+    background = tuple(int(0.45 * c + 0.55 * rng.randint(90, 160)) for c in colour)
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    for _ in range(size):
+        draw.point((rng.randrange(size), rng.randrange(size)), fill=tuple(rng.randint(60, 200) for _ in range(3)))
+    for _ in range(7):
+        half = rng.uniform(0.09, 0.16) * size
+        cx, cy = rng.uniform(0, size), rng.uniform(0, size)
+        fill = tuple(max(0, min(255, c + rng.randint(-25, 25))) for c in colour)
+        box = (cx - half, cy - half, cx + half, cy + half)
+        if shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif shape == "square":
+            draw.rectangle(box, fill=fill)
+        elif shape == "triangle":
+            draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=fill)
+        elif shape == "diamond":
+            draw.polygon([(cx, cy - half), (cx + half, cy), (cx, cy + half), (cx - half, cy)], fill=fill)
+        else:
+            w = half / 2.5
+            draw.rectangle((cx - w, cy - half, cx + w, cy + half), fill=fill)
+            draw.rectangle((cx - half, cy - w, cx + half, cy + w), fill=fill)
+    return image
+
+
+def tiny_classes(num_classes: int = 4) -> list[str]:
+    """The class (folder) names of :func:`make_image_folder`, in label (sorted) order."""
+    return sorted(list(TINY_CLASSES)[:num_classes])
+
+
+def make_image_folder(
+    root: Path,
+    *,
+    num_classes: int = 4,
+    per_class: int = 8,
+    size: int = 40,
+    seed: int = 0,
+    ext: str = "png",
+) -> Path:
+    """Write ``root/<class>/NNN.<ext>``: ``per_class`` images of ``size`` px per class; returns ``root``."""
+    rng = random.Random(seed)
+    for name in list(TINY_CLASSES)[:num_classes]:
+        colour, shape = TINY_CLASSES[name]
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            _draw(shape, colour, size, rng).save(folder / f"{i:03d}.{ext}", quality=95)
+    return root
+
+
+def make_tiny_dataset(
+    root: Path,
+    *,
+    num_classes: int = 4,
+    train_per_class: int = 24,
+    val_per_class: int = 8,
+    size: int = 40,
+    seed: int = 0,
+) -> Path:
+    """A training tree ``root/train/<class>/*.png`` + ``root/val/<class>/*.jpg``; returns ``root``."""
+    make_image_folder(root / "train", num_classes=num_classes, per_class=train_per_class, size=size, seed=seed)
+    make_image_folder(
+        root / "val", num_classes=num_classes, per_class=val_per_class, size=size, seed=seed + 1, ext="jpg"
+    )
+    return root
+
+
+def load_labelled(root: Path, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of an ImageFolder tree through the package's own decode + eval preset, with its label."""
+    from resnext.images import find_images, load_image
+    from resnext.transforms import eval_preset
+
+    transforms = eval_preset(image_size)
+    images, labels = [], []
+    for index, name in enumerate(sorted(p.name for p in root.iterdir() if p.is_dir())):
+        for path in find_images([root / name]):
+            images.append(transforms(load_image(path)))
+            labels.append(index)
+    return torch.stack(images), torch.tensor(labels)
+
+
+def train_tiny(
+    train_dir: Path, *, image_size: int = 32, steps: int = 40, batch_size: int = 16, seed: int = 0
+) -> nn.Module:
+    """``resnext_test`` trained with a plain torch loop (AdamW, flips) on a tiny folder: confident logits in ~15 s,
+    what int8 agreement checks need (a random network's near-tie logits flip with any rounding)."""
+    from resnext.models import create_model
+
+    torch.manual_seed(seed)
+    images, labels = load_labelled(train_dir, image_size)
+    model = create_model("resnext_test", num_classes=int(labels.max()) + 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        index = torch.randint(0, len(images), (batch_size,), generator=generator)
+        x, y = images[index], labels[index]
+        flip = torch.rand(batch_size, generator=generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def cli_env(extra: dict[str, str] | None = None, threads: int = 2) -> dict[str, str]:
+    """Environment for a ``python -m resnext.cli`` subprocess: this checkout's sources, bounded threads."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO_ROOT / "src")}
+    env.pop("WORLD_SIZE", None)
+    env.update(extra or {})
+    return env
 
 
 def tv_resnext101_32x4d() -> nn.Module:

@@ -99,8 +99,23 @@ def test_image_size_defaults_to_the_training_checkpoints(tiny, tmp_path: Path) -
 def test_evaluate_cli_prints_and_writes_json(tiny, tmp_path: Path, capsys) -> None:
     val, ckpt, _ = tiny
     out = tmp_path / "e.json"
-    code = cli.main(["evaluate", str(val), "--weights", str(ckpt), "--image-size", "32", "-j", "0", "-o", str(out),
-                     "--no-progress", "-b", "5"])
+    code = cli.main(
+        [
+            "evaluate",
+            str(val),
+            "--weights",
+            str(ckpt),
+            "--image-size",
+            "32",
+            "-j",
+            "0",
+            "-o",
+            str(out),
+            "--no-progress",
+            "-b",
+            "5",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     data = json.loads(out.read_text())
@@ -120,3 +135,79 @@ def test_percentile_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 95) == 95 and percentile(values, 99) == 99 and percentile(values, 100) == 100
     assert percentile([3.0], 50) == 3.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad values and outputs: one line, exit 2, before any work; results written atomically
+
+
+@pytest.mark.parametrize("flag, value", [("-b", "0"), ("-j", "-1"), ("--image-size", "-5"), ("--image-size", "5000")])
+def test_bad_evaluate_flag_is_one_line_exit_2(tiny, flag: str, value: str, tmp_path: Path, capsys) -> None:
+    val, ckpt, _ = tiny
+    out = tmp_path / "e.json"
+    code = cli.main(["evaluate", str(val), "--weights", str(ckpt), "-o", str(out), "--no-progress", flag, value])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "out of range" in err, err
+    assert not out.exists()
+
+
+def test_output_that_is_a_directory_fails_before_the_work(tiny, tmp_path: Path, capsys) -> None:
+    val, ckpt, _ = tiny
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                str(val),
+                "--weights",
+                str(ckpt),
+                "-o",
+                str(tmp_path),
+                "--no-progress",
+                "--image-size",
+                "32",
+                "-j",
+                "0",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a directory" in err, err
+    assert [p.name for p in tmp_path.iterdir()] == []  # nothing half-written
+
+
+def test_evaluate_json_on_stdout_and_no_temporaries(tiny, tmp_path: Path, capsys) -> None:
+    val, ckpt, _ = tiny
+    out = tmp_path / "e.json"
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                str(val),
+                "--weights",
+                str(ckpt),
+                "--image-size",
+                "32",
+                "-j",
+                "0",
+                "-o",
+                str(out),
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text()) and printed["val.count"] == 13
+    assert [p.name for p in tmp_path.iterdir()] == ["e.json"]
+
+
+def test_evaluate_resolves_weights_through_the_one_model_source(tiny, tmp_path: Path) -> None:
+    """A plain state_dict of another architecture is named as such (load_source's error), not a traceback."""
+    val, _, _ = tiny
+    other = tmp_path / "resnet50.pth"
+    torch.save(create_model("resnet50", num_classes=5).state_dict(), other)  # 5 folders, no class names
+    with pytest.raises(ResnextError, match="--arch resnet50"):
+        evaluate_folder(val, arch="resnext_test", weights=str(other), image_size=32, workers=0, progress=False)

@@ -17,7 +17,10 @@ from resnext.errors import ResnextError
 from resnext.export import ExportConfig, export_model, parse_batch_range
 from resnext.models import create_model
 
-from _export_data import CLASSES, IMAGE_SIZE, load_folder, make_dataset, train_tiny
+from conftest import load_labelled, make_image_folder, tiny_classes, train_tiny
+
+CLASSES = tiny_classes(4)  # the shared tiny dataset's classes, in label order
+IMAGE_SIZE = 32  # crop fed to the model (eval_preset resizes to 64 first)
 
 FP32_TOL = 1e-4
 
@@ -26,12 +29,12 @@ FP32_TOL = 1e-4
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """``resnext_test`` trained on 4 generated classes; its checkpoint; labelled train/val folders."""
     root = tmp_path_factory.mktemp("tiny")
-    train_dir = make_dataset(root / "train", per_class=40, seed=0)
-    val_dir = make_dataset(root / "val", per_class=25, seed=1)
-    model = train_tiny(train_dir)
+    train_dir = make_image_folder(root / "train", per_class=40, seed=0)
+    val_dir = make_image_folder(root / "val", per_class=25, seed=1)
+    model = train_tiny(train_dir, image_size=IMAGE_SIZE)
     checkpoint = root / "tiny.pth"
     torch.save(model.state_dict(), checkpoint)
-    val_x, val_y = load_folder(val_dir)
+    val_x, val_y = load_labelled(val_dir, IMAGE_SIZE)
     with torch.no_grad():
         accuracy = float((model(val_x).argmax(-1) == val_y).float().mean())
     assert accuracy >= 0.8, f"the tiny model did not learn ({accuracy:.2f}): int8 agreement would mean little"

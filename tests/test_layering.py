@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
         "distributed",
         "checkpoint",
         "train_config",
+        "optim",
         "evaluate",
         "train",
         "bulk",

@@ -1,11 +1,13 @@
-"""Training loop: learning, checkpoints, resume after SIGKILL, SIGTERM, fine-tuning, EMA, schedule, weight decay."""
+"""Training loop: learning, checkpoints, resume after SIGKILL, SIGTERM, fine-tuning, EMA, schedule, weight decay,
+the workspace rule, failed saves, parse-time checks, --last-bn-0-init, and the trained model as a model source."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
-import shutil
+import os
+import resource
 import signal
 import subprocess
 import sys
@@ -14,33 +16,54 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT, cli_env, make_tiny_dataset
 from torch import nn
 
 from resnext import cli
-from resnext.models import create_model
-from resnext.train import (
-    TrainingDiverged,
-    ModelEma,
-    config_from_args,
-    lr_at,
-    parameter_groups,
-    train,
-)
+from resnext.errors import ResnextError
+from resnext.models import Bottleneck, create_model
+from resnext.optim import ModelEma, lr_at, parameter_groups
+from resnext.train import Status, TrainingDiverged, build_model, train
+from resnext.train_config import config_from_args
 from resnext.weights import read_checkpoint
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _train_data import REPO, cli_env, make_shapes_dataset  # noqa: E402
-
-FAST = dict(arch="resnext_test", batch_size=16, image_size=32, lr=0.4, warmup=1, workers=0, progress=False, seed=0)
+FAST = {
+    "arch": "resnext_test",
+    "batch_size": 16,
+    "image_size": 32,
+    "lr": 0.4,
+    "warmup": 1,
+    "workers": 0,
+    "progress": False,
+    "seed": 0,
+}
+# one optimizer step on a fixed random batch: for what needs a real run but not real data
+SYNTHETIC = {
+    "arch": "resnext_test",
+    "data_backend": "synthetic",
+    "num_classes": 3,
+    "image_size": 32,
+    "batch_size": 2,
+    "prof": 1,
+    "epochs": 1,
+    "warmup": 0,
+    "lr": 0.1,
+    "workers": 0,
+    "progress": False,
+    "keep_last": 1,
+}
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), num_classes=4, train_per_class=32, val_per_class=8)
+    return make_tiny_dataset(tmp_path_factory.mktemp("shapes"), num_classes=4, train_per_class=32, val_per_class=8)
 
 
-def run(data: Path, workspace: Path, **overrides) -> dict:
-    return train(config_from_args({**FAST, "data": str(data), "workspace": str(workspace), **overrides}))
+def run(data: Path | None, workspace: Path, **overrides):
+    base = FAST if data is not None else SYNTHETIC
+    return train(
+        config_from_args({**base, "data": str(data) if data else None, "workspace": str(workspace), **overrides})
+    )
 
 
 def log_records(workspace: Path) -> list[dict]:
@@ -51,14 +74,19 @@ def params(path: Path, key: str = "state_dict") -> dict[str, torch.Tensor]:
     return read_checkpoint(path)[key]
 
 
+def temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.startswith(".") and "tmp" in p.name]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Learning
 
 
+@pytest.mark.slow
 def test_learns_coloured_shapes_fp32_and_writes_workspace(shapes: Path, tmp_path: Path) -> None:
-    summary = run(shapes, tmp_path, epochs=5, keep_last=2)
-    assert summary["exit_code"] == 0 and summary["epochs_done"] == 5
-    assert summary["metrics"]["val.top1"] >= 90.0, summary["metrics"]
+    result = run(shapes, tmp_path, epochs=5, keep_last=2)
+    assert result.status is Status.COMPLETED and result.epochs_done == 5
+    assert result.metrics["val.top1"] >= 90.0, result.metrics
 
     # workspace: labels, config, JSON-lines log with NVIDIA's metric names, checkpoints with retention
     assert (tmp_path / "labels.txt").read_text().split() == sorted(p.name for p in (shapes / "train").iterdir())
@@ -69,13 +97,12 @@ def test_learns_coloured_shapes_fp32_and_writes_workspace(shapes: Path, tmp_path
     assert len(val_rec) == 5 and all(r["val.count"] == 32 for r in val_rec)
     assert {"val.top5", "val.loss", "val.compute_latency_at95", "val.compute_latency_at99"} <= set(val_rec[-1])
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*.pth")) == ["checkpoint-0004.pth", "checkpoint-0005.pth"]
-    assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
+    assert not temporaries(tmp_path), "temporary files left behind"
     last = read_checkpoint(tmp_path / "last.pth")  # weights_only=True
     assert {"state_dict", "optimizer", "scaler", "epoch", "rng", "config", "classes", "best_prec1"} <= set(last)
     assert last["epoch"] == 5 and last["config"]["resolved"]["global_batch"] == 16
-    assert last["best_prec1"] == max(r["val.top1"] for r in val_rec)
+    assert last["best_prec1"] == max(r["val.top1"] for r in val_rec) == result.best_top1
     assert read_checkpoint(tmp_path / "best.pth")["best_prec1"] == last["best_prec1"]
-    # the checkpoint is readable by the model loader (state_dict key)
     model = create_model("resnext_test", weights=str(tmp_path / "best.pth"), num_classes=4)
     assert model.num_classes == 4
 
@@ -92,19 +119,19 @@ def test_learns_coloured_shapes_fp32_and_writes_workspace(shapes: Path, tmp_path
 
 @pytest.mark.slow
 def test_learns_coloured_shapes_bf16(shapes: Path, tmp_path: Path) -> None:
-    # bf16 autocast is slow on this AVX2-only CPU (no native bf16): channels_last is the fastest layout for it
-    summary = run(shapes, tmp_path, epochs=4, precision="bf16", memory_format="nhwc", keep_last=0)
-    assert summary["metrics"]["val.top1"] >= 90.0, summary["metrics"]
+    # bf16 autocast is slow on AVX2-only CPUs (no native bf16): channels_last is the fastest layout for it
+    result = run(shapes, tmp_path, epochs=4, precision="bf16", memory_format="nhwc", keep_last=0)
+    assert result.metrics["val.top1"] >= 90.0, result.metrics
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Pure pieces: schedule, weight decay groups, EMA, recipes
+# Pure pieces: schedule, weight decay groups, EMA, recipes, --last-bn-0-init
 
 
 def test_lr_schedule_warmup_cosine_linear_step_match_formula() -> None:
     base, per_epoch, epochs = 0.512, 10, 9
     total, warm = per_epoch * epochs, 2 * per_epoch
-    kw = dict(base_lr=base, warmup_iters=warm, total_iters=total, iters_per_epoch=per_epoch, epochs=epochs)
+    kw = {"base_lr": base, "warmup_iters": warm, "total_iters": total, "iters_per_epoch": per_epoch, "epochs": epochs}
     for it in (0, 7, 19):
         assert lr_at(it, schedule="cosine", **kw) == pytest.approx(base * (it + 1) / warm)
     for it in (20, 33, 55, 89):
@@ -132,7 +159,12 @@ def test_weight_decay_never_on_batchnorm_or_bias() -> None:
                 assert decay_of[id(param)] == 0.0, full
             else:
                 assert decay_of[id(param)] == 1e-4, full
-    for key in ("layer1.0.downsample.1.weight", "layer1.0.downsample.1.bias", "layer4.0.downsample.1.weight", "fc.bias"):
+    for key in (
+        "layer1.0.downsample.1.weight",
+        "layer1.0.downsample.1.bias",
+        "layer4.0.downsample.1.weight",
+        "fc.bias",
+    ):
         assert decay_of[id(names[key])] == 0.0
     assert decay_of[id(names["layer1.0.downsample.0.weight"])] == 1e-4
 
@@ -161,7 +193,169 @@ def test_recipe_sets_nvidia_values_and_explicit_flags_override() -> None:
     assert (cfg.precision, cfg.memory_format) == ("fp16", "nhwc")
     assert (cfg.lr, cfg.batch_size, cfg.data) == (0.1, 64, "/data")
     plain = config_from_args(cli.build_parser().parse_args(["train", "/data"]))
-    assert (plain.epochs, plain.mixup, plain.precision) == (90, 0.0, "fp32")
+    assert (plain.epochs, plain.mixup, plain.precision, plain.last_bn_0_init) == (90, 0.0, "fp32", False)
+
+
+def test_last_bn_0_init_zeroes_exactly_each_blocks_bn3_gamma() -> None:
+    args = ["train", "/data", "--arch", "resnext101_32x4d", "--num-classes", "10"]
+    cfg_on = config_from_args(cli.build_parser().parse_args([*args, "--last-bn-0-init"]))
+    cfg_off = config_from_args(cli.build_parser().parse_args(args))
+    assert cfg_on.last_bn_0_init and not cfg_off.last_bn_0_init
+    on, off = build_model(cfg_on, 10), build_model(cfg_off, 10)
+    bn3 = {f"{name}.bn3.weight" for name, m in on.named_modules() if isinstance(m, Bottleneck)}
+    assert len(bn3) == 3 + 4 + 23 + 3  # every block of ResNeXt101
+    on_sd, off_sd = on.state_dict(), off.state_dict()
+    for key, value in on_sd.items():
+        if key in bn3:
+            assert torch.count_nonzero(value) == 0 and torch.count_nonzero(off_sd[key]) == value.numel(), key
+        else:  # everything else, stem BN, bn1/bn2, the downsample BNs and their biases included, is untouched
+            assert torch.equal(value, off_sd[key]), key
+    downsample_bn = [k for k in on_sd if ".downsample.1.weight" in k]
+    assert len(downsample_bn) == 4 and all(torch.all(on_sd[k] == 1) for k in downsample_bn)
+    with pytest.raises(ResnextError, match="from scratch"):
+        config_from_args({**SYNTHETIC, "last_bn_0_init": True, "weights": "some.pth"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Flags checked before any work: one line, exit 2
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--lr", "-1"),
+        ("--label-smoothing", "2"),
+        ("--workers", "-1"),
+        ("-p", "0"),
+        ("--optimizer-batch-size", "-4"),
+        ("--run-epochs", "0"),
+        ("--warmup", "-5"),
+        ("--weight-decay", "-1"),
+        ("--image-size", "100000"),
+        ("--lr", "nan"),
+        ("--momentum", "1.5"),
+        ("--keep-last", "-1"),
+    ],
+)
+def test_bad_training_flag_is_one_line_exit_2_before_any_work(flag: str, value: str, tmp_path: Path, capsys) -> None:
+    workspace = tmp_path / "ws"
+    argv = [
+        "train",
+        "--data-backend",
+        "synthetic",
+        "--arch",
+        "resnext_test",
+        "--num-classes",
+        "2",
+        "--prof",
+        "1",
+        "--epochs",
+        "1",
+        "-b",
+        "2",
+        "--image-size",
+        "32",
+        "--no-progress",
+        "--workspace",
+        str(workspace),
+    ]
+    assert cli.main([*argv, flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ("out of range" in err or "finite" in err), err
+    assert not workspace.exists(), "the check must come before anything is written"
+
+
+def test_resume_with_another_arch_or_batch_is_one_line_error(tmp_path: Path, capsys) -> None:
+    run(None, tmp_path, epochs=2, run_epochs=1)
+    capsys.readouterr()
+    base = [
+        "train",
+        "--data-backend",
+        "synthetic",
+        "--num-classes",
+        "3",
+        "--prof",
+        "1",
+        "--epochs",
+        "2",
+        "--image-size",
+        "32",
+        "--no-progress",
+        "--workspace",
+        str(tmp_path),
+        "--resume",
+        "auto",
+        "-j",
+        "0",
+    ]
+    before = (tmp_path / "last.pth").read_bytes()
+    assert cli.main([*base, "--arch", "resnet50", "-b", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "resnext_test checkpoint" in err and "--arch resnext_test" in err, err
+    assert cli.main([*base, "--arch", "resnext_test", "-b", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "global batch of 2" in err and "has 4" in err, err
+    assert (tmp_path / "last.pth").read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The workspace: one run per folder, atomic checkpoints, stale temporaries
+
+
+def test_non_empty_workspace_needs_resume_or_overwrite(tmp_path: Path, caplog) -> None:
+    run(None, tmp_path)
+    best, log = (tmp_path / "best.pth").read_bytes(), (tmp_path / "log.jsonl").read_text()
+    with pytest.raises(ResnextError, match=r"already holds a training run .*--resume auto.*--overwrite"):
+        run(None, tmp_path, seed=1)
+    assert (tmp_path / "best.pth").read_bytes() == best and (tmp_path / "log.jsonl").read_text() == log
+    with pytest.raises(ResnextError, match="give only one"):
+        run(None, tmp_path, overwrite=True, resume="auto")
+
+    (tmp_path / "checkpoint-0019.pth").write_bytes(b"stale checkpoint of the earlier run")
+    with caplog.at_level("WARNING", logger="resnext"):
+        result = run(None, tmp_path, seed=1, overwrite=True)
+    assert result.status is Status.COMPLETED
+    assert "deleting the earlier run" in caplog.text and "checkpoint-0019.pth" in caplog.text
+    assert not (tmp_path / "checkpoint-0019.pth").exists()
+    assert [r["event"] for r in log_records(tmp_path) if "event" in r] == ["start"]  # a new log, not appended
+    assert (tmp_path / "best.pth").read_bytes() != best
+
+
+def test_failed_checkpoint_write_leaves_no_temporary_and_keeps_the_previous(tmp_path: Path) -> None:
+    run(None, tmp_path, epochs=2, run_epochs=1)
+    before = (tmp_path / "last.pth").read_bytes()
+    # a real failing write: the kernel refuses to grow any file past 1 MB (EFBIG, as a full disk gives ENOSPC)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        with pytest.raises(ResnextError) as info:
+            run(None, tmp_path, epochs=2, resume="auto")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    message = str(info.value)
+    assert message.startswith("cannot write") and "checkpoint-0002.pth" in message and "\n" not in message
+    assert not temporaries(tmp_path), temporaries(tmp_path)
+    assert (tmp_path / "last.pth").read_bytes() == before
+    assert read_checkpoint(tmp_path / "last.pth")["epoch"] == 1
+
+
+def test_stale_temporaries_of_dead_processes_are_swept_at_start(tmp_path: Path, caplog) -> None:
+    run(None, tmp_path, epochs=2, run_epochs=1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [
+        tmp_path / f".resnext-tmp-{dead.pid}-x1y2-checkpoint-0002.pth",
+        tmp_path / f".checkpoint-0002.pth.tmp-{dead.pid}",
+    ]  # the name versions before atomic_path used
+    live = tmp_path / f".resnext-tmp-{os.getpid()}-z3-last.pth"  # a live process: kept
+    for path in [*stale, live]:
+        path.write_bytes(b"x" * 1000)
+    with caplog.at_level("WARNING", logger="resnext"):
+        run(None, tmp_path, epochs=2, resume="auto")
+    assert not any(p.exists() for p in stale) and live.exists()
+    assert all(p.name in caplog.text for p in stale)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -180,11 +374,32 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 
 def _train_cmd(data: Path, workspace: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "resnext.cli", "train", str(data), "--arch", "resnext_test", "-b", "16",
-            "--image-size", "32", "--lr", "0.4", "--warmup", "1", "--seed", "0", "--no-progress",
-            "--workspace", str(workspace), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "resnext.cli",
+        "train",
+        str(data),
+        "--arch",
+        "resnext_test",
+        "-b",
+        "16",
+        "--image-size",
+        "32",
+        "--lr",
+        "0.4",
+        "--warmup",
+        "1",
+        "--seed",
+        "0",
+        "--no-progress",
+        "--workspace",
+        str(workspace),
+        *extra,
+    ]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_auto_equals_uninterrupted_run(shapes: Path, tmp_path: Path) -> None:
     epochs = 3
     reference = tmp_path / "reference"
@@ -192,8 +407,13 @@ def test_sigkill_then_resume_auto_equals_uninterrupted_run(shapes: Path, tmp_pat
 
     # a separate process with 2 loader workers (augmentation is seeded per sample, so workers don't matter)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(shapes, killed, "--epochs", str(epochs), "-j", "2"), env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _train_cmd(shapes, killed, "--epochs", str(epochs), "-j", "2"),
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for(lambda: (killed / "log.jsonl").is_file() and any("val.top1" in r for r in log_records(killed)), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -201,8 +421,8 @@ def test_sigkill_then_resume_auto_equals_uninterrupted_run(shapes: Path, tmp_pat
     interrupted_at = read_checkpoint(killed / "last.pth")["epoch"]
     assert 1 <= interrupted_at < epochs
 
-    summary = run(shapes, killed, epochs=epochs, resume="auto", workers=1)
-    assert summary["epochs_done"] == epochs
+    result = run(shapes, killed, epochs=epochs, resume="auto", workers=1)
+    assert result.epochs_done == epochs
     ref, resumed = read_checkpoint(reference / "last.pth"), read_checkpoint(killed / "last.pth")
     for key, value in ref["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
@@ -210,10 +430,18 @@ def test_sigkill_then_resume_auto_equals_uninterrupted_run(shapes: Path, tmp_pat
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_mid_epoch_and_resumes(shapes: Path, tmp_path: Path) -> None:
-    proc = subprocess.Popen(_train_cmd(shapes, tmp_path, "--epochs", "2", "-p", "1", "-j", "0"), env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: (tmp_path / "log.jsonl").is_file() and any("train.loss" in r for r in log_records(tmp_path)), proc)
+    proc = subprocess.Popen(
+        _train_cmd(shapes, tmp_path, "--epochs", "2", "-p", "1", "-j", "0"),
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(
+        lambda: (tmp_path / "log.jsonl").is_file() and any("train.loss" in r for r in log_records(tmp_path)), proc
+    )
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
@@ -221,41 +449,67 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes(shapes: Path, tmp_path: Path)
     ckpt = read_checkpoint(tmp_path / "last.pth")
     assert ckpt["epoch"] == 0 and 1 <= ckpt["step"] <= 8
     assert any(r.get("event") == "stopped" for r in log_records(tmp_path))
-    summary = run(shapes, tmp_path, epochs=2, resume="auto")
-    assert summary["epochs_done"] == 2 and read_checkpoint(tmp_path / "last.pth")["epoch"] == 2
+    result = run(shapes, tmp_path, epochs=2, resume="auto")
+    assert result.epochs_done == 2 and read_checkpoint(tmp_path / "last.pth")["epoch"] == 2
 
 
-def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(shapes: Path, tmp_path: Path) -> None:
-    run(shapes, tmp_path, epochs=2, run_epochs=1, keep_last=0)
+def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    run(None, tmp_path, epochs=2, run_epochs=1, keep_last=0, prof=3)
     good = (tmp_path / "last.pth").read_bytes()
     with pytest.raises(TrainingDiverged, match=r"loss became nan.*last good checkpoint"):
-        run(shapes, tmp_path, epochs=2, resume="auto", lr=1e30, keep_last=0)
+        run(None, tmp_path, epochs=2, resume="auto", lr=1e30, keep_last=0, prof=3)
     assert (tmp_path / "last.pth").read_bytes() == good
     weights = read_checkpoint(tmp_path / "last.pth")["state_dict"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     assert any(r.get("event") == "diverged" for r in log_records(tmp_path))
 
 
-def test_corrupt_training_image_is_logged_skipped_and_counted(shapes: Path, tmp_path: Path, caplog) -> None:
-    data = tmp_path / "data"
-    shutil.copytree(shapes, data)
-    bad_text = data / "train" / "red_circle" / "not_an_image.png"
+def test_corrupt_training_image_is_logged_skipped_and_counted(tmp_path: Path, caplog) -> None:
+    data = make_tiny_dataset(tmp_path / "data", num_classes=2, train_per_class=8, val_per_class=2)
+    bad_text = data / "train" / "blue_triangle" / "not_an_image.png"
     bad_text.write_text("this is not a PNG")
     truncated = data / "train" / "green_square" / "truncated.png"
     truncated.write_bytes((data / "train" / "green_square" / "000.png").read_bytes()[:60])
     with caplog.at_level("WARNING", logger="resnext"):
-        summary = run(data, tmp_path / "ws", epochs=1, keep_last=0)
-    assert summary["exit_code"] == 0
-    assert summary["metrics"]["train.skipped_images"] >= 1  # 130 images, 128 used per epoch: one may be dropped
-    assert str(bad_text) in caplog.text or str(truncated) in caplog.text
+        result = run(data, tmp_path / "ws", epochs=1, keep_last=0, batch_size=6)  # 18 images: 3 steps, all used
+    assert result.status is Status.COMPLETED
+    assert result.metrics["train.skipped_images"] == 2
+    assert str(bad_text) in caplog.text and str(truncated) in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Fine-tuning and weight export
+# --evaluate, fine-tuning and weight export
+
+
+def test_train_evaluate_prints_result_without_a_full_training_batch(tmp_path: Path, capsys) -> None:
+    data = make_tiny_dataset(tmp_path / "data", num_classes=2, train_per_class=1, val_per_class=3)
+    workspace = tmp_path / "ws"
+    code = cli.main(
+        [
+            "train",
+            str(data),
+            "--arch",
+            "resnext_test",
+            "--image-size",
+            "32",
+            "-b",
+            "16",
+            "-j",
+            "0",
+            "--evaluate",
+            "--no-progress",
+            "--workspace",
+            str(workspace),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "resnext_test on" in out and "top-1" in out and "(6 images, 0 unreadable)" in out, out
+    assert not workspace.exists() or not any(workspace.iterdir())  # nothing written
 
 
 def test_finetune_1000_class_file_with_frozen_backbone_changes_only_fc(tmp_path: Path) -> None:
-    data = make_shapes_dataset(tmp_path / "five", num_classes=5, train_per_class=8, val_per_class=2)
+    data = make_tiny_dataset(tmp_path / "five", num_classes=5, train_per_class=8, val_per_class=2)
     torch.manual_seed(123)
     pretrained = create_model("resnext_test")  # 1000 classes, random weights, random BN statistics
     for m in pretrained.modules():
@@ -266,8 +520,9 @@ def test_finetune_1000_class_file_with_frozen_backbone_changes_only_fc(tmp_path:
     torch.save(pretrained.state_dict(), file)
     original = pretrained.state_dict()
 
-    run(data, tmp_path / "frozen", epochs=1, weights=str(file), num_classes=5, freeze_backbone=True, lr=1.0,
-        keep_last=0)
+    run(
+        data, tmp_path / "frozen", epochs=1, weights=str(file), num_classes=5, freeze_backbone=True, lr=1.0, keep_last=0
+    )
     tuned = params(tmp_path / "frozen" / "last.pth")
     assert tuned["fc.weight"].shape == (5, 2048)
     changed = [k for k in tuned if not k.startswith("fc.") and not torch.equal(tuned[k], original[k])]
@@ -280,31 +535,124 @@ def test_finetune_1000_class_file_with_frozen_backbone_changes_only_fc(tmp_path:
     assert 0 < moved < 0.5 * (fresh["layer2.0.conv2.weight"] - original["layer2.0.conv2.weight"]).norm()
 
 
-def test_ema_export_round_trips_into_create_model(shapes: Path, tmp_path: Path) -> None:
-    run(shapes, tmp_path, epochs=1, use_ema=0.9, keep_last=0, prof=3)
+def test_ema_export_round_trips_into_create_model(tmp_path: Path) -> None:
+    run(None, tmp_path, use_ema=0.9, prof=3)
     ckpt = read_checkpoint(tmp_path / "last.pth")
     for flag, key in (["--ema"], "state_dict_ema"), ([], "state_dict"):
         out = tmp_path / f"export-{key}.pth"
         assert cli.main(["export-weights", str(tmp_path / "last.pth"), str(out), *flag]) == 0
-        model = create_model("resnext_test", weights=str(out), num_classes=4)
+        model = create_model("resnext_test", weights=str(out), num_classes=3)
         for name, value in model.state_dict().items():
             assert torch.equal(value, ckpt[key][name]), name
     assert not torch.equal(ckpt["state_dict_ema"]["fc.weight"], ckpt["state_dict"]["fc.weight"])
     exported = torch.load(tmp_path / "export-state_dict_ema.pth", weights_only=True)
-    assert set(exported) == set(ckpt["state_dict"])  # flat state_dict, nothing but tensors
+    assert set(exported["state_dict"]) == set(ckpt["state_dict"])  # tensors, plus the metadata below
+    assert (exported["arch"], exported["classes"], exported["image_size"]) == ("resnext_test", ckpt["classes"], 32)
+    assert not temporaries(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def trained_abc(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``resnext_test`` trained at 64 px on class folders a/b/c; its best.pth and an export-weights copy."""
+    root = tmp_path_factory.mktemp("abc")
+    data = make_tiny_dataset(root / "data", num_classes=3, train_per_class=8, val_per_class=4, size=72)
+    for split in ("train", "val"):
+        for old, new in zip(sorted((data / split).iterdir()), "abc"):
+            old.rename(data / split / new)
+    workspace = root / "ws"
+    run(data, workspace, epochs=1, image_size=64, batch_size=8, keep_last=0)
+    exported = root / "exported.pth"
+    assert cli.main(["export-weights", str(workspace / "best.pth"), str(exported)]) == 0
+    return {"data": data, "best": workspace / "best.pth", "exported": exported}
+
+
+@pytest.mark.parametrize("which", ["best", "exported"])
+def test_trained_weights_classify_with_their_names_and_size_without_arch(trained_abc, which, capsys) -> None:
+    from resnext.predict import Predictor
+
+    weights = str(trained_abc[which])
+    predictor = Predictor.from_pretrained(weights=weights, backend="torch", device="cpu")
+    assert (predictor.arch, predictor.categories, predictor.image_size) == ("resnext_test", ["a", "b", "c"], 64)
+    image = next((trained_abc["data"] / "val" / "b").iterdir())
+    assert (
+        cli.main(
+            [
+                "classify",
+                str(image),
+                "--weights",
+                weights,
+                "--json",
+                "--topk",
+                "3",
+                "--workers",
+                "0",
+                "--backend",
+                "torch",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    labels = {p["label"] for line in out.splitlines() if line.startswith("{") for p in json.loads(line)["predictions"]}
+    assert labels == {"a", "b", "c"}, out
+
+
+def test_evaluate_gives_the_same_result_from_best_and_from_export_weights(trained_abc) -> None:
+    from resnext.evaluate import evaluate_folder
+
+    val = trained_abc["data"] / "val"
+    common = {"batch_size": 4, "workers": 0, "progress": False, "device": "cpu"}
+    best = evaluate_folder(val, weights=str(trained_abc["best"]), **common)
+    exported = evaluate_folder(val, weights=str(trained_abc["exported"]), **common)
+    assert best["arch"] == exported["arch"] == "resnext_test"
+    assert best["image_size"] == exported["image_size"] == 64
+    for key in ("val.top1", "val.top5", "val.count"):
+        assert best[key] == exported[key], key
+    assert best["val.loss"] == pytest.approx(exported["val.loss"], rel=1e-6)
+    assert best["val.top1"] == read_checkpoint(trained_abc["best"])["best_prec1"]  # what training measured
+
+
+@pytest.mark.slow
 def test_synthetic_backend_with_mixup_fp16_accumulation_and_ema(tmp_path: Path) -> None:
-    args = cli.build_parser().parse_args([
-        "train", "--data-backend", "synthetic", "--arch", "resnext_test", "--num-classes", "10", "--image-size", "32",
-        "-b", "4", "--optimizer-batch-size", "8", "--prof", "2", "--epochs", "2", "--mixup", "0.2", "--precision",
-        "fp16", "--memory-format", "nhwc", "--use-ema", "0.99", "--lr-schedule", "step", "--workspace", str(tmp_path),
-        "--no-progress", "-p", "1",
-    ])
-    summary = train(config_from_args(args))
-    assert summary["exit_code"] == 0 and summary["epochs_done"] == 2
-    records = log_records(tmp_path)
-    steps = [r for r in records if "train.grad_scale" in r]
+    args = cli.build_parser().parse_args(
+        [
+            "train",
+            "--data-backend",
+            "synthetic",
+            "--arch",
+            "resnext_test",
+            "--num-classes",
+            "10",
+            "--image-size",
+            "32",
+            "-b",
+            "4",
+            "--optimizer-batch-size",
+            "8",
+            "--prof",
+            "2",
+            "--epochs",
+            "2",
+            "--mixup",
+            "0.2",
+            "--precision",
+            "fp16",
+            "--memory-format",
+            "nhwc",
+            "--use-ema",
+            "0.99",
+            "--lr-schedule",
+            "step",
+            "--workspace",
+            str(tmp_path),
+            "--no-progress",
+            "-p",
+            "1",
+        ]
+    )
+    result = train(config_from_args(args))
+    assert result.status is Status.COMPLETED and result.epochs_done == 2
+    steps = [r for r in log_records(tmp_path) if "train.grad_scale" in r]
     assert len(steps) == 4 and steps[0]["train.grad_scale"] == 128.0  # dynamic scaling starts at 128
     assert all(math.isfinite(r["train.loss"]) for r in steps)
     ckpt = read_checkpoint(tmp_path / "last.pth")
@@ -313,11 +661,11 @@ def test_synthetic_backend_with_mixup_fp16_accumulation_and_ema(tmp_path: Path) 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The prepared GPU check, on its CPU smoke path
+# The prepared GPU check, on its CPU smoke path; CLI errors
 
 
 def test_gpu_check_training_cpu_smoke(capsys) -> None:
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO_ROOT / "benchmarks" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
     ok = gpu_check.check_training(cpu_smoke=True)

@@ -9,40 +9,77 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_env, make_tiny_dataset
 
 from resnext.evaluate import evaluate_folder
-from resnext.train import config_from_args, train
+from resnext.train import train
+from resnext.train_config import config_from_args
 from resnext.weights import read_checkpoint
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _train_data import cli_env, make_shapes_dataset  # noqa: E402
-
-COMMON = ["--arch", "resnext_test", "--image-size", "32", "--lr", "0.4", "--warmup", "0", "--epochs", "1",
-          "--seed", "3", "-j", "0", "--no-progress", "-b", "8"]
+COMMON = [
+    "--arch",
+    "resnext_test",
+    "--image-size",
+    "32",
+    "--lr",
+    "0.4",
+    "--warmup",
+    "0",
+    "--epochs",
+    "1",
+    "--seed",
+    "3",
+    "-j",
+    "0",
+    "--no-progress",
+    "-b",
+    "8",
+]
 
 
 def torchrun(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "resnext.cli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "resnext.cli",
+        *args,
+    ]
     # one thread per process: two processes share the two cores
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=cli_env(threads=1))
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_shapes_dataset(tmp_path_factory.mktemp("ddp"), num_classes=4, train_per_class=12, val_per_class=4)
+    root = make_tiny_dataset(tmp_path_factory.mktemp("ddp"), num_classes=4, train_per_class=12, val_per_class=4)
     (root / "val" / "red_circle" / "003.jpg").unlink()  # 15 validation images: odd, so padding would show
     return root
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_equal_single_process_gradient_accumulation(data: Path, tmp_path: Path) -> None:
     ddp_ws = tmp_path / "ddp"
     proc = torchrun("train", str(data), *COMMON, "--workspace", str(ddp_ws))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     def single(workspace: Path, **extra) -> dict:
-        args = dict(arch="resnext_test", image_size=32, lr=0.4, warmup=0, epochs=1, seed=3, workers=0, progress=False,
-                    batch_size=8, data=str(data), workspace=str(workspace))
+        args = {
+            "arch": "resnext_test",
+            "image_size": 32,
+            "lr": 0.4,
+            "warmup": 0,
+            "epochs": 1,
+            "seed": 3,
+            "workers": 0,
+            "progress": False,
+            "batch_size": 8,
+            "data": str(data),
+            "workspace": str(workspace),
+        }
         args.update(extra)
         # the same thread count as each DDP process: CPU kernels then round identically
         threads = torch.get_num_threads()
@@ -74,28 +111,62 @@ def test_ddp_two_processes_equal_single_process_gradient_accumulation(data: Path
 
     # `resnext evaluate` under torchrun: same numbers as one process
     out = tmp_path / "ddp-eval.json"
-    proc = torchrun("evaluate", str(data / "val"), "--weights", str(ddp_ws / "last.pth"), "--image-size", "32",
-                    "-j", "0", "--no-progress", "-b", "4", "-o", str(out))
+    proc = torchrun(
+        "evaluate",
+        str(data / "val"),
+        "--weights",
+        str(ddp_ws / "last.pth"),
+        "--image-size",
+        "32",
+        "-j",
+        "0",
+        "--no-progress",
+        "-b",
+        "4",
+        "-o",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     distributed = json.loads(out.read_text())
-    local = evaluate_folder(data / "val", weights=str(ddp_ws / "last.pth"), image_size=32, workers=0, batch_size=4,
-                            progress=False)
+    local = evaluate_folder(
+        data / "val", weights=str(ddp_ws / "last.pth"), image_size=32, workers=0, batch_size=4, progress=False
+    )
     assert distributed["world_size"] == 2 and distributed["val.count"] == local["val.count"] == 15
     assert distributed["val.top1"] == pytest.approx(local["val.top1"])
     assert distributed["val.top5"] == pytest.approx(local["val.top5"])
     assert distributed["val.loss"] == pytest.approx(local["val.loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_ddp_survives_a_process_whose_micro_batch_is_all_unreadable(tmp_path: Path) -> None:
     """Batch 1 per process and one corrupt image: one process has nothing to train on for a step. It must still
     join the gradient all-reduce (a zero gradient), or the other process waits forever."""
-    root = make_shapes_dataset(tmp_path / "data", num_classes=2, train_per_class=2, val_per_class=1)
+    root = make_tiny_dataset(tmp_path / "data", num_classes=2, train_per_class=2, val_per_class=1)
     broken = sorted((root / "train").rglob("*.png"))[0]
     broken.write_bytes(b"not an image")
     workspace = tmp_path / "ws"
     # batch 1 needs 64 px: at 32 px the last stage is 1x1 and BatchNorm cannot train on a single value
-    args = ["--arch", "resnext_test", "--image-size", "64", "--lr", "0.4", "--warmup", "0", "--epochs", "1",
-            "--seed", "3", "-j", "0", "--no-progress", "-b", "1", "--workspace", str(workspace)]
+    args = [
+        "--arch",
+        "resnext_test",
+        "--image-size",
+        "64",
+        "--lr",
+        "0.4",
+        "--warmup",
+        "0",
+        "--epochs",
+        "1",
+        "--seed",
+        "3",
+        "-j",
+        "0",
+        "--no-progress",
+        "-b",
+        "1",
+        "--workspace",
+        str(workspace),
+    ]
     proc = torchrun("train", str(root), *args, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert broken.name in proc.stderr

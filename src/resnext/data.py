@@ -1,8 +1,10 @@
 """Datasets, samplers and loaders for training and evaluation.
 
-* :class:`ImageFolder` reads ``<root>/<class>/*`` (labels = sorted folder names) through the same decoder as
-  inference (:func:`resnext.images.load_image`); a file that cannot be decoded is returned as an error, logged
-  with its path by the training loop and skipped, never a crash.
+* :class:`ImageFolder` reads ``<root>/<class>/*`` (labels = sorted folder names). It is the package's one
+  error-tolerant dataset (:class:`resnext.images.ImageDataset`) with labels: files are found by
+  :func:`resnext.images.walk_images` and decoded by :func:`resnext.images.load_image`, as for inference; a file
+  that cannot be decoded or preprocessed comes back as an error, logged with its path by the training loop and
+  skipped, never a crash.
 * :class:`TrainSampler` makes the data order and each sample's augmentation a pure function of
   ``(seed, epoch, index)``: a resumed run sees exactly the batches an uninterrupted run would, and
   ``torchrun --nproc_per_node W`` with gradient accumulation ``A`` sees the same micro-batches as any other
@@ -13,21 +15,27 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from .errors import ResnextError
+from .images import IMAGE_EXTENSIONS, ImageDataset, collate_images, walk_images
 from .labels import imagenet_wnids
-from .images import IMAGE_EXTENSIONS, load_image
 from .transforms import eval_preset, train_preset
+
+if TYPE_CHECKING:
+    from .distributed import Distributed
+    from .train_config import TrainConfig
 
 logger = logging.getLogger("resnext")
 
@@ -36,11 +44,13 @@ __all__ = [
     "TrainSampler",
     "ShardSampler",
     "SyntheticData",
-    "collate_skip_errors",
+    "collate_labelled",
     "find_classes",
     "match_classes",
     "train_loader",
     "eval_loader",
+    "TrainData",
+    "build_train_data",
 ]
 
 
@@ -71,12 +81,11 @@ def match_classes(root: str | os.PathLike, num_classes: int, classes: list[str] 
     )
 
 
-class ImageFolder(Dataset):
-    """``<root>/<class>/<image>`` -> ``(tensor | None, label, path, error | None)``.
+class ImageFolder(ImageDataset):
+    """``<root>/<class>/<image>`` -> ``(index, tensor | None, error | None)`` items; ``targets[index]`` is the label.
 
     ``classes`` fixes the label order (e.g. the training set's, or a checkpoint's); folders not in it are an error.
-    Items may be an index or an ``(index, seed)`` pair: with a seed, the random transforms draw from a generator
-    seeded with it, which makes augmentation reproducible whatever the worker, process or resume point.
+    Items may be an index or an ``(index, seed)`` pair (seeded augmentation, see :class:`ImageDataset`).
     """
 
     def __init__(
@@ -92,40 +101,24 @@ class ImageFolder(Dataset):
         if unknown:
             raise ResnextError(f"{root} has class folders the model does not know: {', '.join(unknown[:5])}")
         index = {name: i for i, name in enumerate(self.classes)}
-        self.samples: list[tuple[str, int]] = []
-        for name in found:
-            for dirpath, _, files in sorted(os.walk(self.root / name, followlinks=True)):
-                for file in sorted(files):
-                    if file.lower().endswith(IMAGE_EXTENSIONS):
-                        self.samples.append((os.path.join(dirpath, file), index[name]))
-        if not self.samples:
+        samples = [(path, index[name]) for name in found for path in walk_images(self.root / name)]
+        if not samples:
             raise ResnextError(f"no images found under {root} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
-        self.transform = transform
+        self.paths = [path for path, _ in samples]
+        super().__init__(self.paths, transform)
+        self.targets = [label for _, label in samples]
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Tensor | None, int, str, str | None]:
-        index, seed = item if isinstance(item, tuple) else (item, None)
-        path, label = self.samples[index]
-        try:
-            image = load_image(path)
-        except ResnextError as exc:
-            return None, label, path, str(exc)
-        if seed is None:
-            return self.transform(image), label, path, None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.transform(image), label, path, None
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        return list(zip(self.paths, self.targets))
 
 
-def collate_skip_errors(items: list[tuple[Tensor | None, int, str, str | None]]) -> tuple[Tensor | None, Tensor, list[str]]:
-    """Stack the decodable samples; return ``(images | None, labels, ["path: reason", ...] of the skipped)``."""
-    ok = [(x, y) for x, y, _, err in items if err is None]
-    errors = [err or path for x, _, path, err in items if err is not None]
-    images = torch.stack([x for x, _ in ok]) if ok else None
-    labels = torch.tensor([y for _, y in ok], dtype=torch.long)
-    return images, labels, errors
+def collate_labelled(
+    items: list[tuple[int, Tensor | None, str | None]], targets: Sequence[int]
+) -> tuple[Tensor | None, Tensor, list[str]]:
+    """:func:`resnext.images.collate_images` plus labels: ``(images | None, labels, ["path: reason", ...])``."""
+    indices, images, errors = collate_images(items)
+    return images, torch.tensor([targets[i] for i in indices], dtype=torch.long), [reason for _, reason in errors]
 
 
 def _mix(*values: int) -> int:
@@ -177,7 +170,7 @@ class TrainSampler(Sampler):
         for step in range(self.start_step, self.steps_per_epoch):
             for micro in range(self.accumulation):
                 chunk = (step * self.world_size * self.accumulation) + micro * self.world_size + self.rank
-                for index in order[chunk * b:(chunk + 1) * b]:
+                for index in order[chunk * b : (chunk + 1) * b]:
                     yield index, _mix(self.seed, self.epoch, index, 1)
 
 
@@ -223,8 +216,9 @@ def _ignore_sigint(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _loader_kwargs(workers: int, pin_memory: bool) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"num_workers": workers, "pin_memory": pin_memory, "collate_fn": collate_skip_errors}
+def _loader_kwargs(dataset: ImageFolder, workers: int, pin_memory: bool) -> dict[str, Any]:
+    collate = functools.partial(collate_labelled, targets=dataset.targets)
+    kwargs: dict[str, Any] = {"num_workers": workers, "pin_memory": pin_memory, "collate_fn": collate}
     if workers > 0:
         kwargs.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=_ignore_sigint)
     return kwargs
@@ -247,7 +241,7 @@ def train_loader(
     sampler = TrainSampler(
         len(dataset), batch_size, rank=rank, world_size=world_size, accumulation=accumulation, seed=seed
     )
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **_loader_kwargs(workers, pin_memory))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **_loader_kwargs(dataset, workers, pin_memory))
 
 
 def eval_loader(
@@ -260,8 +254,73 @@ def eval_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    transforms: Callable[[Any], Tensor] | None = None,
 ) -> DataLoader:
-    """Loader over ``root`` with the evaluation preset (:func:`resnext.transforms.eval_preset`), unpadded shards."""
-    dataset = ImageFolder(root, eval_preset(image_size), classes=classes)
+    """Loader over ``root`` with the evaluation preset (``transforms``, default
+    :func:`resnext.transforms.eval_preset` at ``image_size``), unpadded shards."""
+    dataset = ImageFolder(root, transforms or eval_preset(image_size), classes=classes)
     sampler = ShardSampler(len(dataset), rank=rank, world_size=world_size)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **_loader_kwargs(workers, pin_memory))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **_loader_kwargs(dataset, workers, pin_memory))
+
+
+@dataclass
+class TrainData:
+    """What the training loop reads: class names, batch geometry and the loaders of one run."""
+
+    classes: list[str]
+    steps_per_epoch: int
+    accumulation: int
+    global_batch: int
+    loader: Any = None  # None: synthetic data (or --evaluate)
+    val_loader: Any = None
+
+
+def build_train_data(cfg: TrainConfig, di: Distributed) -> TrainData:
+    """Loaders and batch geometry. ``--evaluate`` builds only the validation loader (no full batch needed)."""
+    per_step = cfg.batch_size * di.world_size
+    if cfg.optimizer_batch_size and cfg.optimizer_batch_size % per_step:
+        raise ResnextError(
+            f"--optimizer-batch-size {cfg.optimizer_batch_size} is not a multiple of --batch-size x "
+            f"processes = {per_step}"
+        )
+    accumulation = cfg.optimizer_batch_size // per_step if cfg.optimizer_batch_size else 1
+    if cfg.data_backend == "synthetic":
+        classes = [f"class_{i}" for i in range(cfg.num_classes or 1000)]
+        return TrainData(classes, cfg.prof or 100, accumulation, per_step * accumulation)
+    data, pin = Path(str(cfg.data)), di.device.type == "cuda"
+    train_dir, val_dir = data / "train", data / "val"
+    if not train_dir.is_dir() and not (cfg.evaluate and val_dir.is_dir()):
+        raise ResnextError(f"{data} has no train/ folder; expected {data}/train/<class>/* and {data}/val/<class>/*")
+    classes = find_classes(train_dir if train_dir.is_dir() else val_dir)
+    if cfg.num_classes is not None and cfg.num_classes != len(classes):
+        raise ResnextError(f"--num-classes {cfg.num_classes} but {data} has {len(classes)} class folders")
+    out = TrainData(classes, 0, accumulation, per_step * accumulation)
+    if not cfg.evaluate:
+        out.loader = train_loader(
+            train_dir,
+            image_size=cfg.image_size,
+            batch_size=cfg.batch_size,
+            workers=cfg.workers,
+            rank=di.rank,
+            world_size=di.world_size,
+            accumulation=accumulation,
+            seed=cfg.seed,
+            pin_memory=pin,
+        )
+        out.steps_per_epoch = min(out.loader.sampler.steps_per_epoch, cfg.prof or out.loader.sampler.steps_per_epoch)
+    if val_dir.is_dir():
+        out.val_loader = eval_loader(
+            val_dir,
+            image_size=cfg.image_size,
+            batch_size=cfg.batch_size,
+            workers=cfg.workers,
+            classes=classes,
+            rank=di.rank,
+            world_size=di.world_size,
+            pin_memory=pin,
+        )
+    elif cfg.evaluate:
+        raise ResnextError(f"--evaluate needs {val_dir}/<class>/* to evaluate on")
+    else:
+        logger.warning("%s has no val/ folder: no validation, best.pth follows last.pth", data)
+    return out

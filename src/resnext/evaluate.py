@@ -3,8 +3,10 @@
     resnext evaluate /data/imagenet/val --arch resnext101_32x4d --weights model.pth --precision bf16
     torchrun --nproc_per_node 8 -m resnext.cli evaluate /data/imagenet/val --weights model.pth
 
-Images go through the one inference path (:func:`resnext.images.load_image`, the eval preset of
-:mod:`resnext.transforms`, a :class:`resnext.predict.TorchBackend`). Each process
+The model comes from :func:`resnext.sources.load_source` (any source: published weights, a file, a URL, a
+training checkpoint with its class names and image size); images go through the one inference path
+(:func:`resnext.images.load_image`, the eval preset of :mod:`resnext.transforms`, a
+:class:`resnext.runtimes.TorchBackend`). Each process
 evaluates an unpadded shard; the per-process sums (correct, loss, count) are added with ``all_reduce``.
 """
 
@@ -15,61 +17,20 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from .distributed import Distributed, init_distributed, shutdown_distributed
 from .errors import ResnextError
-from .labels import imagenet_wnids
-from .util import resolve_device
 
 logger = logging.getLogger("resnext")
 
-__all__ = ["Distributed", "init_distributed", "evaluate", "evaluate_folder", "percentile"]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Distributed setup (shared with training)
-
-
-@dataclass(frozen=True)
-class Distributed:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str = "auto") -> Distributed:
-    """Join the process group when started by ``torchrun`` (NCCL on GPU, gloo on CPU); else one process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Distributed(device=resolve_device(device))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    resolved = resolve_device(device)
-    if resolved.type == "cuda":
-        resolved = torch.device("cuda", local_rank)
-        torch.cuda.set_device(resolved)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo", device_id=resolved if resolved.type == "cuda" else None)
-    return Distributed(rank, local_rank, world_size, resolved)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Evaluation
+__all__ = ["evaluate", "evaluate_folder", "check_evaluate_options", "percentile"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -120,8 +81,13 @@ def evaluate(
         hits = logits.topk(min(5, num_classes), dim=-1).indices == labels[:, None]
         local_count += len(labels)
         sums += torch.tensor(
-            [hits[:, 0].sum().item(), hits.any(dim=1).sum().item(),
-             F.cross_entropy(logits, labels, reduction="sum").item(), len(labels), 0],
+            [
+                hits[:, 0].sum().item(),
+                hits.any(dim=1).sum().item(),
+                F.cross_entropy(logits, labels, reduction="sum").item(),
+                len(labels),
+                0,
+            ],
             dtype=torch.float64,
         )
     elapsed = time.perf_counter() - start
@@ -152,37 +118,25 @@ def evaluate(
 # `resnext evaluate`
 
 
-def load_for_evaluation(
-    arch: str | None, weights: str | None, *, use_ema: bool = False
-) -> tuple[torch.nn.Module, str, list[str] | None, int | None]:
-    """Model with the checkpoint's own number of classes, its architecture name, and the class names and training
-    image size when the checkpoint stores them (training checkpoints do)."""
-    from .models import create_model, model_from_state_dict
-    from .weights import WEIGHTS_BY_MODEL, extract_state_dict, read_checkpoint
+def check_evaluate_options(*, batch_size: int, workers: int, image_size: int | None, precision: str) -> None:
+    """One-line errors for values that cannot work, before any model is loaded."""
+    from .train_config import MAX_IMAGE_SIZE
+    from .util import autocast_dtype
 
-    if weights is None:
-        arch = arch or "resnext101_32x4d"
-        if arch not in WEIGHTS_BY_MODEL:
-            raise ResnextError(f"{arch} has no published weights; pass --weights FILE")
-        return create_model(arch, weights="DEFAULT"), arch, imagenet_wnids(), None
-    checkpoint = read_checkpoint(weights)  # read once: the model and the stored metadata both come from it
-    stored = checkpoint if isinstance(checkpoint, dict) else {}
-    arch = arch or stored.get("arch") or "resnext101_32x4d"
-    model = model_from_state_dict(arch, extract_state_dict(checkpoint, use_ema=use_ema), source=str(weights))
-    num_classes = model.num_classes
-    classes = stored.get("classes")
-    if not (isinstance(classes, list) and len(classes) == num_classes and all(isinstance(c, str) for c in classes)):
-        classes = None
-    config = stored.get("config")
-    image_size = config.get("image_size") if isinstance(config, dict) else None
-    return model, arch, classes, int(image_size) if isinstance(image_size, int) else None
+    if batch_size < 1:
+        raise ResnextError(f"--batch-size {batch_size} is out of range: it must be >= 1")
+    if workers < 0:
+        raise ResnextError(f"--workers {workers} is out of range: it must be >= 0")
+    if image_size is not None and not 32 <= image_size <= MAX_IMAGE_SIZE:
+        raise ResnextError(f"--image-size {image_size} is out of range: it must be >= 32 and <= {MAX_IMAGE_SIZE}")
+    autocast_dtype(precision)
 
 
 def evaluate_folder(
     root: str | os.PathLike,
     *,
     arch: str | None = None,
-    weights: str | None = None,
+    weights: Any = "DEFAULT",
     use_ema: bool = False,
     batch_size: int = 64,
     precision: str = "fp32",
@@ -193,36 +147,60 @@ def evaluate_folder(
     output: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate ``weights`` on the ImageFolder tree ``root``; rank 0 writes the results as JSON to ``output``.
+    """Evaluate ``weights`` (any source: see :mod:`resnext.sources`) on the ImageFolder tree ``root``; rank 0
+    writes the results as JSON to ``output``, atomically.
 
-    ``image_size`` defaults to the size a training checkpoint was trained at, else 224.
+    ``image_size`` defaults to the size a training checkpoint (or an ``export-weights`` file) was trained at,
+    else the published weights' preset, else 224. Class folders are matched by the checkpoint's class names.
     """
     from .data import eval_loader, match_classes
     from .runtimes import TorchBackend
+    from .sources import load_source
+    from .util import atomic_open, check_writable
 
+    check_evaluate_options(batch_size=batch_size, workers=workers, image_size=image_size, precision=precision)
+    if output is not None:
+        check_writable(output, "--output")
     dist_info = init_distributed(device)
-    model, arch, classes, trained_size = load_for_evaluation(arch, weights, use_ema=use_ema)
-    image_size = image_size or trained_size or 224
-    classes = match_classes(root, model.num_classes, classes)
-    loader = eval_loader(
-        root, image_size=image_size, batch_size=batch_size, workers=workers, classes=classes,
-        rank=dist_info.rank, world_size=dist_info.world_size, pin_memory=dist_info.device.type == "cuda",
-    )
-    backend = TorchBackend(model, device=str(dist_info.device), precision=precision, channels_last=channels_last)
-    metrics = evaluate(
-        backend, loader, num_classes=model.num_classes, dist_info=dist_info, progress=progress and dist_info.is_main
-    )
+    try:
+        source = load_source(weights, arch=arch, use_ema=use_ema, progress=progress and dist_info.is_main)
+        model = source.model
+        assert model is not None
+        classes = match_classes(root, source.num_classes, source.classes)
+        loader = eval_loader(
+            root,
+            image_size=image_size or source.image_size,
+            batch_size=batch_size,
+            workers=workers,
+            classes=classes,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+            pin_memory=dist_info.device.type == "cuda",
+            transforms=None if image_size else source.transforms,
+        )
+        backend = TorchBackend(model, device=str(dist_info.device), precision=precision, channels_last=channels_last)
+        metrics = evaluate(
+            backend,
+            loader,
+            num_classes=source.num_classes,
+            dist_info=dist_info,
+            progress=progress and dist_info.is_main,
+        )
+    finally:
+        shutdown_distributed(dist_info)
     results: dict[str, Any] = {
-        "data": str(root), "arch": arch, "weights": str(weights) if weights else "DEFAULT", "ema": use_ema,
-        "precision": precision, "channels_last": channels_last, "image_size": image_size,
-        "batch_size": batch_size, "world_size": dist_info.world_size, **metrics,
+        "data": str(root),
+        "arch": source.arch,
+        "weights": source.weights,
+        "ema": use_ema,
+        "precision": precision,
+        "channels_last": channels_last,
+        "image_size": image_size or source.image_size,
+        "batch_size": batch_size,
+        "world_size": dist_info.world_size,
+        **metrics,
     }
     if dist_info.is_main and output is not None:
-        path = Path(output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, path)
-    if dist_info.enabled:
-        dist.destroy_process_group()
+        with atomic_open(output, "w", encoding="utf-8") as f:
+            f.write(json.dumps(results, indent=2) + "\n")
     return results

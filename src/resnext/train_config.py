@@ -1,0 +1,285 @@
+"""Training options: one dataclass whose fields are the command-line flags (NVIDIA's names), its recipes, and the
+checks that run before any work (a bad value is one line and exit status 2, never a traceback mid-run).
+
+    resnext train /data/imagenet --recipe nvidia-90e --workspace runs/r101          # NVIDIA's 90-epoch recipe
+    resnext train /data/flowers --pretrained --num-classes 5 --freeze-backbone --epochs 10 --lr 0.1 --warmup 0
+    resnext train /data/small --arch resnext101_32x4d --last-bn-0-init --epochs 8 --lr 0.1 --warmup 0
+
+Precedence: dataclass defaults, then ``--recipe``, then the flags given explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ResnextError
+from .models import list_models
+from .util import AUTOCAST_DTYPES
+
+__all__ = ["RECIPES", "PRECISIONS", "MAX_IMAGE_SIZE", "TrainConfig", "add_train_arguments", "config_from_args"]
+
+#: NVIDIA's published hyper-parameters for resnext101-32x4d (DeepLearningExamples ConvNets, 8 GPUs x 128).
+RECIPES: dict[str, dict[str, Any]] = {
+    "nvidia-90e": {
+        "epochs": 90,
+        "batch_size": 128,
+        "lr": 0.256,
+        "lr_schedule": "cosine",
+        "warmup": 8,
+        "label_smoothing": 0.1,
+        "mixup": 0.0,
+        "momentum": 0.875,
+        "nesterov": False,
+        "weight_decay": 1 / 16384,
+        "precision": "fp16",
+        "memory_format": "nhwc",
+        "image_size": 224,
+    },
+}
+RECIPES["nvidia-250e"] = {**RECIPES["nvidia-90e"], "epochs": 250, "mixup": 0.2}
+
+PRECISIONS = tuple(AUTOCAST_DTYPES)  # fp32, tf32, bf16, fp16: the package's one precision table
+#: Largest training/evaluation crop accepted: 1024 px already needs ~21x the activations of 224 px.
+MAX_IMAGE_SIZE = 1024
+
+
+@dataclass
+class TrainConfig:
+    """Every training option; field names are the command-line flags with ``-`` for ``_``."""
+
+    data: str | None = None
+    arch: str = "resnext101_32x4d"
+    recipe: str | None = None
+    epochs: int = 90
+    run_epochs: int | None = None
+    batch_size: int = 128
+    optimizer_batch_size: int | None = None
+    lr: float = 0.256
+    no_lr_scaling: bool = False
+    lr_schedule: str = "cosine"
+    warmup: float = 8
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    momentum: float = 0.875
+    nesterov: bool = False
+    weight_decay: float = 1 / 16384
+    use_ema: float | None = None
+    last_bn_0_init: bool = False
+    precision: str = "fp32"
+    memory_format: str = "nchw"
+    compile: bool = False
+    image_size: int = 224
+    workers: int = 4
+    data_backend: str = "pytorch"
+    seed: int = 0
+    workspace: str = "runs/train"
+    resume: str | None = None
+    overwrite: bool = False
+    pretrained: bool = False
+    weights: str | None = None
+    num_classes: int | None = None
+    freeze_backbone: bool = False
+    prof: int | None = None
+    evaluate: bool = False
+    device: str = "auto"
+    keep_last: int = 2
+    print_freq: int = 10
+    progress: bool = True
+    # resolved at start-up (recorded in checkpoints and config.json)
+    resolved: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise a one-line :class:`ResnextError` for any value that cannot work (before anything is loaded)."""
+        _check_choices(self)
+        _check_numbers(self)
+        if self.data_backend == "pytorch" and not self.data:
+            raise ResnextError("DATA_DIR is required (a folder with train/<class>/* and val/<class>/*)")
+        if self.pretrained and self.weights:
+            raise ResnextError("use either --pretrained (published weights) or --weights FILE, not both")
+        if self.pretrained:
+            from .weights import WEIGHTS_BY_MODEL
+
+            if self.arch not in WEIGHTS_BY_MODEL:
+                raise ResnextError(f"{self.arch} has no published weights; drop --pretrained or pass --weights FILE")
+        if self.last_bn_0_init and (self.pretrained or self.weights):
+            raise ResnextError(
+                "--last-bn-0-init initialises a model trained from scratch; loaded weights would "
+                "replace it: drop it, or drop --pretrained/--weights"
+            )
+        if self.overwrite and self.resume:
+            raise ResnextError("--overwrite starts a new run and --resume continues one: give only one of them")
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    for name, value, allowed in (
+        ("arch", cfg.arch, list_models()),
+        ("recipe", cfg.recipe, [None, *RECIPES]),
+        ("precision", cfg.precision, PRECISIONS),
+        ("memory-format", cfg.memory_format, ("nchw", "nhwc")),
+        ("lr-schedule", cfg.lr_schedule, ("cosine", "step", "linear")),
+        ("data-backend", cfg.data_backend, ("pytorch", "synthetic")),
+    ):
+        if value not in allowed:
+            raise ResnextError(f"unknown --{name} {value!r}; choose one of {', '.join(a for a in allowed if a)}")
+
+
+# flag -> (lowest, is the lowest allowed, highest, is the highest allowed); None = unbounded on that side
+_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "epochs": (1, True, None, False),
+    "run_epochs": (1, True, None, False),
+    "batch_size": (1, True, None, False),
+    "optimizer_batch_size": (1, True, None, False),
+    "lr": (0, False, None, False),
+    "warmup": (0, True, None, False),
+    "label_smoothing": (0, True, 1, False),
+    "mixup": (0, True, None, False),
+    "momentum": (0, True, 1, False),
+    "weight_decay": (0, True, None, False),
+    "image_size": (32, True, MAX_IMAGE_SIZE, True),
+    "workers": (0, True, None, False),
+    "num_classes": (1, True, None, False),
+    "prof": (1, True, None, False),
+    "keep_last": (0, True, None, False),
+    "print_freq": (1, True, None, False),
+    "use_ema": (0, False, 1, False),
+}
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    for name, (low, low_ok, high, high_ok) in _RANGES.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        flag = _flag(name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ResnextError(f"{flag} must be a finite number, not {value}")
+        if (
+            low is not None
+            and (value < low or (value == low and not low_ok))
+            or high is not None
+            and (value > high or (value == high and not high_ok))
+        ):
+            bounds = [f"{'>=' if low_ok else '>'} {low}"] if low is not None else []
+            bounds += [f"{'<=' if high_ok else '<'} {high}"] if high is not None else []
+            raise ResnextError(f"{flag} {value} is out of range: it must be {' and '.join(bounds)}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the training flags (NVIDIA's names). Defaults come from :class:`TrainConfig`, then ``--recipe``."""
+    d = {f.name: f.default for f in fields(TrainConfig)}
+
+    def add(name: str, help: str, *aliases: str, **kwargs: Any) -> None:
+        shown = f" (default: {d[name]})" if kwargs.get("action") != "store_true" else ""
+        parser.add_argument(*aliases, _flag(name), dest=name, default=argparse.SUPPRESS, help=help + shown, **kwargs)
+
+    _add_recipe_flags(parser, add)
+    _add_run_flags(parser, add)
+
+
+def _add_recipe_flags(parser: argparse.ArgumentParser, add: Any) -> None:
+    """Data, model and the optimisation recipe."""
+    parser.add_argument(
+        "data",
+        nargs="?",
+        default=argparse.SUPPRESS,
+        metavar="DATA_DIR",
+        help="folder with train/<class>/* and val/<class>/* (not needed with --data-backend synthetic)",
+    )
+    add("recipe", "NVIDIA's hyper-parameters at once; explicit flags override them", choices=sorted(RECIPES))
+    add("arch", "architecture", "-a", choices=list_models())
+    add("epochs", "total epochs of the schedule", type=int)
+    add("run_epochs", "stop after this many epochs in this invocation (staged runs; resume later)", type=int)
+    add("batch_size", "images per process per step", "-b", type=int)
+    add("optimizer_batch_size", "global batch per optimizer step, reached by gradient accumulation", type=int)
+    add("lr", "learning rate per 256 images (scaled by global batch / 256)", type=float)
+    add("no_lr_scaling", "use --lr as given, not scaled by global batch / 256", action="store_true")
+    add(
+        "lr_schedule",
+        "after warmup: cosine to 0, step (x0.1 at 1/3, 2/3, 8/9 of the epochs) or linear to 0",
+        choices=["cosine", "step", "linear"],
+    )
+    add("warmup", "linear warmup length in epochs, applied per iteration", type=float)
+    add("label_smoothing", "label smoothing, 0 <= x < 1", type=float)
+    add("mixup", "mixup alpha (0 = off)", type=float)
+    add("momentum", "SGD momentum", type=float)
+    add("nesterov", "Nesterov momentum", action="store_true")
+    add("weight_decay", "weight decay (never applied to BN or bias parameters)", "--wd", type=float)
+    add("use_ema", "keep an exponential moving average of the weights with this decay", type=float, metavar="DECAY")
+    add(
+        "last_bn_0_init",
+        "zero-initialise the gamma of each block's last BatchNorm (bn3), as NVIDIA's flag: "
+        "every residual block starts as the identity (helps short runs from scratch)",
+        action="store_true",
+    )
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, add: Any) -> None:
+    """Precision, data loading, workspace, starting weights, logging."""
+    add(
+        "precision",
+        "fp32, tf32 (CUDA), fp16 (autocast + dynamic loss scaling) or bf16 (autocast)",
+        choices=list(PRECISIONS),
+    )
+    add("memory_format", "nhwc = channels_last", choices=["nchw", "nhwc"])
+    add("compile", "torch.compile the model", action="store_true")
+    add(
+        "image_size",
+        f"training crop and evaluation crop, 32..{MAX_IMAGE_SIZE} (evaluation resizes to size + 32 first)",
+        type=int,
+    )
+    add("workers", "data loading processes per training process", "-j", type=int)
+    add("data_backend", "pytorch (ImageFolder) or synthetic (a fixed random batch)", choices=["pytorch", "synthetic"])
+    add("seed", "seed for initialisation, data order and augmentation", type=int)
+    add("workspace", "output folder: logs, labels, checkpoints (one run per folder)")
+    add("resume", "checkpoint to resume from, or 'auto' for <workspace>/last.pth when present", metavar="PATH|auto")
+    add(
+        "overwrite",
+        "start a new run in a workspace that holds an earlier one, deleting its checkpoints, logs and "
+        "TensorBoard files first (without it such a workspace is refused)",
+        action="store_true",
+    )
+    add("pretrained", "start from the published weights of --arch", action="store_true")
+    add("weights", "start from this weights file or URL (any layout the loader reads)", metavar="FILE|URL")
+    add(
+        "num_classes",
+        "classes of the head (default: the number of class folders); "
+        "a pretrained head of another size is re-initialised",
+        type=int,
+    )
+    add(
+        "freeze_backbone",
+        "train only the classifier head (backbone weights and BN statistics stay fixed)",
+        action="store_true",
+    )
+    add("prof", "run only N iterations per epoch (and N validation batches): for speed measurements", type=int)
+    add(
+        "evaluate",
+        "only evaluate the starting weights (--resume, --weights or --pretrained) on val/ and print "
+        "the result; writes nothing into the workspace",
+        action="store_true",
+    )
+    add("device", "auto, cpu or cuda")
+    add("keep_last", "per-epoch checkpoints to keep besides last/best", type=int)
+    add("print_freq", "log every N iterations", "-p", type=int)
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS, help="no progress bar"
+    )
+
+
+def config_from_args(args: argparse.Namespace | dict[str, Any]) -> TrainConfig:
+    """Dataclass defaults, then the ``--recipe`` values, then the flags given explicitly; validated."""
+    names = {f.name for f in fields(TrainConfig)}
+    given = {k: v for k, v in (vars(args) if isinstance(args, argparse.Namespace) else args).items() if k in names}
+    recipe = given.get("recipe")
+    if recipe is not None and recipe not in RECIPES:
+        raise ResnextError(f"unknown --recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    cfg = TrainConfig(**{**RECIPES.get(recipe or "", {}), **given})
+    cfg.validate()
+    return cfg
