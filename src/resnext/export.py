@@ -45,11 +45,12 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from .backends import require_tensorrt
+from .backends import FEATURES_NAME, require_tensorrt
 from .runtimes import EXPORT_FORMATS, INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, create_backend, require
 from .errors import ResnextError
 from .images import find_images, load_image, sample_images
 from .sources import ModelSource, load_source, source_from_model
+from .util import check_writable
 from .transforms import eval_preset
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class ExportConfig:
     min_agreement: float | None = None  # reduced precision: fail below this top-1 agreement with fp32
     opset: int = ONNX_OPSET
     threads: int | None = None
+    features: bool = False  # also expose the pooled penultimate features as a second output named "features"
 
 
 @dataclass
@@ -143,8 +145,8 @@ def preprocess(paths: Sequence[str], image_size: int) -> Tensor:
 
 def labelled_images(root: str | Path, num_classes: int) -> tuple[list[str], list[int] | None, str | None]:
     """Images under ``root`` and, when it is an ImageFolder tree the model's classes fit, their class indices
-    (label order from :func:`resnext.data.match_classes`, the rule evaluation uses)."""
-    from .data import match_classes
+    (label order from :func:`resnext.images.match_classes`, the rule evaluation uses)."""
+    from .images import match_classes
 
     root = Path(root)
     if not root.is_dir():
@@ -194,6 +196,7 @@ def _metadata(config: ExportConfig, source: ModelSource, precision: str) -> dict
         "batch_range": list(config.batch_range),
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
+        "outputs": [OUTPUT_NAME, FEATURES_NAME] if config.features else [OUTPUT_NAME],
         "preprocessing": eval_preset(config.image_size).describe(),
         "torch": torch.__version__,
     }
@@ -207,6 +210,18 @@ def _example(config: ExportConfig) -> tuple[Tensor, dict[str, Any] | None]:
         return torch.randn(low, 3, size, size), None
     batch = torch.export.Dim("batch", min=low, max=high)
     return torch.randn(min(max(2, low), high), 3, size, size), {"x": {0: batch}}
+
+
+class WithFeatures(torch.nn.Module):
+    """``x -> (logits, pooled features)``: what files exported with ``features=True`` compute."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return self.model.get_classifier()(features), features
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -226,7 +241,7 @@ def write_onnx(model: torch.nn.Module, path: Path, config: ExportConfig, metadat
     path.parent.mkdir(parents=True, exist_ok=True)
     with _quiet():
         torch.onnx.export(
-            model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            model, (example,), str(path), input_names=[INPUT_NAME], output_names=metadata.get("outputs", [OUTPUT_NAME]),
             dynamic_shapes=dynamic, opset_version=config.opset, dynamo=True, external_data=external, verbose=False,
         )
     _set_onnx_metadata(path, metadata, external)
@@ -295,8 +310,18 @@ def write_program(model: torch.nn.Module, path: Path, config: ExportConfig, meta
     example, dynamic = _example(config)
     program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, str(path), extra_files={METADATA_FILE: json.dumps(metadata)})
+    extra = {METADATA_FILE: json.dumps(metadata)}
+    _save_through_python(lambda f: torch.export.save(program, f, extra_files=extra), path)
     return [path]
+
+
+def _save_through_python(save: Callable[[io.BytesIO], None], path: Path) -> None:
+    """Serialise into memory, then write the bytes from Python: PyTorch's C++ file writer aborts the whole
+    process (exit 134, no cleanup) on a full disk, where Python raises an ``OSError`` we can report."""
+    buffer = io.BytesIO()
+    save(buffer)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def write_torchscript(model: torch.nn.Module, path: Path, config: ExportConfig, metadata: dict[str, Any]) -> list[Path]:
@@ -306,7 +331,8 @@ def write_torchscript(model: torch.nn.Module, path: Path, config: ExportConfig, 
         warnings.simplefilter("ignore")  # TorchScript's own deprecation notices: documented in the module docstring
         scripted = torch.jit.freeze(torch.jit.trace(model, example))
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.jit.save(scripted, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
+        extra = {METADATA_FILE: json.dumps(metadata)}
+        _save_through_python(lambda f: torch.jit.save(scripted, f, _extra_files=extra), path)
     return [path]
 
 
@@ -439,13 +465,15 @@ def export_model(config: ExportConfig, model: ModelSource | torch.nn.Module | No
         )
     if config.format == "tensorrt":
         require_tensorrt()  # fail in one line before any work on machines without a GPU
+        if config.features:
+            raise ResnextError("a features output is not supported for TensorRT engines yet; export onnx or openvino")
     if precision == "int8" and not config.calibration_dir:
         raise ResnextError("--precision int8 needs --calibration-dir DIR (a folder of representative images)")
     if config.format in ("onnx", "openvino", "tensorrt") and config.opset < 17:
         raise ResnextError(f"ONNX opset {config.opset} is too old: use 17 or newer")
     if config.image_size is not None and config.image_size < 32:
         raise ResnextError(f"--image-size must be at least 32, got {config.image_size}")
-    path = Path(config.output)
+    path = check_writable(config.output, "--output")  # a folder or a read-only place: one line, before any work
     if model is None:
         source = load_source(config.weights, arch=config.arch)
     elif isinstance(model, ModelSource):
@@ -476,28 +504,81 @@ def export_model(config: ExportConfig, model: ModelSource | torch.nn.Module | No
     # Everything is written into a staging folder beside the output and moved into place only after the parity
     # check passed: a failed export leaves no file behind, and no half-written file ever has the final name.
     final = path
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=".resnext-export-"))
+    stage = _staging_folder(final)
     try:
         path = stage / final.name
-        files = write_model(model, config, precision, path, metadata, workdir=stage / "intermediate",
-                            calibration=calibration)
+        logger.info("writing %s %s (%s, %d px)...", config.format, precision, source.arch, config.image_size)
+        files = write_model(WithFeatures(model).eval() if config.features else model, config, precision, path,
+                            metadata, workdir=stage / "intermediate", calibration=calibration)
         if precision == "int8":
             notes.append(f"int8 calibrated on {calibration.shape[0]} images from {config.calibration_dir}")
         if config.format == "onnx" and precision == "fp32":
             notes.append("weights stored " + ("as external data in " + files[-1].name if len(files) > 1 else "inline"))
 
+        logger.info("reloading %s in %s and checking it against PyTorch fp32...", final.name,
+                    EXPORT_FORMATS[config.format].name)
         runtime = create_backend(EXPORT_FORMATS[config.format].name, model_file=str(path), precision=precision,
                                  threads=config.threads)
         parity, acc = check_parity(model, runtime, config, precision, eval_paths, eval_labels)
+        if config.features:
+            parity.append(check_features(model, runtime, config, precision, eval_paths))
         for f in files:
             os.replace(f, final.parent / f.name)
+    except ResnextError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) or _disk_full(final.parent):  # full disk: some writers wrap the OSError
+            raise ResnextError(f"cannot write {final}: {_reason(exc, final.parent)}") from None
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     result = ExportResult(config.format, precision, str(final), [str(final.parent / f.name) for f in files], metadata,
                           parity=parity, accuracy=acc, notes=notes)
     if precision == "bf16" and getattr(runtime, "precision", "bf16") != "bf16":
         result.notes.append(f"this CPU has no native bf16: OpenVINO ran {runtime.precision}; bf16 applies on CPUs with it")
+    return result
+
+
+#: Staging folders are ``.resnext-export-<pid>-*``: those of processes that no longer run are removed.
+STAGING_PREFIX = ".resnext-export-"
+
+
+def _staging_folder(final: Path) -> Path:
+    """A fresh staging folder beside ``final``, after sweeping the ones a killed export left behind."""
+    from .util import sweep_stale_temporaries
+
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temporaries(final.parent, prefix=STAGING_PREFIX)
+        return Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+    except OSError as exc:
+        raise ResnextError(f"cannot write {final}: {exc.strerror or exc}") from None
+
+
+def _disk_full(folder: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(folder).free < 1 << 20
+    return False
+
+
+def _reason(exc: Exception, folder: Path) -> str:
+    if _disk_full(folder):
+        return f"no space left on the device holding {folder}"
+    text = getattr(exc, "strerror", None) or str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_features(model: torch.nn.Module, runtime: Any, config: ExportConfig, precision: str,
+                   image_paths: Sequence[str]) -> Parity:
+    """The exported ``features`` output against ``forward_head(forward_features(x), pre_logits=True)``."""
+    x = preprocess(image_paths, config.image_size)
+    with torch.inference_mode():
+        reference = model.forward_head(model.forward_features(x), pre_logits=True)
+    result = compare(reference, _logits(runtime.features, x, config.batch_range[1]), "features of real images",
+                     config.tolerance if precision == "fp32" else None)
+    if result.limit is not None and not result.max_abs_diff <= result.limit:
+        raise ResnextError(f"{config.format} export's features differ from PyTorch: max abs diff "
+                           f"{result.max_abs_diff:.3g} exceeds {result.limit:.3g}")
     return result
 
 

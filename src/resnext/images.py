@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from .download import MAX_IMAGE_BYTES, fetch_bytes, is_url
+from .labels import imagenet_wnids
 from .errors import ImageError, ResnextError
 
 #: Images with more pixels than this are refused before decoding (PIL's own decompression-bomb threshold).
@@ -270,3 +271,34 @@ def collate_images(
     errors = [(i, e) for i, t, e in items if t is None]
     batch = torch.stack([t for _, t in ok]) if ok else None
     return [i for i, _ in ok], batch, errors
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ImageFolder trees: class folders and their label order
+
+
+def find_classes(root: str | os.PathLike) -> list[str]:
+    """Sorted class folder names under ``root``; clear error when ``root`` is not an ImageFolder tree."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ResnextError(f"data folder not found: {root}")
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    if not classes:
+        raise ResnextError(f"{root} has no class folders; expected the ImageFolder layout {root}/<class>/<image>")
+    return classes
+
+
+def match_classes(root: str | os.PathLike, num_classes: int, classes: list[str] | None) -> list[str]:
+    """Label order for ``root``: the checkpoint's class names, ImageNet wnids (1000-class model, wnid folders),
+    or the sorted folders (torchvision's ImageFolder rule) when their count matches the model's classes."""
+    if classes is not None:
+        return classes
+    folders = find_classes(root)
+    if num_classes == 1000 and set(folders) <= set(imagenet_wnids()):
+        return imagenet_wnids()
+    if len(folders) == num_classes:
+        return folders
+    raise ResnextError(
+        f"{root} has {len(folders)} class folders but the model predicts {num_classes} classes, and the weights "
+        "carry no class names to match them (use a training checkpoint, or ImageNet wnid folder names)"
+    )

@@ -22,6 +22,8 @@ AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
 }
 #: Prefix of every temporary file this package writes beside a target; stale ones can be recognised and swept.
 TMP_PREFIX = ".resnext-tmp-"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -70,6 +72,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise ResnextError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the final file gets the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
@@ -90,18 +93,23 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
         os.fsync(f.fileno())
 
 
-def sweep_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
-    """Remove temporary files left in ``folder`` by processes of this package that no longer run (a hard
-    abort such as SIGKILL or a full disk). Files of live processes are kept."""
+def sweep_stale_temporaries(folder: str | os.PathLike[str], prefix: str = TMP_PREFIX) -> list[Path]:
+    """Remove temporary files (or staging folders) named ``<prefix><pid>-...`` left in ``folder`` by processes of
+    this package that no longer run (a hard abort such as SIGKILL or a full disk). Those of live processes stay."""
+    import shutil
+
     removed = []
     with contextlib.suppress(OSError):
         for entry in Path(folder).iterdir():
-            if not entry.name.startswith(TMP_PREFIX):
+            if not entry.name.startswith(prefix):
                 continue
-            pid = entry.name[len(TMP_PREFIX) :].split("-", 1)[0]
+            pid = entry.name[len(prefix) :].split("-", 1)[0]
             if pid.isdigit() and not _alive(int(pid)):
                 with contextlib.suppress(OSError):
-                    entry.unlink()
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
                     removed.append(entry)
     return removed
 
