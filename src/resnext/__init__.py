@@ -10,14 +10,16 @@ from .models import (
     se_resnext101_32x4d,
 )
 from .predict import Predictor
+from .sources import ModelSource, load_source
 from .transforms import eval_preset, train_preset
 from .weights import ResNet50_Weights, ResNeXt101_32X4D_Weights, SE_ResNeXt101_32X4D_Weights, Weights
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DownloadError",
     "ImageError",
+    "ModelSource",
     "Predictor",
     "ResNet",
     "ResNet50_Weights",
@@ -29,6 +31,7 @@ __all__ = [
     "create_model",
     "eval_preset",
     "list_models",
+    "load_source",
     "resnet50",
     "resnext101_32x4d",
     "se_resnext101_32x4d",

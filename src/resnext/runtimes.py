@@ -123,6 +123,8 @@ RUNTIMES: dict[str, Runtime] = {
         ),
     )
 }
+#: ``--backend auto``: the fastest exact runtime installed, exported once and cached (see resnext.auto)
+AUTO = "auto"
 #: `resnext export --format` value -> runtime
 EXPORT_FORMATS: dict[str, Runtime] = {r.export_format: r for r in RUNTIMES.values() if r.export_format}
 
@@ -195,7 +197,14 @@ def create_backend(
     """Build a backend by name; with ``name=None`` the runtime is inferred from ``model_file`` (or torch).
 
     ``model`` is what the torch backend runs; ``model_file`` is the exported file every other runtime runs.
+    ``name="auto"`` (:data:`AUTO`): the runtime of ``model_file`` when one is given, else :mod:`resnext.auto`
+    picks the fastest exact runtime installed for ``model`` (``options["source"]``: its ModelSource).
     """
+    if name == AUTO:
+        if model_file is None:  # imported by name: resnext.auto sits above this module (it exports)
+            auto = importlib.import_module("resnext.auto")
+            return auto.auto_backend(model, device=device, precision=precision, channels_last=channels_last, **options)
+        name = None
     if name is None:
         name = runtime_for_file(model_file).name if model_file is not None else "torch"
     runtime = get_runtime(name)

@@ -1,41 +1,45 @@
 """Inference benchmark: latency and throughput per (backend, precision, batch size) against a same-run reference.
 
     resnext benchmark inference                                              # torch, onnxruntime, openvino; fp32
-    resnext benchmark inference --backends torch,torch-cl,onnxruntime,openvino --precision fp32,int8 \
-        --batch-sizes 1,16 --json bench.json
+    resnext benchmark inference --backends torch,torch-cl,onnxruntime,openvino --precision fp32,bf16,int8 \
+        --batch-sizes 1,16 --json-file bench.json
     resnext benchmark inference --arch resnext_test --image-size 64 --batch-sizes 1,4 --min-time 0.2   # smoke
 
 Every row runs the same preprocessed batch (the packaged sample photos through ``eval_preset``, tiled to the
 batch size), first for a few warm-up calls, then for at least ``min_iters`` calls and ``min_time`` seconds. It
 reports median and p50/p95/p99 latency, img/s, the ratio to the reference row of the same batch size (PyTorch
-eager fp32 NCHW, always measured in the same run), and the achieved GFLOP/s (model FLOPs x img/s; for int8 rows the
-fp32-equivalent work) beside the machine's fp32 peak measured with a large matmul in the same run.
+eager fp32 NCHW, always measured in the same run), the achieved GFLOP/s (model FLOPs x img/s; for int8 rows the
+fp32-equivalent work), its share of the peak *of the precision the row ran in* (:mod:`resnext.bench.peak`, GEMMs
+measured in the same run with the same thread count), and its top-1 agreement with eager fp32 on the agreement
+images (``agreement_dir``, e.g. a labelled folder, where accuracy is reported too; default: the sample photos).
 
+Every runtime gets the same thread count: ``threads``, default PyTorch's current setting.
 Exported backends are exported into a temporary folder first and must pass :func:`resnext.export.check_parity`
 before they are timed. Without ``--weights`` the model has random weights, with batch-norm statistics set from
-the sample photos so activations have realistic ranges (speed does not depend on the weight values; int8
-accuracy does, so measure it with ``resnext export --precision int8`` on real weights and images).
+the sample photos so activations have realistic ranges (speed does not depend on the weight values; agreement
+does: a random network's logits are near-ties, so measure agreement with real weights and ``agreement_dir``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import functools
 import json
 import logging
 import math
-import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import ResnextError
+from .peak import apply_peaks, machine_info, measure_peaks, merge_peaks, ran_precision, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +65,14 @@ class BenchConfig:
     precisions: Sequence[str] = ("fp32",)
     batch_sizes: Sequence[int] = (1, 16, 64)
     image_size: int = 224
-    threads: int | None = None
+    threads: int | None = None  # every runtime and the peak GEMMs; default: torch.get_num_threads()
     warmup: int = 2
     min_iters: int = 3
     min_time: float = 2.0
     calibration_dir: str | None = None  # int8 calibration images; default: the packaged samples
+    agreement_dir: str | None = None  # images (a labelled folder gives accuracy too); default: the packaged samples
+    agreement_count: int = 256  # at most this many agreement images
+    peak_size: int = 2048  # GEMM size of the peak measurement
     json_path: str | None = None
 
 
@@ -82,7 +89,12 @@ class Row:
     images_per_s: float
     ratio: float = float("nan")  # img/s relative to the reference row of the same batch size
     gflops: float = float("nan")
-    peak_fraction: float = float("nan")
+    peak_fraction: float = float("nan")  # gflops / peak_gflops
+    peak_gflops: float = float("nan")  # the peak of the precision this row ran in
+    ran_precision: str = ""  # what the runtime ran (OpenVINO runs "bf16" in fp32 on CPUs without bf16)
+    agreement: float | None = None  # top-1 agreement with eager fp32 on the agreement images
+    max_abs_diff: float | None = None
+    accuracy: float | None = None  # top-1 on the agreement images when they are labelled
 
 
 @dataclass
@@ -90,27 +102,55 @@ class BenchResult:
     machine: dict[str, Any]
     config: dict[str, Any]
     model_gflop_per_image: float
-    matmul_peak_gflops: float
+    peaks: dict[str, dict[str, Any]]  # precision -> {"gflops", "engine"}
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    agreement_images: str = ""  # what agreement was measured on
+    reference_accuracy: float | None = None  # eager fp32 top-1 on the agreement images, when labelled
 
     def table(self) -> str:
-        head = ("backend", "precision", "batch", "median ms", "p50 ms", "p95 ms", "p99 ms", "img/s", "x ref",
-                "GFLOP/s", "% peak")
+        head = (
+            "backend",
+            "precision",
+            "batch",
+            "median ms",
+            "p95 ms",
+            "p99 ms",
+            "img/s",
+            "x ref",
+            "GFLOP/s",
+            "% peak",
+            "agree %",
+        )
         body = [
-            (r.backend, r.precision, str(r.batch_size), f"{r.median_ms:.1f}", f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}",
-             f"{r.p99_ms:.1f}", f"{r.images_per_s:.2f}", f"{r.ratio:.2f}", f"{r.gflops:.1f}",
-             f"{100 * r.peak_fraction:.0f}")
+            (
+                r.backend,
+                r.precision if r.ran_precision in ("", r.precision) else f"{r.precision}->{r.ran_precision}",
+                str(r.batch_size),
+                f"{r.median_ms:.1f}",
+                f"{r.p95_ms:.1f}",
+                f"{r.p99_ms:.1f}",
+                f"{r.images_per_s:.2f}",
+                f"{r.ratio:.2f}",
+                f"{r.gflops:.1f}",
+                f"{100 * r.peak_fraction:.0f}",
+                "-" if r.agreement is None else f"{100 * r.agreement:.1f}",
+            )
             for r in self.rows
         ]
         widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
         fmt = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
         lines = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, body)]
+        peaks = ", ".join(f"{p} {v['gflops']:.0f} ({v['engine']})" for p, v in self.peaks.items())
         lines.append(
             f"model: {self.config['arch']} at {self.config['image_size']} px, {self.model_gflop_per_image:.2f} "
-            f"GFLOP/image; fp32 matmul peak measured in this run: {self.matmul_peak_gflops:.1f} GFLOP/s; "
-            f"reference = torch fp32 eager NCHW"
+            f"GFLOP/image; GEMM peaks in this run, GFLOP/s at {self.machine['threads']} threads: {peaks}; "
+            f"% peak is of the row's own precision; reference = torch fp32 eager NCHW"
         )
+        accuracy = (
+            "" if self.reference_accuracy is None else f"; fp32 top-1 accuracy {100 * self.reference_accuracy:.2f}%"
+        )
+        lines.append(f"agreement: top-1 vs eager fp32 on {self.agreement_images}{accuracy}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -120,33 +160,6 @@ class BenchResult:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Measurements
-
-
-def machine_info() -> dict[str, Any]:
-    info = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-                               if f in flags]
-                break
-    return info
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 GFLOP/s of an ``n x n`` matmul on the current thread setting: the practical compute ceiling."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 def model_gflop(model: torch.nn.Module, image_size: int) -> float:
@@ -192,18 +205,6 @@ def summarise(backend: str, precision: str, batch_size: int, times: Sequence[flo
 # Runners
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Set PyTorch's intra-op threads for the benchmark only, restoring the previous value."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def set_bn_statistics(model: torch.nn.Module, images: Tensor) -> None:
     """Give a randomly initialised model realistic activation ranges: batch-norm running statistics from
     ``images`` (one cumulative pass in train mode). Without it, random ResNeXt101 logits reach ~1e6."""
@@ -234,7 +235,7 @@ def make_runner(
     if backend == "torch-compile":
         # freezing folds the weights into the graph so inductor can pre-pack them for oneDNN (CPU inference)
         compiled = torch.compile(copy.deepcopy(model), options={"freezing": True})
-        runner = TorchBackend(compiled, device="cpu", precision=precision, channels_last=True)
+        runner = TorchBackend(compiled, device="cpu", precision=precision, channels_last=True)  # type: ignore[arg-type]
         settings = export.ExportConfig("torch-compile", "", image_size=config.image_size, batch_range=(1, 1024))
         parity, _ = export.check_parity(model, runner, settings, precision, export.sample_images())
         logger.info("%s %s parity: %s", backend, precision, parity[-1].line())
@@ -243,24 +244,35 @@ def make_runner(
     low, high = 1, max(config.batch_sizes)
     settings = export.ExportConfig(
         format={"onnxruntime": "onnx", "torch-export": "export"}.get(backend, backend),
-        output="", arch=config.arch, weights=config.weights, batch_range=(low, high), precision=precision,
-        image_size=config.image_size, calibration_dir=config.calibration_dir, threads=config.threads,
+        output="",
+        arch=config.arch,
+        weights=config.weights,
+        batch_range=(low, high),
+        precision=precision,
+        image_size=config.image_size,
+        calibration_dir=config.calibration_dir,
+        threads=config.threads,
     )
-    metadata = export._metadata(settings, source_from_model(model, arch=config.arch, image_size=config.image_size), precision)
+    metadata = export._metadata(
+        settings, source_from_model(model, arch=config.arch, image_size=config.image_size), precision
+    )
     calibration = None
-    if precision == "int8" and "onnx-int8" not in cache:
+    if precision == "int8":
         calibration = export.preprocess(
             export.find_images([config.calibration_dir]) if config.calibration_dir else export.sample_images(),
             config.image_size,
         )
     file_name = {
         "onnxruntime": f"model{'-int8' if precision == 'int8' else ''}.onnx",  # = the shared ONNX intermediates
-        "openvino": f"model-{precision}.xml", "tensorrt": f"model-{precision}.engine",
-        "torchscript": "model.ts", "torch-export": "model.pt2",
+        "openvino": f"model-{precision}.xml",
+        "tensorrt": f"model-{precision}.engine",
+        "torchscript": "model.ts",
+        "torch-export": "model.pt2",
     }[backend]
     path = workdir / file_name
-    export.write_model(model, settings, precision, path, metadata, workdir=workdir, calibration=calibration,
-                       cache=cache)
+    export.write_model(
+        model, settings, precision, path, metadata, workdir=workdir, calibration=calibration, cache=cache
+    )
     runtime = create_backend(backend, model_file=str(path), precision=precision, threads=config.threads)
     parity, _ = export.check_parity(model, runtime, settings, precision, export.sample_images())
     logger.info("%s %s parity: %s", backend, precision, parity[-1].line())
@@ -274,58 +286,148 @@ def parse_list(text: str, kind: type = str) -> list[Any]:
         raise ResnextError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
 
 
-def run_inference_benchmark(config: BenchConfig, model: torch.nn.Module | None = None) -> BenchResult:
-    """Measure every supported (backend, precision) at every batch size, reference rows included."""
-    from ..export import preprocess, sample_images
-    from ..sources import load_source
-
+def plan(config: BenchConfig) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (backend, precision) pairs to measure, reference first, and the requested pairs that are unsupported."""
     unknown = [b for b in config.backends if b not in SUPPORTED]
     if unknown:
         raise ResnextError(f"unknown backend {unknown[0]!r}; choose from {', '.join(SUPPORTED)}")
     if not config.batch_sizes or min(config.batch_sizes) < 1:
         raise ResnextError("--batch-sizes must be positive integers")
+    if config.min_iters < 1 or config.min_time < 0 or config.warmup < 0:
+        raise ResnextError("--min-iters must be at least 1, --min-time and --warmup at least 0")
     pairs = [REFERENCE] + [
         (b, p) for b in config.backends for p in config.precisions if p in SUPPORTED[b] and (b, p) != REFERENCE
     ]
     skipped = [f"{b} {p}" for b in config.backends for p in config.precisions if p not in SUPPORTED[b]]
+    return pairs, skipped
+
+
+def agreement_images(config: BenchConfig, num_classes: int) -> tuple[Tensor, list[int] | None, str]:
+    """Preprocessed images for the agreement column, their labels when the folder is labelled, a description."""
+    from ..export import _spread, labelled_images, preprocess
+    from ..images import sample_images
+
+    if not config.agreement_dir:
+        paths = sample_images()
+        return preprocess(paths, config.image_size), None, f"the {len(paths)} sample photos"
+    paths, labels, note = labelled_images(config.agreement_dir, num_classes)
+    paths, labels = _spread(paths, labels, config.agreement_count)
+    if not paths:
+        raise ResnextError(f"no images found in {config.agreement_dir}")
+    kind = "labelled images" if labels is not None else f"images ({note})"
+    return preprocess(paths, config.image_size), labels, f"{len(paths)} {kind} from {config.agreement_dir}"
+
+
+def run_inference_benchmark(config: BenchConfig, model: torch.nn.Module | None = None) -> BenchResult:
+    """Measure every supported (backend, precision) at every batch size, reference rows included."""
+    from dataclasses import replace
+
+    from ..export import _logits, preprocess, sample_images
+    from ..sources import load_source
+
+    pairs, skipped = plan(config)
+    config = replace(config, threads=config.threads or torch.get_num_threads())
     with torch_threads(config.threads):
         images = preprocess(sample_images(), config.image_size)
         if model is None:
             model = load_source(config.weights, arch=config.arch).model
+            assert model is not None
             if config.weights in (None, "random"):
                 set_bn_statistics(model, images)
         model = model.eval()
+        logger.info("measuring GEMM peaks (fp32, bf16, int8) at %d threads", config.threads)
+        peaks_before = measure_peaks(config.threads, n=config.peak_size)
         result = BenchResult(
-            machine=machine_info(), config={k: v for k, v in asdict(config).items()},
-            model_gflop_per_image=model_gflop(model, config.image_size), matmul_peak_gflops=matmul_peak_gflops(),
+            machine=machine_info(),
+            config=asdict(config),
+            model_gflop_per_image=model_gflop(model, config.image_size),
+            peaks={},
         )
-        if skipped:
-            result.notes.append("not supported, skipped: " + ", ".join(skipped))
+        result.notes += ["not supported, skipped: " + ", ".join(skipped)] if skipped else []
         if config.weights in (None, "random"):
-            result.notes.append("random weights with batch-norm statistics from the sample photos")
-        reference: dict[int, float] = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            cache: dict[str, Path] = {}
-            for backend, precision in pairs:
-                try:
-                    runner = make_runner(backend, precision, model, config, Path(tmp), cache)
-                except ResnextError as exc:
-                    if (backend, precision) == REFERENCE:
-                        raise
-                    result.notes.append(f"{backend} {precision} skipped: {exc}")
-                    continue
-                for batch_size in config.batch_sizes:
-                    batch = images.repeat((batch_size + len(images) - 1) // len(images), 1, 1, 1)[:batch_size]
-                    times = time_calls(lambda: runner(batch), warmup=config.warmup, min_iters=config.min_iters,
-                                       min_time=config.min_time)
-                    row = summarise(backend, precision, batch_size, times)
-                    if (backend, precision) == REFERENCE:
-                        reference[batch_size] = row.images_per_s
-                    row.ratio = row.images_per_s / reference[batch_size]
-                    row.gflops = row.images_per_s * result.model_gflop_per_image
-                    row.peak_fraction = row.gflops / result.matmul_peak_gflops
-                    result.rows.append(row)
-                    logger.info("%s %s batch %d: %.2f img/s", backend, precision, batch_size, row.images_per_s)
+            result.notes.append(
+                "random weights with batch-norm statistics from the sample photos (agreement of a "
+                "random network is near-ties: measure it with trained weights)"
+            )
+        agree_x, labels, result.agreement_images = agreement_images(config, int(getattr(model, "num_classes", 1000)))
+        step = max(config.batch_sizes)
+        reference_logits = _logits(model, agree_x, step)
+        if labels is not None:
+            result.reference_accuracy = _accuracy(reference_logits, labels)
+        _measure_rows(config, model, pairs, images, (agree_x, reference_logits, labels), result)
+        peaks = merge_peaks(peaks_before, measure_peaks(config.threads, n=config.peak_size))
+    result.peaks = {p: {"gflops": v.gflops, "engine": v.engine} for p, v in peaks.items()}
+    apply_peaks(result.rows, peaks, result.model_gflop_per_image)
     if config.json_path:
-        Path(config.json_path).write_text(json.dumps(result.to_dict(), indent=1))
+        from ..util import atomic_open
+
+        with atomic_open(config.json_path, "w") as f:
+            f.write(json.dumps(result.to_dict(), indent=1))
     return result
+
+
+def _accuracy(logits: Tensor, labels: Sequence[int]) -> float:
+    from ..export import accuracy
+
+    return accuracy(logits, labels)
+
+
+def _measure_rows(
+    config: BenchConfig,
+    model: torch.nn.Module,
+    pairs: Sequence[tuple[str, str]],
+    images: Tensor,
+    agreement: tuple[Tensor, Tensor, list[int] | None],
+    result: BenchResult,
+) -> None:
+    """Build each runner, measure its agreement, then time it at every batch size (progress on the log)."""
+    from ..export import _logits, compare
+
+    agree_x, reference_logits, labels = agreement
+    total, done = len(pairs) * len(config.batch_sizes), 0
+    reference: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache: dict[str, Path] = {}
+        for backend, precision in pairs:
+            logger.info("preparing %s %s ...", backend, precision)
+            try:
+                runner = make_runner(backend, precision, model, config, Path(tmp), cache)
+            except ResnextError as exc:
+                if (backend, precision) == REFERENCE:
+                    raise
+                result.notes.append(f"{backend} {precision} skipped: {exc}")
+                done += len(config.batch_sizes)
+                continue
+            logits = _logits(runner, agree_x, max(config.batch_sizes))
+            parity = compare(reference_logits, logits, "agreement images", None)
+            for batch_size in config.batch_sizes:
+                done += 1
+                started = time.perf_counter()
+                logger.info("[%d/%d] %s %s batch %d ...", done, total, backend, precision, batch_size)
+                batch = images.repeat((batch_size + len(images) - 1) // len(images), 1, 1, 1)[:batch_size]
+                times = time_calls(
+                    functools.partial(runner, batch),
+                    warmup=config.warmup,
+                    min_iters=config.min_iters,
+                    min_time=config.min_time,
+                )
+                row = summarise(backend, precision, batch_size, times)
+                if (backend, precision) == REFERENCE:
+                    reference[batch_size] = row.images_per_s
+                row.ratio = row.images_per_s / reference[batch_size]
+                row.ran_precision = ran_precision(runner, precision)
+                row.agreement, row.max_abs_diff = parity.top1_agreement, parity.max_abs_diff
+                row.accuracy = None if labels is None else _accuracy(logits, labels)
+                result.rows.append(row)
+                logger.info(
+                    "[%d/%d] %s %s batch %d: %.2f img/s, x%.2f, agreement %.1f%% (%.0f s)",
+                    done,
+                    total,
+                    backend,
+                    precision,
+                    batch_size,
+                    row.images_per_s,
+                    row.ratio,
+                    100 * row.agreement,
+                    time.perf_counter() - started,
+                )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..models import list_models
-from ..runtimes import RUNTIMES
+from ..runtimes import AUTO, RUNTIMES
 from ..sources import DEFAULT_ARCH
 
 __all__ = ["DEFAULT_ARCH", "add_model_args", "add_runtime_args"]
@@ -32,8 +32,14 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     """``--backend`` and ``--model-file``: which runtime runs the model."""
     parser.add_argument(
         "--backend",
-        default=None,
-        choices=list(RUNTIMES),
-        help="inference runtime; default: the runtime of --model-file (from its suffix), else torch",
+        default=AUTO,
+        choices=[AUTO, *RUNTIMES],
+        help="inference runtime; default: auto = the runtime of --model-file (from its suffix), else the fastest "
+        "exact runtime installed (ONNX Runtime, else OpenVINO, else torch), exported once into $TORCH_HOME/resnext "
+        "and reused; with --precision bf16|int8 the approximate runtimes (agreement is reported)",
     )
     parser.add_argument("--model-file", metavar="PATH", help="exported model (see `resnext export`)")
+    parser.add_argument(
+        "--calibration-dir", metavar="DIR",
+        help="images for int8 calibration with --backend auto --precision int8 (default: the bundled samples)",
+    )

@@ -1,0 +1,227 @@
+"""The machine's compute ceiling per precision, measured with large GEMMs on every installed engine.
+
+A benchmark row's "% peak" is its model GFLOP/s divided by the peak *of its own precision*, measured in the same
+run with the same thread count: on a CPU with AVX-512 BF16/VNNI/AMX a bf16 or int8 GEMM runs 4-20x faster than an
+fp32 one, so dividing every row by one fp32 figure printed "767% of peak". Each precision's peak is the best GEMM
+rate among PyTorch, ONNX Runtime and OpenVINO (whichever are installed): the engines' own GEMM kernels are the
+ceiling their convolutions approach. A reduced precision's peak is never taken below fp32's, because any runtime
+may compute a "bf16" or "int8" layer in fp32 (OpenVINO does on CPUs without bf16).
+
+The peak is measured before and after the rows, and the higher value kept: on a shared machine one measurement
+taken during a burst of load would understate it and push rows above 100%.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: precisions with a measured peak; fp16 rows (GPU) and anything else are divided by the fp32 peak
+PEAK_PRECISIONS = ("fp32", "bf16", "int8")
+GEMM_SIZE = 2048  # 2048^3: large enough to saturate a few cores' vector units, ~20-60 ms per fp32 call on 2 cores
+
+
+#: CPU features that decide which precisions have fast kernels (recorded with every result)
+ISA_FLAGS = ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, the ISA flags that matter for speed, core and thread counts, and the GPU when there is one."""
+    import os
+
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "isa": [],
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            info["cpu"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            info["isa"] = [f for f in ISA_FLAGS if f in flags]
+            break
+    return info
+
+
+@dataclass(frozen=True)
+class Peak:
+    precision: str
+    gflops: float
+    engine: str  # which engine's GEMM reached it ("torch", "onnxruntime", "openvino", or "fp32 floor")
+
+
+def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls after one untimed call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Set PyTorch's intra-op threads for a measurement only, restoring the previous value."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _torch_gemms(n: int) -> Iterator[tuple[str, Callable[[], Any]]]:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    yield "fp32", lambda: torch.mm(a, b)
+    ab, bb = a.bfloat16(), b.bfloat16()
+    yield "bf16", lambda: torch.mm(ab, bb)
+    ai = torch.randint(-100, 100, (n, n), dtype=torch.int8)
+    bi = torch.randint(-100, 100, (n, n), dtype=torch.int8)
+    yield "int8", lambda: torch._int_mm(ai, bi)
+
+
+def _onnx_gemm_model(n: int, integer: bool) -> bytes:
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if integer:  # uint8 activations x int8 weights: what the QDQ int8 export runs
+        weight = numpy_helper.from_array(rng.integers(-100, 100, (n, n)).astype(np.int8), "w")
+        node, in_type, out_type = (
+            helper.make_node("MatMulInteger", ["x", "w"], ["y"]),
+            TensorProto.UINT8,
+            TensorProto.INT32,
+        )
+    else:
+        weight = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "w")
+        node, in_type, out_type = helper.make_node("MatMul", ["x", "w"], ["y"]), TensorProto.FLOAT, TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node],
+        "gemm",
+        [helper.make_tensor_value_info("x", in_type, [n, n])],
+        [helper.make_tensor_value_info("y", out_type, [n, n])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _onnxruntime_gemms(n: int, threads: int) -> Iterator[tuple[str, Callable[[], Any]]]:
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    for precision, integer in (("fp32", False), ("int8", True)):
+        session = ort.InferenceSession(_onnx_gemm_model(n, integer), options, providers=["CPUExecutionProvider"])
+        x = np.random.randint(0, 255, (n, n)).astype(np.uint8) if integer else np.random.rand(n, n).astype(np.float32)
+        yield precision, functools.partial(session.run, None, {"x": x})
+
+
+def _openvino_gemms(n: int, threads: int) -> Iterator[tuple[str, Callable[[], Any]]]:
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    x = ops.parameter([n, n], ov.Type.f32, name="x")
+    w = ops.constant(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32))
+    model = ov.Model([ops.matmul(x, w, False, False)], [x], "gemm")
+    data = np.random.rand(n, n).astype(np.float32)
+    core = ov.Core()
+    for precision, hint in (("fp32", "f32"), ("bf16", "bf16")):
+        compiled = core.compile_model(
+            model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads}
+        )
+        if precision == "bf16" and compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() != "bf16":
+            continue  # no native bf16 on this CPU: OpenVINO would run f32 and call it bf16
+        request = compiled.create_infer_request()
+        yield precision, functools.partial(request.infer, {0: data})
+
+
+ENGINES: dict[str, Callable[[int, int], Iterator[tuple[str, Callable[[], Any]]]]] = {
+    "torch": lambda n, threads: _torch_gemms(n),
+    "onnxruntime": _onnxruntime_gemms,
+    "openvino": _openvino_gemms,
+}
+
+
+def measure_peaks(
+    threads: int | None = None, *, n: int = GEMM_SIZE, repeats: int = 3, engines: tuple[str, ...] = tuple(ENGINES)
+) -> dict[str, Peak]:
+    """Best GFLOP/s per precision (``PEAK_PRECISIONS``) over the GEMMs of every installed engine in ``engines``.
+
+    ``threads`` (default: PyTorch's current setting) is given to every engine, as the benchmark gives it to every
+    runtime. An engine that is missing or fails contributes nothing; PyTorch's fp32 GEMM always runs.
+    """
+    threads = threads or torch.get_num_threads()
+    found: dict[str, Peak] = {}
+    with torch_threads(threads):
+        for engine in engines:
+            try:
+                for precision, fn in ENGINES[engine](n, threads):
+                    gflops = 2 * n**3 / best_seconds(fn, repeats) / 1e9
+                    if gflops > found.get(precision, Peak(precision, 0.0, "")).gflops:
+                        found[precision] = Peak(precision, gflops, engine)
+            except Exception as exc:  # noqa: BLE001 - an optional engine (missing, or an op it lacks) is skipped
+                logger.debug("peak: %s skipped (%s: %s)", engine, type(exc).__name__, exc)
+    return floor_peaks(found)
+
+
+def floor_peaks(found: dict[str, Peak]) -> dict[str, Peak]:
+    """Every precision of ``PEAK_PRECISIONS`` present, none below fp32's (see the module docstring)."""
+    fp32 = found["fp32"]
+    return {
+        p: found[p] if p in found and found[p].gflops >= fp32.gflops else Peak(p, fp32.gflops, "fp32 floor")
+        for p in PEAK_PRECISIONS
+    }
+
+
+def merge_peaks(*measurements: dict[str, Peak]) -> dict[str, Peak]:
+    """The higher value per precision of several measurements (before and after the rows)."""
+    return {p: max((m[p] for m in measurements if p in m), key=lambda peak: peak.gflops) for p in PEAK_PRECISIONS}
+
+
+def peak_fraction(gflops: float, precision: str, peaks: dict[str, Peak]) -> tuple[float, float]:
+    """(fraction of the row's own precision's peak, that peak in GFLOP/s); unknown precisions use fp32's."""
+    peak = peaks.get(precision, peaks["fp32"]).gflops
+    return gflops / peak, peak
+
+
+def ran_precision(runner: Any, precision: str) -> str:
+    """The precision a runner really computes in (int8 files report their float fallback as their own)."""
+    if precision == "int8":
+        return "int8"
+    actual = getattr(runner, "precision", precision)
+    return actual if actual in ("fp32", "bf16", "fp16") else precision
+
+
+def apply_peaks(rows: Sequence[Any], peaks: dict[str, Peak], gflop_per_image: float) -> None:
+    """Fill each row's GFLOP/s and its fraction of its own precision's peak."""
+    for row in rows:
+        row.gflops = row.images_per_s * gflop_per_image
+        if row.backend == "tensorrt":  # GPU rows: the peaks are CPU GEMMs
+            continue
+        row.peak_fraction, row.peak_gflops = peak_fraction(row.gflops, row.ran_precision or row.precision, peaks)
