@@ -212,6 +212,15 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def eager_by_default(monkeypatch, tmp_path_factory) -> None:
+    """``--backend auto`` means eager PyTorch in tests (tests/test_auto.py unsets this to test auto itself): the
+    one-time export it would do is seconds per model, and each test's model is new. Any auto cache a test does
+    write goes to a temporary folder, never to the user's."""
+    monkeypatch.setenv("RESNEXT_AUTO", "torch")
+    monkeypatch.setenv("RESNEXT_CACHE", str(tmp_path_factory.getbasetemp() / "resnext-auto-cache"))
+
+
 @pytest.fixture
 def offline_cache(tmp_path, monkeypatch) -> Path:
     """Empty ``$TORCH_HOME``; the weights mirror is a closed loopback port, so no fetch can succeed or leave."""

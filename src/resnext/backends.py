@@ -23,6 +23,9 @@ from torch import Tensor
 from .errors import ResnextError
 from .runtimes import INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, require
 
+#: Name of the optional second output (pooled penultimate features) of files exported with ``features=True``.
+FEATURES_NAME = "features"
+
 logger = logging.getLogger(__name__)
 
 def _existing(model_file: str | os.PathLike) -> Path:
@@ -57,16 +60,34 @@ class ExportedBackend:
     host_input = True
 
     def __call__(self, batch: Tensor) -> Tensor:
+        return self._split(batch, self.run)
+
+    @property
+    def has_features(self) -> bool:
+        """True for files exported with a second output of pooled features (``ExportConfig(features=True)``)."""
+        return FEATURES_NAME in self.metadata.get("outputs", ())
+
+    def features(self, batch: Tensor) -> Tensor:
+        """Pooled penultimate features ``[N, D]``, for files exported with a ``features`` output."""
+        if not self.has_features:
+            raise ResnextError(f"{self.path.name} has no '{FEATURES_NAME}' output: re-export it with features "
+                               "(resnext.export.ExportConfig(features=True)) or embed with the torch backend")
+        return self._split(batch, self.run_features)
+
+    def _split(self, batch: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
         self.check_input(batch)
         batch = batch.detach().float()
         if self.host_input:
             batch = batch.cpu().contiguous()
         step = self.max_batch or batch.shape[0]
-        outputs = [self.run(batch[i:i + step]) for i in range(0, batch.shape[0], step)]
+        outputs = [fn(batch[i:i + step]) for i in range(0, batch.shape[0], step)]
         return torch.cat(outputs).float().cpu()
 
     def run(self, batch: Tensor) -> Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def run_features(self, batch: Tensor) -> Tensor:
+        raise ResnextError(f"the {self.name} backend cannot read a '{FEATURES_NAME}' output")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, image_size={self.image_size}, num_classes={self.num_classes})"
@@ -108,14 +129,17 @@ class OnnxRuntimeBackend(ExportedBackend):
         metadata = json.loads(meta) if meta else {}
         _check_precision(self.name, precision, metadata, allowed=("fp32", "int8"))
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        self.input_name = inp.name
+        self.input_name, self.output_name = inp.name, out.name
         super().__init__(
             path, image_size=_static_dim(inp.shape[-1], "image size", path),
             num_classes=_static_dim(out.shape[-1], "class", path), metadata=metadata,
         )
 
     def run(self, batch: Tensor) -> Tensor:
-        return torch.from_numpy(self.session.run(None, {self.input_name: batch.numpy()})[0])
+        return torch.from_numpy(self.session.run([self.output_name], {self.input_name: batch.numpy()})[0])
+
+    def run_features(self, batch: Tensor) -> Tensor:
+        return torch.from_numpy(self.session.run([FEATURES_NAME], {self.input_name: batch.numpy()})[0])
 
 
 def _check_precision(backend: str, requested: str | None, metadata: dict[str, Any], allowed: tuple[str, ...]) -> None:
@@ -190,6 +214,10 @@ class OpenVinoBackend(ExportedBackend):
         result = self.request.infer({0: batch.numpy()})
         return torch.from_numpy(result[self.compiled.outputs[0]].copy())
 
+    def run_features(self, batch: Tensor) -> Tensor:
+        result = self.request.infer({0: batch.numpy()})
+        return torch.from_numpy(result[self.compiled.output(FEATURES_NAME)].copy())
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # TorchScript and torch.export archives (run by PyTorch itself)
@@ -227,7 +255,11 @@ class TorchScriptBackend(ExportedBackend):
 
     @torch.inference_mode()
     def run(self, batch: Tensor) -> Tensor:
-        return self.module(batch.to(self.device))
+        return _output(self.module(batch.to(self.device)), 0)
+
+    @torch.inference_mode()
+    def run_features(self, batch: Tensor) -> Tensor:
+        return _output(self.module(batch.to(self.device)), 1)
 
 
 class TorchExportBackend(ExportedBackend):
@@ -248,7 +280,16 @@ class TorchExportBackend(ExportedBackend):
 
     @torch.inference_mode()
     def run(self, batch: Tensor) -> Tensor:
-        return self.module(batch)
+        return _output(self.module(batch), 0)
+
+    @torch.inference_mode()
+    def run_features(self, batch: Tensor) -> Tensor:
+        return _output(self.module(batch), 1)
+
+
+def _output(out: Any, index: int) -> Tensor:
+    """Archives exported with features return ``(logits, features)``; plain ones return the logits."""
+    return out[index] if isinstance(out, (tuple, list)) else out
 
 
 # ---------------------------------------------------------------------------------------------------------------

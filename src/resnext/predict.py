@@ -7,18 +7,22 @@ into this module (decoding lives in :mod:`resnext.images`, runtimes in :mod:`res
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-from .errors import ResnextError
-from .images import ImageDataset, ImageSource, collate_images, load_image
-from .runtimes import Backend, create_backend
+from .errors import ImageError, ResnextError
+from .images import ImageDataset, ImageSource, collate_images, describe_source, load_image
+from .runtimes import AUTO, Backend, create_backend
 from .sources import DEFAULT_ARCH, ModelSource, display_names, load_source
 from .transforms import EvalPreset, eval_preset
+
+if TYPE_CHECKING:
+    from .explain import Explanation
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class Predictor:
         cls,
         source: ModelSource,
         *,
-        backend: str | None = None,
+        backend: str | None = "auto",
         device: str = "auto",
         precision: str | None = None,
         channels_last: bool = False,
@@ -85,8 +89,13 @@ class Predictor:
         image_size: int | None = None,
         **options: Any,
     ) -> Predictor:
-        """A predictor running ``source.model`` on ``backend`` (default torch)."""
-        engine = create_backend(backend or "torch", model=source.model, device=device, precision=precision,
+        """A predictor running ``source.model`` on ``backend``: default (``"auto"`` or None) the fastest exact
+        runtime installed, exported once into a cache (:mod:`resnext.auto`); ``"torch"`` for eager PyTorch."""
+        if backend in (None, AUTO):
+            if image_size and image_size != source.image_size:  # the export is made at the size it will run at
+                source = dataclasses.replace(source, image_size=image_size, transforms=eval_preset(image_size))
+            options["source"] = source
+        engine = create_backend(backend or AUTO, model=source.model, device=device, precision=precision,
                                 channels_last=channels_last, **options)
         transforms = eval_preset(image_size) if image_size else source.transforms
         return cls(engine, transforms=transforms, categories=categories or source.categories, arch=source.arch,
@@ -98,7 +107,7 @@ class Predictor:
         arch: str | None = None,
         *,
         weights: Any = "DEFAULT",
-        backend: str | None = None,
+        backend: str | None = "auto",
         model_file: str | None = None,
         device: str = "auto",
         precision: str | None = None,
@@ -111,7 +120,9 @@ class Predictor:
     ) -> Predictor:
         """A predictor for any source (see :mod:`resnext.sources`): ``weights`` is ``"DEFAULT"`` (the published
         weights), a weights name, a file, a URL, or ``None``/``"random"``; or ``model_file`` is an exported model,
-        whose runtime is inferred from its suffix unless ``backend`` names it.
+        whose runtime is inferred from its suffix unless ``backend`` names it. ``backend="auto"`` (the default)
+        runs the weights on the fastest exact runtime installed (:mod:`resnext.auto`); ``precision="bf16"`` or
+        ``"int8"`` with it opts into approximate runtimes (``calibration_dir=`` for int8 calibration images).
 
         A checkpoint's own classifier size, class names and image size are used (a fine-tuned 5-class file gives a
         5-class predictor with its folder names); ``num_classes``, when given, must agree: inference never
@@ -138,9 +149,38 @@ class Predictor:
         """Class probabilities ``[N, C]`` for a preprocessed batch."""
         return torch.softmax(self.backend(batch), dim=-1)
 
-    def classify(self, sources: Sequence[ImageSource], *, topk: int = 5) -> list[list[Prediction]]:
-        batch = torch.stack([self.preprocess(s) for s in sources])
-        return top_k(self.backend(batch), topk, self.categories, from_logits=True)
+    def classify(self, sources: Sequence[ImageSource], *, topk: int = 5, batch_size: int = 16) -> list[ClassifyResult]:
+        """One :class:`ClassifyResult` per source, in order, batched ``batch_size`` at a time.
+
+        An input that cannot be decoded (or whose scores are not finite) does not raise: its result carries the
+        one-line ``error`` that ``resnext classify`` prints, and the others are classified. A result is also a
+        sequence of its :class:`Prediction` s (``results[0][0].label``); reading the predictions of a failed
+        input raises its :class:`~resnext.errors.ImageError`.
+        """
+        return list(classify_sources(self, sources, topk=topk, batch_size=batch_size, workers=0, progress=False))
+
+    def embed(self, batch: Tensor, *, normalize: bool = False) -> Tensor:
+        """Pooled penultimate features ``[N, D]`` (float32, CPU) of a preprocessed batch:
+        ``model.forward_head(model.forward_features(x), pre_logits=True)`` on the eager model, or the ``features``
+        output of an exported file written with them. ``normalize`` scales each row to unit L2 norm."""
+        if getattr(self.backend, "has_features", False):
+            out = self.backend.features(batch)
+        elif self.model is not None and hasattr(self.model, "forward_features"):
+            out = _torch_features(self.model, self.backend, batch)
+        else:
+            raise ResnextError("this model file has no 'features' output: re-export it with features "
+                               "(resnext.export.ExportConfig(features=True)) or embed with the torch backend")
+        out = out.float().cpu()
+        return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+    def explain(self, image: ImageSource, target: int | str | None = None) -> Explanation:
+        """Grad-CAM heat-map of ``image`` for ``target`` (class index or name; default: the top class), aligned
+        with the crop the model sees (:mod:`resnext.explain`). Needs the eager torch model (``self.model``)."""
+        from .explain import explain_image
+
+        if self.model is None:
+            raise ResnextError("explanations need the torch backend: this predictor runs an exported model file")
+        return explain_image(self.model, self.transforms, self.categories, image, target)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,16 +189,49 @@ class Predictor:
 
 @dataclass(frozen=True)
 class ClassifyResult:
-    """One input's outcome: its top-k ``predictions``, or the one-line ``error`` that made it unreadable."""
+    """One input's outcome: its top-k ``predictions``, or the one-line ``error`` that made it unreadable.
+
+    It is also a read-only sequence of its predictions (``len``, indexing, iteration); on a failed input those
+    raise :class:`~resnext.errors.ImageError` with ``error``. ``ok`` tells the two apart without raising.
+    """
 
     source: str
     predictions: list[Prediction] | None = None
     error: str | None = None
 
+    @property
+    def ok(self) -> bool:
+        return self.predictions is not None
+
+    def _checked(self) -> list[Prediction]:
+        if self.predictions is None:
+            raise ImageError(self.error or f"{self.source}: not classified")
+        return self.predictions
+
+    def __len__(self) -> int:
+        return len(self._checked())
+
+    def __getitem__(self, index: int) -> Prediction:
+        return self._checked()[index]
+
+    def __iter__(self) -> Iterator[Prediction]:
+        return iter(self._checked())
+
+    def __bool__(self) -> bool:
+        return True  # a result is always a result; ``ok`` says whether it has predictions
+
+
+#: The error of an input whose scores came out NaN or infinite (never printed as ``nan%``).
+NON_FINITE = "the model's outputs are not finite (NaN or inf): its weights are damaged, or the precision overflows"
+
+
+def _name(source: ImageSource) -> str:
+    return source if isinstance(source, str) else describe_source(source)
+
 
 def classify_sources(
     predictor: Predictor,
-    sources: Sequence[str],
+    sources: Sequence[ImageSource],
     *,
     topk: int = 5,
     batch_size: int = 16,
@@ -170,10 +243,57 @@ def classify_sources(
     Images are decoded and preprocessed by ``workers`` background processes (a torch ``DataLoader``; 0 decodes
     in this process) while the previous batch runs; unreadable inputs are yielded with their error, never raised.
     """
-    from tqdm.auto import tqdm
-
     if topk < 1:
         raise ResnextError(f"--topk must be at least 1, got {topk}")
+    for indices, batch, errors in decoded_batches(predictor, sources, batch_size=batch_size, workers=workers,
+                                                  progress=progress, desc="classifying"):
+        outcome: dict[int, ClassifyResult] = {i: ClassifyResult(_name(sources[i]), error=e) for i, e in errors}
+        if batch is not None:
+            logits = predictor.backend(batch)
+            finite = torch.isfinite(logits).all(dim=-1).tolist()
+            for i, ok, predictions in zip(indices, finite, top_k(logits, topk, predictor.categories, from_logits=True)):
+                outcome[i] = (ClassifyResult(_name(sources[i]), predictions=predictions) if ok else
+                              ClassifyResult(_name(sources[i]), error=f"{_name(sources[i])}: {NON_FINITE}"))
+        for i in sorted(outcome):
+            yield outcome[i]
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """One input's pooled features (``[D]`` float32 tensor), or the one-line ``error`` that made it unreadable."""
+
+    source: str
+    embedding: Tensor | None = None
+    error: str | None = None
+
+
+def embed_sources(
+    predictor: Predictor,
+    sources: Sequence[str],
+    *,
+    normalize: bool = False,
+    batch_size: int = 16,
+    workers: int = 2,
+    progress: bool = True,
+) -> Iterator[EmbedResult]:
+    """Like :func:`classify_sources`, yielding :meth:`Predictor.embed` vectors instead of top-k classes."""
+    for indices, batch, errors in decoded_batches(predictor, sources, batch_size=batch_size, workers=workers,
+                                                  progress=progress, desc="embedding"):
+        outcome: dict[int, EmbedResult] = {i: EmbedResult(str(sources[i]), error=e) for i, e in errors}
+        if batch is not None:
+            for i, vector in zip(indices, predictor.embed(batch, normalize=normalize)):
+                outcome[i] = EmbedResult(str(sources[i]), embedding=vector)
+        for i in sorted(outcome):
+            yield outcome[i]
+
+
+def decoded_batches(
+    predictor: Predictor, sources: Sequence[str], *, batch_size: int, workers: int, progress: bool, desc: str,
+) -> Iterator[tuple[list[int], Tensor | None, list[tuple[int, str]]]]:
+    """``collate_images`` batches of ``sources`` decoded in ``workers`` background processes, with a progress bar
+    (img/s, ETA) on stderr that counts each batch once the caller has consumed it."""
+    from tqdm.auto import tqdm
+
     if batch_size < 1:
         raise ResnextError(f"--batch-size must be at least 1, got {batch_size}")
     loader = torch.utils.data.DataLoader(
@@ -183,12 +303,17 @@ def classify_sources(
         collate_fn=collate_images,
         pin_memory=getattr(predictor.backend, "device", torch.device("cpu")).type == "cuda",
     )
-    with tqdm(total=len(sources), unit="img", desc="classifying", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=len(sources), unit="img", desc=desc, disable=not progress, file=sys.stderr) as bar:
         for indices, batch, errors in loader:
-            outcome: dict[int, ClassifyResult] = {i: ClassifyResult(str(sources[i]), error=e) for i, e in errors}
-            if batch is not None:
-                for i, predictions in zip(indices, top_k(predictor.backend(batch), topk, predictor.categories, from_logits=True)):
-                    outcome[i] = ClassifyResult(str(sources[i]), predictions=predictions)
-            for i in sorted(outcome):
-                yield outcome[i]
-            bar.update(len(outcome))
+            yield indices, batch, errors
+            bar.update(len(indices) + len(errors))
+
+
+def _torch_features(model: torch.nn.Module, backend: Any, batch: Tensor) -> Tensor:
+    """Pooled features from the eager model, on the torch backend's device, precision and memory format."""
+    device = getattr(backend, "device", torch.device("cpu"))
+    dtype = getattr(backend, "dtype", None)
+    memory_format = getattr(backend, "memory_format", torch.contiguous_format)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        x = batch.to(device, memory_format=memory_format, non_blocking=True)
+        return model.forward_head(model.forward_features(x), pre_logits=True).float().cpu()

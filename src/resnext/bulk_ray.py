@@ -1,0 +1,226 @@
+"""The Ray Data engine for ``resnext classify|embed --engine ray``: the same rows, over many machines.
+
+    resnext classify 's3://bucket/photos/*.jpg' --from-list more.txt --engine ray --ray-address auto \\
+        --actors 8 --gpus-per-actor 1 --batch-size 64 --output preds.parquet
+
+Pipeline (one Ray Data dataset, streamed):
+
+1. list inputs on the driver (:func:`resnext.bulk.list_inputs`), minus those already in the output (``--resume``);
+2. read bytes and decode + preprocess in CPU tasks (:func:`decode_batch`): local paths and http(s) URLs through
+   :func:`resnext.images.load_image`, other URIs (``s3://``, ``gs://``, ``hdfs://``, ...) read by pyarrow's
+   filesystems (or fsspec) and decoded from bytes by the same function, so there is one decode path;
+   an unreadable input becomes an error row, never a failed task (Ray Data may fuse this step into the actors
+   when their resources match; it then runs in the actor processes, still before the model);
+3. the model in an actor pool (``map_batches`` with :class:`ModelActor`; each actor builds its predictor once from
+   a :class:`resnext.bulk.ModelSpec`, so any runtime of the registry works);
+4. the driver streams the result blocks into the same writers as the local engine (:mod:`resnext.bulk`).
+
+Fault tolerance: Ray Data's actor pools restart an actor that dies (``max_restarts=-1``) and retry its batch
+(``max_task_retries=-1``), its defaults, checked by the tests; a block reaches the driver once, and the writer
+drops any input it already holds, so the output has every input exactly once. A driver crash is recovered with
+``--resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .bulk import (
+    BulkJob,
+    BulkSummary,
+    ModelSpec,
+    classify_row,
+    embed_row,
+    is_remote,
+    open_writer,
+    rows_to_table,
+    write_rows,
+)
+from .download import is_url
+from .errors import ImageError, ResnextError
+from .runtimes import require
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: start a private Ray instance on this machine; "auto" or HOST:PORT: join one
+    actors: int = 2
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    object_store_memory: int | None = None  # bytes, for the private instance (default: Ray's own)
+
+    def __post_init__(self) -> None:
+        if self.actors < 1:
+            raise ResnextError(f"--actors must be at least 1, got {self.actors}")
+        if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
+            raise ResnextError("--cpus-per-actor must be above 0 and --gpus-per-actor 0 or more")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading and decoding (CPU tasks)
+
+
+def read_bytes(uri: str, max_bytes: int) -> bytes:
+    """The bytes of an object-store / remote-filesystem URI, bounded; :class:`ImageError` when unreadable."""
+    try:
+        import pyarrow.fs
+
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+        stream = filesystem.open_input_stream(path)
+    except Exception:  # noqa: BLE001 - a scheme pyarrow does not know: try fsspec, which knows more
+        try:
+            import fsspec
+
+            stream = fsspec.open(uri, "rb").open()
+        except Exception as exc:  # noqa: BLE001 - missing driver package, credentials, no such object, ...
+            raise ImageError(f"{uri}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    try:
+        data = stream.read(max_bytes + 1)
+    except Exception as exc:  # noqa: BLE001
+        raise ImageError(f"{uri}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    finally:
+        stream.close()
+    if len(data) > max_bytes:
+        raise ImageError(f"{uri}: file is larger than {max_bytes} bytes")
+    return bytes(data)
+
+
+def decode_batch(batch: dict[str, np.ndarray], transforms: Any) -> dict[str, np.ndarray]:
+    """``{"path"}`` -> ``{"path", "pixels" [n, 3, S, S] float32, "error"}``; failed items get zeros and their error,
+    the others an empty error (``None`` would not survive Ray's block conversions: it may come back as NaN)."""
+    from .download import MAX_IMAGE_BYTES
+    from .images import ImageDataset
+
+    paths = [str(p) for p in batch["path"]]
+    sources = [read_or_error(p, MAX_IMAGE_BYTES) if is_remote(p) and not is_url(p) else p for p in paths]
+    dataset = ImageDataset(sources, transforms)  # type: ignore[arg-type]  # the one error-tolerant decoder
+    size = transforms.crop_size
+    pixels = np.zeros((len(paths), 3, size, size), dtype=np.float32)
+    errors: list[str] = []
+    for i, source in enumerate(sources):
+        if isinstance(source, ImageError):
+            errors.append(str(source))
+            continue
+        _, tensor, error = dataset[i]
+        if tensor is not None:
+            pixels[i] = tensor.numpy()
+        if error and isinstance(source, bytes):  # name the URI, not "<123 bytes>"
+            error = error.replace(f"<{len(source)} bytes>", paths[i], 1)
+        errors.append(error or "")
+    return {"path": np.array(paths, dtype=object), "pixels": pixels, "error": np.array(errors, dtype=object)}
+
+
+def read_or_error(uri: str, max_bytes: int) -> bytes | ImageError:
+    try:
+        return read_bytes(uri, max_bytes)
+    except ImageError as exc:
+        return exc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model (actor pool)
+
+
+class ModelActor:
+    """One model replica: builds its predictor once, then turns decoded batches into output rows."""
+
+    def __init__(self, spec: ModelSpec, task: str, topk: int, normalize: bool, threads: int | None) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        if spec.weights in (None, "random"):
+            torch.manual_seed(0)  # every replica must hold the same random weights
+        self.predictor = spec.predictor()
+        self.task, self.topk, self.normalize = task, topk, normalize
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+        import torch
+
+        from .predict import top_k
+
+        paths, errors = [str(p) for p in batch["path"]], [str(e) or None for e in batch["error"]]
+        ok = [i for i, e in enumerate(errors) if e is None]
+        results: dict[int, Any] = {}
+        if ok:
+            x = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
+            if self.task == "classify":
+                outputs = top_k(self.predictor.backend(x), self.topk, self.predictor.categories, from_logits=True)
+            else:
+                outputs = list(self.predictor.embed(x, normalize=self.normalize).numpy())
+            results = dict(zip(ok, outputs))
+        make = classify_row if self.task == "classify" else embed_row
+        rows = [make(p, results.get(i), errors[i]) for i, p in enumerate(paths)]
+        return rows_to_table(self.task, rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver
+
+
+def run_ray(job: BulkJob, spec: ModelSpec, options: RayOptions = RayOptions()) -> BulkSummary:
+    """Run ``job`` as a Ray Data pipeline; joins ``options.address`` or an already initialised Ray, else starts
+    (and afterwards stops) a private instance on this machine."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray = require("ray", "ray")
+    require("ray.data", "ray")
+    writer = open_writer(job.output, job.task, topk=job.topk)
+    done = writer.open(resume=job.resume, overwrite=job.overwrite)
+    pending = [s for s in job.sources if s not in done]
+    # The driver builds the predictor once before any actor: a bad model source fails here in one line, and
+    # the preset (crop size, normalisation) the CPU tasks need comes from the model itself.
+    transforms = spec.predictor(device="cpu").transforms if pending else None
+    started = not ray.is_initialized()
+    if started:
+        _init_private(ray, options)
+    try:
+        rows = _stream(job, spec, options, pending, transforms) if pending else iter(())
+        return write_rows(job, writer, rows, skipped=len(job.sources) - len(pending), total=len(job.sources))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _init_private(ray: Any, options: RayOptions) -> None:
+    if options.address is not None:
+        ray.init(address=options.address, log_to_driver=False)
+        return
+    # Enough logical CPUs for the actors plus the decoding tasks, or the pool would starve the decoders.
+    need = int(options.actors * options.cpus_per_actor + 1.999)
+    ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False, log_to_driver=False,
+             object_store_memory=options.object_store_memory, configure_logging=False)
+
+
+def _stream(job: BulkJob, spec: ModelSpec, options: RayOptions, pending: list[str], transforms: Any) -> Iterator[dict]:
+    import ray.data
+    from tqdm.auto import tqdm
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours below counts written rows, with img/s and ETA
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    blocks = max(1, min(len(pending) // job.batch_size, 10_000))
+    ds: Any = ray.data.from_items([{"path": p} for p in pending], override_num_blocks=blocks)
+    ds = ds.map_batches(decode_batch, fn_kwargs={"transforms": transforms}, batch_size=job.batch_size,
+                        batch_format="numpy", num_cpus=1)
+    threads = max(1, int(options.cpus_per_actor)) if options.gpus_per_actor == 0 else None
+    ds = ds.map_batches(
+        ModelActor, fn_constructor_kwargs={"spec": spec, "task": job.task, "topk": job.topk,
+                                           "normalize": job.normalize, "threads": threads},
+        compute=ray.data.ActorPoolStrategy(size=options.actors), batch_size=job.batch_size, batch_format="numpy",
+        num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor,
+    )  # Ray Data's actor pools restart dead actors and retry their batch (max_restarts/max_task_retries -1)
+    with tqdm(total=len(pending), unit="img", desc=f"{job.task} (ray)", disable=not job.progress,
+              file=sys.stderr) as bar:
+        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            rows = table.to_pylist()
+            yield from rows
+            bar.update(len(rows))
