@@ -9,14 +9,18 @@ import torch
 
 from resnext.errors import ResnextError
 from resnext.export import ExportConfig, export_model
-from resnext.models import create_model
 from resnext.images import sample_images
+from resnext.models import create_model
 from resnext.predict import Predictor
 from resnext.runtimes import RUNTIMES, create_backend
 
 SIZE = 32
-EXTENSIONS = {"onnxruntime": ("onnx", ".onnx"), "openvino": ("openvino", ".xml"), "torch-export": ("export", ".pt2"),
-              "torchscript": ("torchscript", ".ts")}
+EXTENSIONS = {
+    "onnxruntime": ("onnx", ".onnx"),
+    "openvino": ("openvino", ".xml"),
+    "torch-export": ("export", ".pt2"),
+    "torchscript": ("torchscript", ".ts"),
+}
 NEEDS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
@@ -31,8 +35,12 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
         if backend in NEEDS:
             pytest.importorskip(NEEDS[backend])
         files[backend] = root / f"m{ext}"
-        export_model(ExportConfig(fmt, str(files[backend]), arch="resnext_test", weights="random", image_size=SIZE,
-                                  batch_range=(1, 4)), model=model)
+        export_model(
+            ExportConfig(
+                fmt, str(files[backend]), arch="resnext_test", weights="random", image_size=SIZE, batch_range=(1, 4)
+            ),
+            model=model,
+        )
     return {"model": model, "files": files, "root": root}
 
 
@@ -119,7 +127,9 @@ def test_predictor_preprocesses_at_the_exported_input_size(tmp_path, backend):
     torch.save(create_model("resnext_test").eval().state_dict(), weights)
     fmt, ext = EXTENSIONS[backend]
     path = tmp_path / f"m64{ext}"
-    export_model(ExportConfig(fmt, str(path), arch="resnext_test", weights=str(weights), batch_range=(1, 4), image_size=64))
+    export_model(
+        ExportConfig(fmt, str(path), arch="resnext_test", weights=str(weights), batch_range=(1, 4), image_size=64)
+    )
     exported = Predictor.from_pretrained("resnext_test", backend=backend, model_file=str(path))
     reference = Predictor.from_pretrained("resnext_test", weights=str(weights), device="cpu", image_size=64)
     assert exported.transforms.crop_size == reference.transforms.crop_size == 64

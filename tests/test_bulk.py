@@ -50,10 +50,15 @@ def read_output(path: Path) -> list[dict]:
         for r in csv.DictReader(f):
             k = sum(c.startswith("label_") for c in r)
             present = [i for i in range(1, k + 1) if r[f"label_{i}"]]
-            rows.append({"path": r["path"], "error": r["error"] or None,
-                         "labels": [r[f"label_{i}"] for i in present],
-                         "indices": [int(r[f"index_{i}"]) for i in present],
-                         "probabilities": [float(r[f"probability_{i}"]) for i in present]})
+            rows.append(
+                {
+                    "path": r["path"],
+                    "error": r["error"] or None,
+                    "labels": [r[f"label_{i}"] for i in present],
+                    "indices": [int(r[f"index_{i}"]) for i in present],
+                    "probabilities": [float(r[f"probability_{i}"]) for i in present],
+                }
+            )
     return rows
 
 
@@ -64,15 +69,32 @@ def images(tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def predictor(small_checkpoint) -> Predictor:
-    return Predictor.from_pretrained("resnext_test", weights=str(small_checkpoint), backend="torch", device="cpu",
-                                     image_size=IMAGE_SIZE)
+    return Predictor.from_pretrained(
+        "resnext_test", weights=str(small_checkpoint), backend="torch", device="cpu", image_size=IMAGE_SIZE
+    )
 
 
 @pytest.fixture
 def run(small_checkpoint, capsys):
     def run(command: str, *args: str) -> tuple[int, str]:
-        code = cli.main([command, "--arch", "resnext_test", "--weights", str(small_checkpoint), "--backend", "torch",
-                         "--device", "cpu", "--image-size", str(IMAGE_SIZE), "--workers", "0", *args])
+        code = cli.main(
+            [
+                command,
+                "--arch",
+                "resnext_test",
+                "--weights",
+                str(small_checkpoint),
+                "--backend",
+                "torch",
+                "--device",
+                "cpu",
+                "--image-size",
+                str(IMAGE_SIZE),
+                "--workers",
+                "0",
+                *args,
+            ]
+        )
         return code, capsys.readouterr().err
 
     return run
@@ -107,7 +129,9 @@ def test_list_inputs_expands_folders_globs_and_list_files(tmp_path) -> None:
     assert list_inputs([str(tmp_path / "**" / "n.png")]) == [str(nested)]
     # duplicates (folder + list file naming the same file) appear once; remote URIs are kept as given
     assert list_inputs([str(tmp_path / "a" / "*.png")], from_list=listing) == paths + [
-        "https://example.invalid/x.jpg", "s3://bucket/key.jpg"]
+        "https://example.invalid/x.jpg",
+        "s3://bucket/key.jpg",
+    ]
     with pytest.raises(Exception, match="no files match"):
         list_inputs([str(tmp_path / "nothing-*.png")])
     with pytest.raises(Exception, match="cannot read --from-list"):
@@ -171,14 +195,32 @@ def test_resume_skips_done_inputs_and_cuts_a_torn_last_line(run, images, predict
 
 @pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
-def test_resume_after_sigkill_equals_an_uninterrupted_run(
-    run, small_checkpoint, tmp_path, suffix
-) -> None:
+def test_resume_after_sigkill_equals_an_uninterrupted_run(run, small_checkpoint, tmp_path, suffix) -> None:
     images = make_images(tmp_path / "imgs", 30, corrupt=2, seed=1)
     out = tmp_path / f"killed{suffix}"
-    command = [sys.executable, "-m", "resnext", "classify", str(tmp_path / "imgs"), "--arch", "resnext_test",
-               "--weights", str(small_checkpoint), "--backend", "torch", "--device", "cpu", "--image-size",
-               str(IMAGE_SIZE), "--workers", "0", "--batch-size", "2", "--output", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "resnext",
+        "classify",
+        str(tmp_path / "imgs"),
+        "--arch",
+        "resnext_test",
+        "--weights",
+        str(small_checkpoint),
+        "--backend",
+        "torch",
+        "--device",
+        "cpu",
+        "--image-size",
+        str(IMAGE_SIZE),
+        "--workers",
+        "0",
+        "--batch-size",
+        "2",
+        "--output",
+        str(out),
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = out.with_name(out.name + ".parts")
     try:
@@ -195,8 +237,11 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(
     assert proc.returncode == -signal.SIGKILL
     import pyarrow.parquet as pq
 
-    partial = read_output(out) if suffix == ".jsonl" else [
-        p for f in parts.glob("part-*.parquet") for p in pq.read_table(f)["path"].to_pylist()]
+    partial = (
+        read_output(out)
+        if suffix == ".jsonl"
+        else [p for f in parts.glob("part-*.parquet") for p in pq.read_table(f)["path"].to_pylist()]
+    )
     assert 0 < len(partial) < len(images)  # killed for real, in the middle
     # exit status 0: the corrupt inputs (sorted first) already had their rows before the kill
     assert run("classify", str(tmp_path / "imgs"), "--batch-size", "2", "--output", str(out), "--resume")[0] == 0
@@ -277,24 +322,52 @@ def test_exported_features_output_agrees_with_torch(predictor, images, tmp_path)
     source = source_from_model(predictor.model, arch="resnext_test", image_size=IMAGE_SIZE)
     good = [p for p in images if "bad" not in p][:6]
     x = torch.stack([predictor.preprocess(p) for p in good])
-    result = export_model(ExportConfig("onnx", str(tmp_path / "m.onnx"), arch="resnext_test", image_size=IMAGE_SIZE,
-                                       features=True, batch_range=(1, 8)), source)
+    result = export_model(
+        ExportConfig(
+            "onnx",
+            str(tmp_path / "m.onnx"),
+            arch="resnext_test",
+            image_size=IMAGE_SIZE,
+            features=True,
+            batch_range=(1, 8),
+        ),
+        source,
+    )
     assert any(p.inputs == "features of real images" for p in result.parity)
     exported = Predictor.from_pretrained(model_file=str(tmp_path / "m.onnx"), device="cpu")
     assert exported.model is None and exported.backend.has_features
     np.testing.assert_allclose(exported.embed(x).numpy(), reference_features(predictor, good), rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(exported.backend(x), predictor.backend(x), rtol=1e-3, atol=1e-4)  # logits unchanged
     plain = tmp_path / "plain.onnx"
-    export_model(ExportConfig("onnx", str(plain), arch="resnext_test", image_size=IMAGE_SIZE, batch_range=(1, 8)),
-                 source)
+    export_model(
+        ExportConfig("onnx", str(plain), arch="resnext_test", image_size=IMAGE_SIZE, batch_range=(1, 8)), source
+    )
     with pytest.raises(Exception, match="no 'features' output"):
         Predictor.from_pretrained(model_file=str(plain), device="cpu").embed(x)
 
 
 def test_bulk_benchmark_prints_model_only_reference_and_local_rows(images, capsys) -> None:
-    code = cli.main(["benchmark", "bulk", os.path.dirname(images[0]), "--arch", "resnext_test", "--image-size",
-                     str(IMAGE_SIZE), "--backend", "torch", "--engine", "local", "--limit", "8", "--batch-size", "4",
-                     "--workers", "0"])
+    code = cli.main(
+        [
+            "benchmark",
+            "bulk",
+            os.path.dirname(images[0]),
+            "--arch",
+            "resnext_test",
+            "--image-size",
+            str(IMAGE_SIZE),
+            "--backend",
+            "torch",
+            "--engine",
+            "local",
+            "--limit",
+            "8",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+        ]
+    )
     table = capsys.readouterr().out.splitlines()
     assert code == 0
     rows = {line.split()[0]: line.split() for line in table if line.startswith(("model", "local"))}

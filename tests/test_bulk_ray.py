@@ -130,7 +130,7 @@ def ray_run(tmp_path_factory, small_checkpoint) -> dict:
     assert proc.returncode == 0 and lines, (
         f"driver failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     )
-    report = json.loads(lines[-1][len("REPORT "):])
+    report = json.loads(lines[-1][len("REPORT ") :])
     deadline = time.monotonic() + 30
     while processes_in(report["netns"]) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -140,8 +140,9 @@ def ray_run(tmp_path_factory, small_checkpoint) -> dict:
 
 @pytest.fixture(scope="module")
 def predictor(small_checkpoint) -> Predictor:
-    return Predictor.from_pretrained("resnext_test", weights=str(small_checkpoint), backend="torch", device="cpu",
-                                     image_size=IMAGE_SIZE)
+    return Predictor.from_pretrained(
+        "resnext_test", weights=str(small_checkpoint), backend="torch", device="cpu", image_size=IMAGE_SIZE
+    )
 
 
 @pytest.fixture(scope="module")

@@ -93,8 +93,21 @@ def test_classify_plot_into_a_directory_fails_before_loading_the_model(monkeypat
 def test_classify_threads_sets_torch_threads(small_checkpoint, capsys):
     before = torch.get_num_threads()
     try:
-        code = cli.main(["classify", "--arch", "resnext_test", "--weights", str(small_checkpoint), "--workers", "0",
-                         "--threads", "1", "--backend", "torch"])
+        code = cli.main(
+            [
+                "classify",
+                "--arch",
+                "resnext_test",
+                "--weights",
+                str(small_checkpoint),
+                "--workers",
+                "0",
+                "--threads",
+                "1",
+                "--backend",
+                "torch",
+            ]
+        )
         assert code == 0 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
@@ -104,8 +117,26 @@ def test_classify_threads_sets_torch_threads(small_checkpoint, capsys):
 def test_model_file_without_backend_uses_the_runtime_of_its_suffix(tmp_path, small_checkpoint, capsys):
     """A .pt2 file from `resnext export` classifies from the CLI with no --backend (it was silently ignored)."""
     path = tmp_path / "m.pt2"
-    assert cli.main(["export", "--format", "export", "--arch", "resnext_test", "--weights", str(small_checkpoint),
-                     "--image-size", "64", "--batch-size-range", "1:4", "--output", str(path)]) == 0
+    assert (
+        cli.main(
+            [
+                "export",
+                "--format",
+                "export",
+                "--arch",
+                "resnext_test",
+                "--weights",
+                str(small_checkpoint),
+                "--image-size",
+                "64",
+                "--batch-size-range",
+                "1:4",
+                "--output",
+                str(path),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert cli.main(["classify", "--model-file", str(path), "--workers", "0", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

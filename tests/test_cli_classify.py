@@ -94,7 +94,9 @@ def test_folder_with_a_corrupt_file(run, tmp_path) -> None:
     (folder / "notes.txt").write_text("ignored: not an image extension")
     code, out, err = run(str(folder), "--json")
     assert code == 1
-    assert sorted(json.loads(line)["source"] for line in out.splitlines()) == sorted(str(folder / p.name) for p in SAMPLES)
+    assert sorted(json.loads(line)["source"] for line in out.splitlines()) == sorted(
+        str(folder / p.name) for p in SAMPLES
+    )
     naming = [line for line in messages(err) if "broken.jpg" in line]
     assert len(naming) == 1 and "Traceback" not in err
 
@@ -129,9 +131,9 @@ def test_offline_default_weights_is_one_line_exit_2(offline_cache, capsys) -> No
 def test_bad_options_are_one_line_errors(run, args, match) -> None:
     code, _, err = run(str(SAMPLES[0]), *args)
     assert code == 2 and "Traceback" not in err
-    assert [line for line in messages(err) if "error" in line] == [
-        line for line in messages(err) if match in line
-    ] != []
+    assert (
+        [line for line in messages(err) if "error" in line] == [line for line in messages(err) if match in line] != []
+    )
 
 
 def test_unreadable_input_is_reported_and_exit_1(run, tmp_path) -> None:
@@ -150,8 +152,22 @@ def test_missing_input_is_one_line_and_exit_2_before_any_work(run, tmp_path) -> 
 
 def test_real_subprocess_with_background_decoding(small_checkpoint, tmp_path) -> None:
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home"), "RESNEXT_WEIGHTS_MIRROR": "http://127.0.0.1:9/"}
-    command = [sys.executable, "-m", "resnext", "classify", *map(str, SAMPLES), "--arch", "resnext_test",
-               "--weights", str(small_checkpoint), "--json", "--workers", "2", "--batch-size", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "resnext",
+        "classify",
+        *map(str, SAMPLES),
+        "--arch",
+        "resnext_test",
+        "--weights",
+        str(small_checkpoint),
+        "--json",
+        "--workers",
+        "2",
+        "--batch-size",
+        "2",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["source"] for line in done.stdout.splitlines()] == [str(p) for p in SAMPLES]

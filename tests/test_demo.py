@@ -20,8 +20,14 @@ from resnext.predict import Predictor
 pytest.importorskip("gradio")
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 UPLOAD_LIMIT = 1024 * 1024  # the test server's max_file_size
 
 
@@ -82,8 +88,14 @@ def page(browser, served):
     page = context.new_page()
     page.set_default_timeout(60_000)
     outside: list[str] = []
-    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
-        (url.rstrip("/"), "http://127.0.0.1", "data:", "blob:")) else None)
+    page.on(
+        "request",
+        lambda r: (
+            outside.append(r.url)
+            if not r.url.startswith((url.rstrip("/"), "http://127.0.0.1", "data:", "blob:"))
+            else None
+        ),
+    )
     page.goto(url)
     page.wait_for_selector("#rx-hint")
     yield page
@@ -103,8 +115,11 @@ def wait_until_shown(page, expected: list[tuple[str, str]]) -> list[tuple[str, s
     """Wait until the page shows ``expected`` (a previous image's bars may still be there), then return what is
     shown; on timeout the assertion that follows reports the difference."""
     try:
-        page.wait_for_function(f"expected => JSON.stringify(({SHOWN_JS})()) === JSON.stringify(expected)",
-                               arg=[list(e) for e in expected], timeout=60_000)
+        page.wait_for_function(
+            f"expected => JSON.stringify(({SHOWN_JS})()) === JSON.stringify(expected)",
+            arg=[list(e) for e in expected],
+            timeout=60_000,
+        )
     except Exception:  # noqa: BLE001 - fall through to the comparison, which says what differs
         pass
     return [tuple(row) for row in page.evaluate(SHOWN_JS)]
@@ -174,8 +189,9 @@ def test_oversized_file_is_refused_and_the_server_keeps_serving(page, small_chec
     before = {p.name for p in gradio_temp.rglob("*")}
     upload(page, big)
     page.wait_for_function("document.body.innerText.toLowerCase().includes('exceed')")
-    assert not any(p.stat().st_size > UPLOAD_LIMIT for p in gradio_temp.rglob("*") if p.is_file()
-                   and p.name not in before)
+    assert not any(
+        p.stat().st_size > UPLOAD_LIMIT for p in gradio_temp.rglob("*") if p.is_file() and p.name not in before
+    )
     upload(page, SAMPLES[2])
     expected = expected_predictions(small_checkpoint, SAMPLES[2])
     assert wait_until_shown(page, expected) == expected
@@ -226,12 +242,19 @@ def test_space_app_answers_a_request(tmp_path, small_checkpoint):
     from gradio_client import Client, handle_file
 
     port = closed_port()
-    env = {**os.environ, "RESNEXT_DEMO_ARCH": "resnext_test", "RESNEXT_DEMO_WEIGHTS": str(small_checkpoint),
-           "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "GRADIO_TEMP_DIR": str(tmp_path),
-           "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {
+        **os.environ,
+        "RESNEXT_DEMO_ARCH": "resnext_test",
+        "RESNEXT_DEMO_WEIGHTS": str(small_checkpoint),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_TEMP_DIR": str(tmp_path),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
     log = open(tmp_path / "app.log", "wb")  # noqa: SIM115 - the server's output, closed in the finally below
-    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "demo" / "app.py")], env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "demo" / "app.py")], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 120
         while not port_open(port):

@@ -167,8 +167,9 @@ def test_heatmap_points_at_the_deciding_object(trained):
     source = source_from_model(trained, arch="resnext_test", image_size=SIZE)
     source.transforms = eval_preset(SIZE, resize_size=SIZE)  # no crop: the quadrants stay where they were drawn
     predictor = Predictor.from_source(source, backend="torch")
-    pixels = (images[0] * torch.tensor(predictor.transforms.std).view(3, 1, 1)
-              + torch.tensor(predictor.transforms.mean).view(3, 1, 1))
+    pixels = images[0] * torch.tensor(predictor.transforms.std).view(3, 1, 1) + torch.tensor(
+        predictor.transforms.mean
+    ).view(3, 1, 1)
     image = Image.fromarray(pixels.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy())
     explanation = predictor.explain(image, target=int(labels[0]))
     assert explanation.target == int(labels[0])
@@ -197,8 +198,22 @@ def test_classify_explain_writes_overlays(tmp_path, small_checkpoint, capsys):
     from resnext.cli import main
 
     out = tmp_path / "cams"
-    code = main(["classify", *map(str, SAMPLES[:2]), "--arch", "resnext_test", "--weights", str(small_checkpoint),
-                 "--backend", "torch", "--explain", str(out), "--workers", "0"])
+    code = main(
+        [
+            "classify",
+            *map(str, SAMPLES[:2]),
+            "--arch",
+            "resnext_test",
+            "--weights",
+            str(small_checkpoint),
+            "--backend",
+            "torch",
+            "--explain",
+            str(out),
+            "--workers",
+            "0",
+        ]
+    )
     assert code == 0
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(f"{p.stem}.gradcam.png" for p in SAMPLES[:2])
@@ -213,8 +228,9 @@ def test_classify_explain_refuses_exported_files(tmp_path, capsys):
     from resnext.export import ExportConfig, export_model
 
     onnx_file = tmp_path / "model.onnx"
-    export_model(ExportConfig("onnx", str(onnx_file), arch="resnext_test", weights="random", image_size=32,
-                              batch_range=(1, 2)))
+    export_model(
+        ExportConfig("onnx", str(onnx_file), arch="resnext_test", weights="random", image_size=32, batch_range=(1, 2))
+    )
     code = main(["classify", str(SAMPLES[0]), "--model-file", str(onnx_file), "--explain", str(tmp_path / "cams")])
     assert code == 2
     assert "--explain needs the torch backend" in capsys.readouterr().err

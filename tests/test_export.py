@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_labelled, make_image_folder, tiny_classes, train_tiny
 
 from resnext.cli import main
 from resnext.errors import ResnextError
 from resnext.export import ExportConfig, export_model, parse_batch_range
 from resnext.models import create_model
-
-from conftest import load_labelled, make_image_folder, tiny_classes, train_tiny
 
 CLASSES = tiny_classes(4)  # the shared tiny dataset's classes, in label order
 IMAGE_SIZE = 32  # crop fed to the model (eval_preset resizes to 64 first)
@@ -38,13 +37,21 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with torch.no_grad():
         accuracy = float((model(val_x).argmax(-1) == val_y).float().mean())
     assert accuracy >= 0.8, f"the tiny model did not learn ({accuracy:.2f}): int8 agreement would mean little"
-    return {"model": model, "checkpoint": str(checkpoint), "train": str(train_dir), "val": str(val_dir),
-            "val_x": val_x, "val_y": val_y, "root": root}
+    return {
+        "model": model,
+        "checkpoint": str(checkpoint),
+        "train": str(train_dir),
+        "val": str(val_dir),
+        "val_x": val_x,
+        "val_y": val_y,
+        "root": root,
+    }
 
 
 def _config(trained: dict, fmt: str, output: Path, **kwargs) -> ExportConfig:
-    return ExportConfig(fmt, str(output), arch="resnext_test", weights=trained["checkpoint"], image_size=IMAGE_SIZE,
-                        **kwargs)
+    return ExportConfig(
+        fmt, str(output), arch="resnext_test", weights=trained["checkpoint"], image_size=IMAGE_SIZE, **kwargs
+    )
 
 
 def _reference(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -134,8 +141,17 @@ def test_int8_static_quantization_agrees_with_fp32(trained, tmp_path, fmt):
     if fmt == "openvino":
         pytest.importorskip("openvino")
     path = tmp_path / ("tiny-int8.onnx" if fmt == "onnx" else "tiny-int8.xml")
-    result = export_model(_config(trained, fmt, path, precision="int8", calibration_dir=trained["train"],
-                                  eval_dir=trained["val"], min_agreement=0.99))
+    result = export_model(
+        _config(
+            trained,
+            fmt,
+            path,
+            precision="int8",
+            calibration_dir=trained["train"],
+            eval_dir=trained["val"],
+            min_agreement=0.99,
+        )
+    )
     real = result.parity[-1]
     assert real.count == len(trained["val_y"]) and real.top1_agreement >= 0.99
     assert set(result.accuracy) == {"fp32", "int8"}
@@ -146,8 +162,22 @@ def test_int8_static_quantization_agrees_with_fp32(trained, tmp_path, fmt):
 
 def test_cli_export_prints_parity_and_json(trained, tmp_path, capsys):
     path = tmp_path / "cli.onnx"
-    args = ["export", "--format", "onnx", "--arch", "resnext_test", "--weights", trained["checkpoint"],
-            "--image-size", str(IMAGE_SIZE), "--batch-size-range", "1:16", "--output", str(path), "--json"]
+    args = [
+        "export",
+        "--format",
+        "onnx",
+        "--arch",
+        "resnext_test",
+        "--weights",
+        trained["checkpoint"],
+        "--image-size",
+        str(IMAGE_SIZE),
+        "--batch-size-range",
+        "1:16",
+        "--output",
+        str(path),
+        "--json",
+    ]
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["metadata"]["batch_range"] == [1, 16] and len(report["parity"]) == 3
@@ -155,8 +185,17 @@ def test_cli_export_prints_parity_and_json(trained, tmp_path, capsys):
 
 
 def test_wrong_architecture_checkpoint_fails_in_one_line(trained, tmp_path, capsys):
-    args = ["export", "--format", "onnx", "--arch", "resnet50", "--weights", trained["checkpoint"],
-            "--output", str(tmp_path / "x.onnx")]
+    args = [
+        "export",
+        "--format",
+        "onnx",
+        "--arch",
+        "resnet50",
+        "--weights",
+        trained["checkpoint"],
+        "--output",
+        str(tmp_path / "x.onnx"),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a resnet50 checkpoint" in err and "Traceback" not in err
@@ -173,7 +212,10 @@ def test_wrong_architecture_checkpoint_fails_in_one_line(trained, tmp_path, caps
     ],
 )
 def test_bad_export_options_fail_in_one_line(tmp_path, capsys, args, message):
-    assert main(["export", "--arch", "resnext_test", "--image-size", "32", "--output", str(tmp_path / "m.onnx"), *args]) == 2
+    assert (
+        main(["export", "--arch", "resnext_test", "--image-size", "32", "--output", str(tmp_path / "m.onnx"), *args])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert list(tmp_path.iterdir()) == []  # nothing half-written, no staging folder left behind
@@ -194,8 +236,10 @@ def test_tensorrt_fp16_engine_matches_pytorch(tmp_path):
 
     model = create_model("resnext_test").eval()
     path = tmp_path / "m.engine"
-    result = export_model(ExportConfig("tensorrt", str(path), arch="resnext_test", weights="random", image_size=64,
-                                       batch_range=(1, 8)), model=model)
+    result = export_model(
+        ExportConfig("tensorrt", str(path), arch="resnext_test", weights="random", image_size=64, batch_range=(1, 8)),
+        model=model,
+    )
     assert result.precision == "fp16"
     engine = TensorRTBackend(path)
     for n in (1, 7, 11):  # 11 > max batch 8: split by the backend

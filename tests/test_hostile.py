@@ -72,8 +72,14 @@ def _base_images() -> dict[str, bytes]:
     exif[0x010F], exif[0x011A], exif[0x0131] = "resnext", (72, 1), "x" * 20
     exif.get_ifd(0x8769)[0x9286] = b"comment"
     out = {}
-    for fmt, options in [("JPEG", {"exif": exif}), ("PNG", {"exif": exif}), ("TIFF", {"exif": exif}),
-                         ("WEBP", {"exif": exif}), ("GIF", {}), ("BMP", {})]:
+    for fmt, options in [
+        ("JPEG", {"exif": exif}),
+        ("PNG", {"exif": exif}),
+        ("TIFF", {"exif": exif}),
+        ("WEBP", {"exif": exif}),
+        ("GIF", {}),
+        ("BMP", {}),
+    ]:
         buffer = io.BytesIO()
         image.save(buffer, fmt, **options)
         out[fmt] = buffer.getvalue()
@@ -193,8 +199,13 @@ def test_long_thin_images_under_a_memory_cap(tmp_path) -> None:
         inputs.append(tmp_path / f"thin-{w}x{h}.png")
         inputs[-1].write_bytes(_png(w, h))
     inputs.append(SAMPLES[0])
-    run = subprocess.run([sys.executable, "-c", _CAPPED, *map(str, inputs)], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"})
+    run = subprocess.run(
+        [sys.executable, "-c", _CAPPED, *map(str, inputs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"},
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     outcome = dict(json.loads(run.stdout.strip().splitlines()[-1]))
     for path in inputs[:3]:
@@ -249,8 +260,27 @@ def test_table_escapes_newlines_and_control_characters() -> None:
 def test_classify_cli_prints_one_block_per_image_whatever_the_name(tmp_path, capsys) -> None:
     odd = tmp_path / "two\nlines.jpg"
     odd.write_bytes(SAMPLES[0].read_bytes())
-    assert main(["classify", str(odd), "--arch", "resnext_test", "--weights", "random", "--topk", "2",
-                 "--workers", "0", "--device", "cpu", "--backend", "torch"]) == 0
+    assert (
+        main(
+            [
+                "classify",
+                str(odd),
+                "--arch",
+                "resnext_test",
+                "--weights",
+                "random",
+                "--topk",
+                "2",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--backend",
+                "torch",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].endswith("two\\nlines.jpg") and len(out) == 3
 
@@ -351,8 +381,11 @@ def test_a_trickling_server_hits_the_overall_deadline(tmp_path, hostile_server, 
     """Before: the 60 s limit applied per socket read, so one byte every 50 ms never timed out."""
     base = hostile_server(b"x" * 2000, "trickle")
     monkeypatch.setenv("RESNEXT_DOWNLOAD_DEADLINE", "1")
-    for fetch in (lambda: download_file(f"{base}/w.pth", tmp_path / "w.pth", progress=False),
-                  lambda: fetch_bytes(f"{base}/photo.jpg"), lambda: load_image(f"{base}/photo.jpg")):
+    for fetch in (
+        lambda: download_file(f"{base}/w.pth", tmp_path / "w.pth", progress=False),
+        lambda: fetch_bytes(f"{base}/photo.jpg"),
+        lambda: load_image(f"{base}/photo.jpg"),
+    ):
         start = time.monotonic()
         with pytest.raises(ResnextError, match="did not finish within 1 s"):
             fetch()
@@ -363,15 +396,18 @@ def test_a_trickling_server_hits_the_overall_deadline(tmp_path, hostile_server, 
         fetch_bytes(f"{base}/photo.jpg")
 
 
-_DOWNLOADER = ("import sys; from resnext.download import download_file; "
-               "download_file(sys.argv[1], sys.argv[2], progress=False)")
+_DOWNLOADER = (
+    "import sys; from resnext.download import download_file; download_file(sys.argv[1], sys.argv[2], progress=False)"
+)
 
 
 def test_partial_file_of_a_killed_download_is_swept(tmp_path, hostile_server, http_server) -> None:
     cache = tmp_path / "cache"
     slow = hostile_server(b"x" * 2000, "trickle")
-    child = subprocess.Popen([sys.executable, "-c", _DOWNLOADER, f"{slow}/w.pth", str(cache / "w.pth")],
-                             env={**os.environ, "PYTHONPATH": str(SRC)})
+    child = subprocess.Popen(
+        [sys.executable, "-c", _DOWNLOADER, f"{slow}/w.pth", str(cache / "w.pth")],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(cache.glob("*.partial")) and time.monotonic() < deadline and child.poll() is None:
@@ -393,8 +429,9 @@ def test_body_cut_short_without_length_never_enters_the_cache(offline_cache, hos
     assert not offline_cache.exists() or list(offline_cache.iterdir()) == []
 
 
-def test_published_download_cut_short_without_length_is_not_cached(offline_cache, hostile_server, checkpoints,
-                                                                    monkeypatch) -> None:
+def test_published_download_cut_short_without_length_is_not_cached(
+    offline_cache, hostile_server, checkpoints, monkeypatch
+) -> None:
     monkeypatch.setenv("RESNEXT_WEIGHTS_MIRROR", hostile_server(checkpoints[1000], "cut"))
     with pytest.raises(WeightsError, match="could not download pretrained weights"):
         ResNet50_Weights.DEFAULT.fetch(progress=False)
@@ -464,8 +501,11 @@ def test_pickled_object_is_reported_as_refused_for_safety_not_corrupt(tmp_path) 
 @contextlib.contextmanager
 def _tmpfs(path: Path, options: str) -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("needs root to mount a tmpfs")
     try:
         yield path
@@ -508,8 +548,13 @@ for fmt, name in [("torchscript", "m.ts"), ("export", "m.pt2")]:
 def test_torchscript_and_pt2_export_to_a_full_disk(full_disk) -> None:
     """Before: PyTorch's C++ writer aborted the process (exit 134) and left a .resnext-export-* folder."""
     (full_disk / ".resnext-export-999999999-stale").mkdir()  # left by a process that no longer runs
-    run = subprocess.run([sys.executable, "-c", _EXPORTS, str(full_disk)], capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "PYTHONPATH": str(SRC)})
+    run = subprocess.run(
+        [sys.executable, "-c", _EXPORTS, str(full_disk)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stdout.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("error") and "no space left" in line for line in lines), lines
@@ -525,8 +570,10 @@ def test_export_write_failure_leaves_no_staging_folder(tmp_path, monkeypatch) ->
 
     monkeypatch.setattr(export, "_save_through_python", full)
     with pytest.raises(ResnextError, match="cannot write .*m.ts"):
-        export.export_model(export.ExportConfig(format="torchscript", output=str(tmp_path / "m.ts"), image_size=32,
-                                                batch_range=(1, 8)), create_model("resnext_test").eval())
+        export.export_model(
+            export.ExportConfig(format="torchscript", output=str(tmp_path / "m.ts"), image_size=32, batch_range=(1, 8)),
+            create_model("resnext_test").eval(),
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -544,25 +591,50 @@ def two_class_data(tmp_path_factory) -> tuple[Path, Path]:
             (root / name / f"{j}.png").write_bytes(_png(40 + j, 36 + i))
     torch.manual_seed(0)
     ckpt = root.parent / "two-class.pth"
-    torch.save(with_metadata(create_model("resnext_test", num_classes=2).state_dict(), arch="resnext_test",
-                             classes=["a", "b"], image_size=32), ckpt)
+    torch.save(
+        with_metadata(
+            create_model("resnext_test", num_classes=2).state_dict(),
+            arch="resnext_test",
+            classes=["a", "b"],
+            image_size=32,
+        ),
+        ckpt,
+    )
     return root, ckpt
 
 
 def test_evaluate_output_to_a_full_disk_leaves_no_temporary_file(full_disk, two_class_data, capsys) -> None:
     root, ckpt = two_class_data
-    code = main(["evaluate", str(root), "--weights", str(ckpt), "-j", "0", "-b", "4", "--device", "cpu",
-                 "--no-progress", "-o", str(full_disk / "e.json")])
+    code = main(
+        [
+            "evaluate",
+            str(root),
+            "--weights",
+            str(ckpt),
+            "-j",
+            "0",
+            "-b",
+            "4",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "-o",
+            str(full_disk / "e.json"),
+        ]
+    )
     assert code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
     assert _leftovers(full_disk) == []
 
 
-@pytest.mark.parametrize("command", [
-    ["export", "--format", "torchscript", "--weights", "/no/such/weights.pth", "--output", "{dir}"],
-    ["export-weights", "/no/such/ckpt.pth", "{dir}"],
-    ["evaluate", "/no/such/data", "--weights", "/no/such/weights.pth", "-o", "{dir}"],
-    ["classify", str(SAMPLES[0]), "--weights", "/no/such/weights.pth", "--plot", "{dir}"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "--format", "torchscript", "--weights", "/no/such/weights.pth", "--output", "{dir}"],
+        ["export-weights", "/no/such/ckpt.pth", "{dir}"],
+        ["evaluate", "/no/such/data", "--weights", "/no/such/weights.pth", "-o", "{dir}"],
+        ["classify", str(SAMPLES[0]), "--weights", "/no/such/weights.pth", "--plot", "{dir}"],
+    ],
+)
 def test_a_directory_as_output_is_one_line_before_any_work(tmp_path, capsys, command) -> None:
     if "--plot" in command:
         pytest.importorskip("matplotlib")
@@ -574,8 +646,9 @@ def test_a_directory_as_output_is_one_line_before_any_work(tmp_path, capsys, com
 
 def test_a_read_only_folder_as_output_is_one_line_before_any_work(tmp_path, capsys) -> None:
     with _tmpfs(tmp_path / "ro", "ro,size=64k") as folder:
-        code = main(["export", "--format", "torchscript", "--weights", "/no/such/weights.pth",
-                     "--output", str(folder / "m.ts")])
+        code = main(
+            ["export", "--format", "torchscript", "--weights", "/no/such/weights.pth", "--output", str(folder / "m.ts")]
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and "not a writable folder" in err, err
 
@@ -609,8 +682,12 @@ def test_predictor_classify_batches_and_reports_each_input(predictor, tmp_path) 
     assert [r.ok for r in results] == [True, False, True, False, True]
     assert str(broken) in results[1].error and results[3].source == "<12 bytes>"
     good = [inputs[0], inputs[2], inputs[4]]
-    expected = top_k(predictor.backend(torch.stack([predictor.preprocess(s) for s in good])), 3,
-                     predictor.categories, from_logits=True)
+    expected = top_k(
+        predictor.backend(torch.stack([predictor.preprocess(s) for s in good])),
+        3,
+        predictor.categories,
+        from_logits=True,
+    )
     assert [[p.index for p in results[i]] for i in (0, 2, 4)] == [[p.index for p in e] for e in expected]
     with pytest.raises(ImageError, match="broken.jpg"):
         results[1][0]

@@ -16,13 +16,13 @@ from PIL import Image
 
 from resnext import create_model
 from resnext.errors import ImageError, ResnextError
-from resnext.labels import imagenet_categories, imagenet_wnids
 from resnext.hub import ProcessingUtils
 from resnext.images import ImageDataset, collate_images, find_images, load_image
+from resnext.labels import imagenet_categories, imagenet_wnids
 from resnext.predict import ClassifyResult, Predictor, classify_sources, top_k
 from resnext.runtimes import TorchBackend
-from resnext.util import resolve_device
 from resnext.transforms import eval_preset
+from resnext.util import resolve_device
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -155,7 +155,10 @@ def test_pick_n_best_format_and_printing(capsys) -> None:
     probabilities[1, 999], probabilities[1, 5] = 0.456, 0.3
     results = ProcessingUtils().pick_n_best(predictions=probabilities, n=3)
     assert results[0][:2] == [("tench, Tinca tinca", "70.0%"), ("goldfish, Carassius auratus", "20.0%")]
-    assert results[1][:2] == [("toilet tissue, toilet paper, bathroom tissue", "45.6%"), (imagenet_categories()[5], "30.0%")]
+    assert results[1][:2] == [
+        ("toilet tissue, toilet paper, bathroom tissue", "45.6%"),
+        (imagenet_categories()[5], "30.0%"),
+    ]
     assert all(len(r) == 3 and all(re.fullmatch(r"\d+\.\d%", p) for _, p in r) for r in results)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("sample 0: [") and lines[1].startswith("sample 1: [")

@@ -40,12 +40,20 @@ MAX_IMAGE_BYTES = 2 * 2**20
 @pytest.fixture(scope="module")
 def served(small_checkpoint):
     """(server, in-process predictor of the same checkpoint); stopped at the end, with no process left over."""
-    predictor = Predictor.from_pretrained("resnext_test", weights=str(small_checkpoint), backend="torch",
-                                          image_size=SIZE)
+    predictor = Predictor.from_pretrained(
+        "resnext_test", weights=str(small_checkpoint), backend="torch", image_size=SIZE
+    )
     http, grpc, metrics = free_ports(3)
-    config = ServeConfig(http_port=http, grpc_port=grpc, metrics_port=metrics, max_batch_size=MAX_BATCH,
-                         max_queue_delay_us=20_000, max_pixels=MAX_PIXELS, max_image_bytes=MAX_IMAGE_BYTES,
-                         exit_timeout_s=5)
+    config = ServeConfig(
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        max_batch_size=MAX_BATCH,
+        max_queue_delay_us=20_000,
+        max_pixels=MAX_PIXELS,
+        max_image_bytes=MAX_IMAGE_BYTES,
+        exit_timeout_s=5,
+    )
     server = ResnextServer(predictor, config)
     try:
         server.start()
@@ -93,8 +101,9 @@ def test_logits_equal_in_process(served, protocol):
     try:
         logits = client.infer(server.name, [tensor_input(module, x)]).as_numpy("logits")
         # Triton's classification extension: "score:index:name" from the labels wired to the output
-        top = client.infer(server.name, [tensor_input(module, x)],
-                           outputs=[module.InferRequestedOutput("logits", class_count=3)]).as_numpy("logits")
+        top = client.infer(
+            server.name, [tensor_input(module, x)], outputs=[module.InferRequestedOutput("logits", class_count=3)]
+        ).as_numpy("logits")
     finally:
         client.close()
     expected = reference(predictor, x)
@@ -108,19 +117,39 @@ def test_logits_equal_in_process(served, protocol):
 
 def test_image_model_matches_classify(served, small_checkpoint, capsys):
     server, _ = served
-    assert main(["classify", *map(str, SAMPLES), "--arch", "resnext_test", "--weights", str(small_checkpoint),
-                 "--backend", "torch", "--image-size", str(SIZE), "--topk", "5", "--json", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "classify",
+                *map(str, SAMPLES),
+                "--arch",
+                "resnext_test",
+                "--weights",
+                str(small_checkpoint),
+                "--backend",
+                "torch",
+                "--image-size",
+                str(SIZE),
+                "--topk",
+                "5",
+                "--json",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     expected = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
     for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
-        assert main(["client", *map(str, SAMPLES), "--url", url, "--protocol", protocol, "--topk", "5",
-                     "--json"]) == 0
+        assert main(["client", *map(str, SAMPLES), "--url", url, "--protocol", protocol, "--topk", "5", "--json"]) == 0
         got = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
         assert len(got) == len(expected) == len(SAMPLES)
         for g, e in zip(got, expected):
             assert [p["index"] for p in g["predictions"]] == [p["index"] for p in e["predictions"]]
             assert [p["label"] for p in g["predictions"]] == [p["label"] for p in e["predictions"]]
-            np.testing.assert_allclose([p["probability"] for p in g["predictions"]],
-                                       [p["probability"] for p in e["predictions"]], atol=1e-5)
+            np.testing.assert_allclose(
+                [p["probability"] for p in g["predictions"]], [p["probability"] for p in e["predictions"]], atol=1e-5
+            )
 
 
 def test_tensor_model_through_client(served):
@@ -169,18 +198,33 @@ def _bad_requests(module, server):
     jpeg = SAMPLES[0].read_bytes()
     rng = np.random.default_rng(3)
     return [
-        ("wrong shape", server.name, [tensor_input(module, rng.standard_normal((1, 3, 32, 32), dtype=np.float32))],
-         r"shape"),
-        ("wrong dtype", server.name, [tensor_input(module, np.zeros((1, 3, SIZE, SIZE)), datatype="FP64")],
-         r"data-type|datatype|FP64"),
-        ("batch over max", server.name,
-         [tensor_input(module, np.zeros((MAX_BATCH + 1, 3, SIZE, SIZE), np.float32))], r"batch"),
-        ("garbage bytes", server.image_name, [image_input(module, [b"this is not an image at all"])],
-         r"not an image"),
+        (
+            "wrong shape",
+            server.name,
+            [tensor_input(module, rng.standard_normal((1, 3, 32, 32), dtype=np.float32))],
+            r"shape",
+        ),
+        (
+            "wrong dtype",
+            server.name,
+            [tensor_input(module, np.zeros((1, 3, SIZE, SIZE)), datatype="FP64")],
+            r"data-type|datatype|FP64",
+        ),
+        (
+            "batch over max",
+            server.name,
+            [tensor_input(module, np.zeros((MAX_BATCH + 1, 3, SIZE, SIZE), np.float32))],
+            r"batch",
+        ),
+        ("garbage bytes", server.image_name, [image_input(module, [b"this is not an image at all"])], r"not an image"),
         ("truncated JPEG", server.image_name, [image_input(module, [jpeg[: len(jpeg) // 2]])], r"truncated|corrupt"),
         ("too many pixels", server.image_name, [image_input(module, [_png(700, 700)])], r"exceeds the limit"),
-        ("body over the limit", server.image_name, [image_input(module, [b"\xff" * (MAX_IMAGE_BYTES + 1)])],
-         r"larger than the limit"),
+        (
+            "body over the limit",
+            server.image_name,
+            [image_input(module, [b"\xff" * (MAX_IMAGE_BYTES + 1)])],
+            r"larger than the limit",
+        ),
     ]
 
 
@@ -222,10 +266,19 @@ def test_benchmark_serving_measures_a_running_server(served, small_checkpoint):
     from resnext.bench.serving import ServingConfig, run_serving_benchmark
 
     server, _ = served
-    result = run_serving_benchmark(ServingConfig(
-        url=server.http_url, metrics_url=server.metrics_url, concurrency=[4], duration=1.5, warmup=0.5,
-        arch="resnext_test", weights=str(small_checkpoint), backend="torch", image_size=SIZE,
-    ))
+    result = run_serving_benchmark(
+        ServingConfig(
+            url=server.http_url,
+            metrics_url=server.metrics_url,
+            concurrency=[4],
+            duration=1.5,
+            warmup=0.5,
+            arch="resnext_test",
+            weights=str(small_checkpoint),
+            backend="torch",
+            image_size=SIZE,
+        )
+    )
     (level,) = result.levels
     assert level.requests > 0 and level.errors == 0 and level.executions > 0
     assert level.inferences >= level.executions and level.reference > 0 and level.reference_batch >= 1

@@ -53,9 +53,30 @@ def test_serve_process_stops_cleanly(sig, tmp_path):
     out = tmp_path / "out.txt"
     with open(out, "w") as stdout:
         process = subprocess.Popen(
-            [sys.executable, "-m", "resnext", "serve", "--arch", "resnext_test", "--weights", "random", "--backend",
-             "torch", "--image-size", "32", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port",
-             str(metrics)], stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "resnext",
+                "serve",
+                "--arch",
+                "resnext_test",
+                "--weights",
+                "random",
+                "--backend",
+                "torch",
+                "--image-size",
+                "32",
+                "--http-port",
+                str(http),
+                "--grpc-port",
+                str(grpc),
+                "--metrics-port",
+                str(metrics),
+            ],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     children: list[int] = []
     try:

@@ -45,8 +45,18 @@ def check_common(root, name: str, cfg, source, max_batch: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_exported_repositories_parse_and_name_existing_files(fmt, source, tmp_path):
-    result = write_repository(RepoConfig(str(tmp_path), fmt, name="clf", image_size=SIZE, max_batch_size=16,
-                                         preferred_batch_sizes=[4, 8], instances=2), source)
+    result = write_repository(
+        RepoConfig(
+            str(tmp_path),
+            fmt,
+            name="clf",
+            image_size=SIZE,
+            max_batch_size=16,
+            preferred_batch_sizes=[4, 8],
+            instances=2,
+        ),
+        source,
+    )
     cfg = parsed(tmp_path / "clf" / "config.pbtxt")
     check_common(tmp_path, "clf", cfg, source, 16)
     assert (tmp_path / "clf" / "1" / cfg.default_model_filename).is_file()
@@ -62,8 +72,27 @@ def test_exported_repositories_parse_and_name_existing_files(fmt, source, tmp_pa
 def test_tensorrt_repository_without_gpu(source, tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("builds a real engine on GPU machines")
-    assert main(["triton-repo", str(tmp_path), "--format", "tensorrt", "--arch", "resnext_test", "--weights", "random",
-                 "--image-size", str(SIZE), "--max-batch-size", "32", "--instances", "2"]) == 0
+    assert (
+        main(
+            [
+                "triton-repo",
+                str(tmp_path),
+                "--format",
+                "tensorrt",
+                "--arch",
+                "resnext_test",
+                "--weights",
+                "random",
+                "--image-size",
+                str(SIZE),
+                "--max-batch-size",
+                "32",
+                "--instances",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     cfg = parsed(tmp_path / "resnext_test" / "config.pbtxt")
     assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
@@ -82,8 +111,9 @@ def test_bad_configs_are_refused(tmp_path, source):
     (tmp_path / "m" / "config.pbtxt").write_text('name: "m"\nmax_batch_size: lots\n')
     with pytest.raises(ResnextError, match="not a valid Triton model config"):
         parse_config(tmp_path / "m" / "config.pbtxt")
-    (tmp_path / "m" / "config.pbtxt").write_text('name: "m"\nbackend: "onnxruntime"\n'
-                                                 'default_model_filename: "x.onnx"\n')
+    (tmp_path / "m" / "config.pbtxt").write_text(
+        'name: "m"\nbackend: "onnxruntime"\ndefault_model_filename: "x.onnx"\n'
+    )
     with pytest.raises(ResnextError, match="x.onnx"):
         validate_repository(tmp_path)
     with pytest.raises(ResnextError, match="--kind cpu"):

@@ -233,7 +233,9 @@ def test_pretrained_uses_cached_file_without_network(offline_cache, tv_reference
     assert os.listdir(offline_cache) == [NGC_RESNEXT_FILE]
 
 
-def test_pretrained_downloads_into_the_cache_with_progress(offline_cache, tv_reference, http_server, monkeypatch, capsys):
+def test_pretrained_downloads_into_the_cache_with_progress(
+    offline_cache, tv_reference, http_server, monkeypatch, capsys
+):
     reference, path = tv_reference
     base, requests = http_server({f"/mirror/{NGC_RESNEXT_FILE}": path.read_bytes()})
     monkeypatch.setenv(MIRROR_ENV, f"{base}/mirror/")

@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,6 +28,7 @@ from .runtimes import INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, requ
 FEATURES_NAME = "features"
 
 logger = logging.getLogger(__name__)
+
 
 def _existing(model_file: str | os.PathLike) -> Path:
     path = Path(model_file)
@@ -40,8 +42,15 @@ class ExportedBackend:
 
     name = "exported"
 
-    def __init__(self, path: Path, *, image_size: int, num_classes: int, max_batch: int | None = None,
-                 metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        image_size: int,
+        num_classes: int,
+        max_batch: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         self.path = path
         self.image_size = int(image_size)
         self.num_classes = int(num_classes)
@@ -70,8 +79,10 @@ class ExportedBackend:
     def features(self, batch: Tensor) -> Tensor:
         """Pooled penultimate features ``[N, D]``, for files exported with a ``features`` output."""
         if not self.has_features:
-            raise ResnextError(f"{self.path.name} has no '{FEATURES_NAME}' output: re-export it with features "
-                               "(resnext.export.ExportConfig(features=True)) or embed with the torch backend")
+            raise ResnextError(
+                f"{self.path.name} has no '{FEATURES_NAME}' output: re-export it with features "
+                "(resnext.export.ExportConfig(features=True)) or embed with the torch backend"
+            )
         return self._split(batch, self.run_features)
 
     def _split(self, batch: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
@@ -80,7 +91,7 @@ class ExportedBackend:
         if self.host_input:
             batch = batch.cpu().contiguous()
         step = self.max_batch or batch.shape[0]
-        outputs = [fn(batch[i:i + step]) for i in range(0, batch.shape[0], step)]
+        outputs = [fn(batch[i : i + step]) for i in range(0, batch.shape[0], step)]
         return torch.cat(outputs).float().cpu()
 
     def run(self, batch: Tensor) -> Tensor:  # pragma: no cover - overridden
@@ -90,13 +101,17 @@ class ExportedBackend:
         raise ResnextError(f"the {self.name} backend cannot read a '{FEATURES_NAME}' output")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r}, image_size={self.image_size}, num_classes={self.num_classes})"
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, image_size={self.image_size}, num_classes={self.num_classes})"
+        )
 
 
 def _static_dim(value: Any, what: str, path: Path) -> int:
     if isinstance(value, int) and value > 0:
         return value
-    raise ResnextError(f"{path}: the {what} dimension is not fixed ({value!r}); was this file written by `resnext export`?")
+    raise ResnextError(
+        f"{path}: the {what} dimension is not fixed ({value!r}); was this file written by `resnext export`?"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -108,8 +123,15 @@ class OnnxRuntimeBackend(ExportedBackend):
 
     name = "onnxruntime"
 
-    def __init__(self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
-                 threads: int | None = None, **_: Any) -> None:
+    def __init__(
+        self,
+        model_file: str | os.PathLike,
+        *,
+        device: str = "auto",
+        precision: str | None = None,
+        threads: int | None = None,
+        **_: Any,
+    ) -> None:
         ort = require("onnxruntime", "onnx")
         path = _existing(model_file)
         options = ort.SessionOptions()
@@ -131,8 +153,10 @@ class OnnxRuntimeBackend(ExportedBackend):
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         super().__init__(
-            path, image_size=_static_dim(inp.shape[-1], "image size", path),
-            num_classes=_static_dim(out.shape[-1], "class", path), metadata=metadata,
+            path,
+            image_size=_static_dim(inp.shape[-1], "image size", path),
+            num_classes=_static_dim(out.shape[-1], "class", path),
+            metadata=metadata,
         )
 
     def run(self, batch: Tensor) -> Tensor:
@@ -169,15 +193,24 @@ class OpenVinoBackend(ExportedBackend):
 
     name = "openvino"
 
-    def __init__(self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
-                 threads: int | None = None, **_: Any) -> None:
+    def __init__(
+        self,
+        model_file: str | os.PathLike,
+        *,
+        device: str = "auto",
+        precision: str | None = None,
+        threads: int | None = None,
+        **_: Any,
+    ) -> None:
         ov = require("openvino", "openvino")
         path = _existing(model_file)
         core = ov.Core()
         try:
             model = core.read_model(str(path))
         except Exception as exc:  # openvino raises RuntimeError with a multi-line C++ trace
-            raise ResnextError(f"{path} is not a readable OpenVINO/ONNX model ({str(exc).splitlines()[0][:200]})") from None
+            raise ResnextError(
+                f"{path} is not a readable OpenVINO/ONNX model ({str(exc).splitlines()[0][:200]})"
+            ) from None
         metadata: dict[str, Any] = {}
         if model.has_rt_info(METADATA_KEY):
             metadata = json.loads(model.get_rt_info(METADATA_KEY).astype(str))
@@ -186,7 +219,9 @@ class OpenVinoBackend(ExportedBackend):
         if precision == "int8":
             precision = "fp32"  # the int8 parts are explicit in the graph; the rest runs in fp32
         if precision not in _OV_PRECISION:
-            raise ResnextError(f"the openvino backend runs fp32 or bf16 (int8 comes from the exported file), not {precision}")
+            raise ResnextError(
+                f"the openvino backend runs fp32 or bf16 (int8 comes from the exported file), not {precision}"
+            )
         ov_device = "CPU" if device in ("auto", "cpu") else device.upper()
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
@@ -194,7 +229,9 @@ class OpenVinoBackend(ExportedBackend):
         try:
             self.compiled = core.compile_model(model, ov_device, config)
         except Exception as exc:
-            raise ResnextError(f"OpenVINO could not compile {path} for {ov_device}: {str(exc).splitlines()[0][:200]}") from None
+            raise ResnextError(
+                f"OpenVINO could not compile {path} for {ov_device}: {str(exc).splitlines()[0][:200]}"
+            ) from None
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         #: the precision OpenVINO actually runs: "fp32", "bf16" or "fp16"
@@ -205,7 +242,8 @@ class OpenVinoBackend(ExportedBackend):
         shape = model.inputs[0].get_partial_shape()
         classes = model.outputs[0].get_partial_shape()[-1]
         super().__init__(
-            path, image_size=_static_dim(shape[3].get_length() if shape[3].is_static else None, "image size", path),
+            path,
+            image_size=_static_dim(shape[3].get_length() if shape[3].is_static else None, "image size", path),
             num_classes=_static_dim(classes.get_length() if classes.is_static else None, "class", path),
             metadata=metadata,
         )
@@ -228,7 +266,9 @@ def _archive_metadata(path: Path, loader: Callable[..., Any]) -> tuple[Any, dict
     try:
         obj = loader(str(path), extra)
     except Exception as exc:  # torch raises RuntimeError/zipfile errors for foreign files
-        raise ResnextError(f"{path} is not a readable archive for this backend ({str(exc).splitlines()[0][:200]})") from None
+        raise ResnextError(
+            f"{path} is not a readable archive for this backend ({str(exc).splitlines()[0][:200]})"
+        ) from None
     raw = extra[METADATA_FILE]
     if not raw:
         raise ResnextError(f"{path} has no {METADATA_FILE} entry: export it with `resnext export`")
@@ -240,8 +280,9 @@ class TorchScriptBackend(ExportedBackend):
 
     name = "torchscript"
 
-    def __init__(self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
-                 **_: Any) -> None:
+    def __init__(
+        self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None, **_: Any
+    ) -> None:
         path = _existing(model_file)
         self.device = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
         with warnings.catch_warnings():
@@ -251,7 +292,9 @@ class TorchScriptBackend(ExportedBackend):
             )
         _check_precision(self.name, precision, metadata, allowed=("fp32",))
         self.module = module.eval()
-        super().__init__(path, image_size=metadata["image_size"], num_classes=metadata["num_classes"], metadata=metadata)
+        super().__init__(
+            path, image_size=metadata["image_size"], num_classes=metadata["num_classes"], metadata=metadata
+        )
 
     @torch.inference_mode()
     def run(self, batch: Tensor) -> Tensor:
@@ -267,15 +310,19 @@ class TorchExportBackend(ExportedBackend):
 
     name = "torch-export"
 
-    def __init__(self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
-                 **_: Any) -> None:
+    def __init__(
+        self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None, **_: Any
+    ) -> None:
         path = _existing(model_file)
         program, metadata = _archive_metadata(path, lambda f, extra: torch.export.load(f, extra_files=extra))
         _check_precision(self.name, precision, metadata, allowed=("fp32",))
         self.module = program.module()
         super().__init__(
-            path, image_size=metadata["image_size"], num_classes=metadata["num_classes"],
-            max_batch=metadata.get("batch_range", [1, None])[1], metadata=metadata,
+            path,
+            image_size=metadata["image_size"],
+            num_classes=metadata["num_classes"],
+            max_batch=metadata.get("batch_range", [1, None])[1],
+            metadata=metadata,
         )
 
     @torch.inference_mode()
@@ -309,8 +356,9 @@ class TensorRTBackend(ExportedBackend):
     name = "tensorrt"
     host_input = False
 
-    def __init__(self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
-                 **_: Any) -> None:
+    def __init__(
+        self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None, **_: Any
+    ) -> None:
         trt = require_tensorrt()
         path = _existing(model_file)
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -327,7 +375,10 @@ class TensorRTBackend(ExportedBackend):
         sidecar = path.with_suffix(path.suffix + ".json")
         metadata = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
         super().__init__(
-            path, image_size=int(max_shape[-1]), num_classes=int(out_shape[-1]), max_batch=int(max_shape[0]),
+            path,
+            image_size=int(max_shape[-1]),
+            num_classes=int(out_shape[-1]),
+            max_batch=int(max_shape[0]),
             metadata=metadata,
         )
 
@@ -347,4 +398,3 @@ class TensorRTBackend(ExportedBackend):
             raise ResnextError(f"TensorRT failed to run {self.path.name} on a batch of {list(batch.shape)}")
         stream.synchronize()
         return out[:n].cpu()
-

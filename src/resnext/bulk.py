@@ -91,8 +91,13 @@ def list_inputs(inputs: Iterable[str], *, from_list: str | os.PathLike[str] | No
 
 def classify_row(source: str, predictions: Sequence[Any] | None, error: str | None) -> Row:
     predictions = predictions or []
-    return {"path": source, "error": _one_line(error), "labels": [p.label for p in predictions],
-            "indices": [p.index for p in predictions], "probabilities": [p.probability for p in predictions]}
+    return {
+        "path": source,
+        "error": _one_line(error),
+        "labels": [p.label for p in predictions],
+        "indices": [p.index for p in predictions],
+        "probabilities": [p.probability for p in predictions],
+    }
 
 
 def embed_row(source: str, embedding: Any, error: str | None) -> Row:
@@ -103,8 +108,10 @@ def embed_row(source: str, embedding: Any, error: str | None) -> Row:
 def _clean(row: Row) -> Row:
     """An error row carries no results (rows that crossed Ray's block conversions may hold [] for null)."""
     if row.get("error"):
-        return {**row, **({"embedding": None} if "embedding" in row else
-                          {"labels": [], "indices": [], "probabilities": []})}
+        return {
+            **row,
+            **({"embedding": None} if "embedding" in row else {"labels": [], "indices": [], "probabilities": []}),
+        }
     return row
 
 
@@ -259,8 +266,9 @@ class JsonlWriter(LineWriter):
 
 class CsvWriter(LineWriter):
     def columns(self) -> list[str]:
-        return ["path", "error"] + [f"{c}_{i}" for i in range(1, self.topk + 1)
-                                    for c in ("label", "index", "probability")]
+        return ["path", "error"] + [
+            f"{c}_{i}" for i in range(1, self.topk + 1) for c in ("label", "index", "probability")
+        ]
 
     def parse(self, f: Any, size: int) -> Iterator[str]:
         reader = csv.reader(f)
@@ -379,8 +387,11 @@ class ParquetWriter(PartsWriter):
         with atomic_path(self.path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
             for table in self.tables():
                 if self.task == "embed" and isinstance(schema.field("embedding").type, pa.FixedSizeListType):
-                    table = table.set_column(table.schema.get_field_index("embedding"), "embedding",
-                                             _fixed_size(table.column("embedding"), schema))
+                    table = table.set_column(
+                        table.schema.get_field_index("embedding"),
+                        "embedding",
+                        _fixed_size(table.column("embedding"), schema),
+                    )
                 writer.write_table(table.cast(schema))
 
 
@@ -441,8 +452,12 @@ class NpyWriter(PartsWriter):
             del out
 
 
-WRITERS: dict[str, type[OutputWriter]] = {".jsonl": JsonlWriter, ".csv": CsvWriter, ".parquet": ParquetWriter,
-                                          ".npy": NpyWriter}
+WRITERS: dict[str, type[OutputWriter]] = {
+    ".jsonl": JsonlWriter,
+    ".csv": CsvWriter,
+    ".parquet": ParquetWriter,
+    ".npy": NpyWriter,
+}
 
 
 def open_writer(path: str | os.PathLike[str], task: str, *, topk: int = 5) -> OutputWriter:
@@ -496,8 +511,10 @@ class BulkSummary:
 
     def line(self) -> str:
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
-        return (f"wrote {self.written} rows to {self.output} ({self.failed} errors, {self.skipped} already there) "
-                f"in {self.seconds:.1f} s, {rate:.1f} img/s")
+        return (
+            f"wrote {self.written} rows to {self.output} ({self.failed} errors, {self.skipped} already there) "
+            f"in {self.seconds:.1f} s, {rate:.1f} img/s"
+        )
 
 
 def result_rows(job: BulkJob, predictor: Any, sources: Sequence[str]) -> Iterator[Row]:
@@ -566,8 +583,14 @@ class ModelSpec:
         from .predict import Predictor
 
         return Predictor.from_pretrained(
-            self.arch, weights=self.weights, backend=self.backend, model_file=self.model_file,
-            device=device or self.device, precision=self.precision, channels_last=self.channels_last,
-            categories=list(self.categories) if self.categories else None, image_size=self.image_size,
+            self.arch,
+            weights=self.weights,
+            backend=self.backend,
+            model_file=self.model_file,
+            device=device or self.device,
+            precision=self.precision,
+            channels_last=self.channels_last,
+            categories=list(self.categories) if self.categories else None,
+            image_size=self.image_size,
             progress=False,
         )

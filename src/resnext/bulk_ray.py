@@ -196,8 +196,13 @@ def _init_private(ray: Any, options: RayOptions) -> None:
         return
     # Enough logical CPUs for the actors plus the decoding tasks, or the pool would starve the decoders.
     need = int(options.actors * options.cpus_per_actor + 1.999)
-    ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False, log_to_driver=False,
-             object_store_memory=options.object_store_memory, configure_logging=False)
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, need),
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=options.object_store_memory,
+        configure_logging=False,
+    )
 
 
 def _stream(job: BulkJob, spec: ModelSpec, options: RayOptions, pending: list[str], transforms: Any) -> Iterator[dict]:
@@ -209,17 +214,28 @@ def _stream(job: BulkJob, spec: ModelSpec, options: RayOptions, pending: list[st
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     blocks = max(1, min(len(pending) // job.batch_size, 10_000))
     ds: Any = ray.data.from_items([{"path": p} for p in pending], override_num_blocks=blocks)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"transforms": transforms}, batch_size=job.batch_size,
-                        batch_format="numpy", num_cpus=1)
+    ds = ds.map_batches(
+        decode_batch, fn_kwargs={"transforms": transforms}, batch_size=job.batch_size, batch_format="numpy", num_cpus=1
+    )
     threads = max(1, int(options.cpus_per_actor)) if options.gpus_per_actor == 0 else None
     ds = ds.map_batches(
-        ModelActor, fn_constructor_kwargs={"spec": spec, "task": job.task, "topk": job.topk,
-                                           "normalize": job.normalize, "threads": threads},
-        compute=ray.data.ActorPoolStrategy(size=options.actors), batch_size=job.batch_size, batch_format="numpy",
-        num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor,
+        ModelActor,
+        fn_constructor_kwargs={
+            "spec": spec,
+            "task": job.task,
+            "topk": job.topk,
+            "normalize": job.normalize,
+            "threads": threads,
+        },
+        compute=ray.data.ActorPoolStrategy(size=options.actors),
+        batch_size=job.batch_size,
+        batch_format="numpy",
+        num_cpus=options.cpus_per_actor,
+        num_gpus=options.gpus_per_actor,
     )  # Ray Data's actor pools restart dead actors and retry their batch (max_restarts/max_task_retries -1)
-    with tqdm(total=len(pending), unit="img", desc=f"{job.task} (ray)", disable=not job.progress,
-              file=sys.stderr) as bar:
+    with tqdm(
+        total=len(pending), unit="img", desc=f"{job.task} (ray)", disable=not job.progress, file=sys.stderr
+    ) as bar:
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows = table.to_pylist()
             yield from rows

@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader, Sampler
 
 from .errors import ResnextError
 from .images import IMAGE_EXTENSIONS, ImageDataset, collate_images, find_classes, match_classes, walk_images
-from .labels import imagenet_wnids
 from .transforms import eval_preset, train_preset
 
 if TYPE_CHECKING:

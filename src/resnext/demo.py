@@ -28,8 +28,14 @@ from .runtimes import require
 
 TOPK = 5
 #: environment that keeps Gradio offline and private; set before gradio is first imported (it reads some at import)
-OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-               "GRADIO_SHARE": "False", "GRADIO_SSR_MODE": "False", "GRADIO_MCP_SERVER": "False"}
+OFFLINE_ENV = {
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "GRADIO_SHARE": "False",
+    "GRADIO_SSR_MODE": "False",
+    "GRADIO_MCP_SERVER": "False",
+}
 FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"]  # local: no font CDN
 CSS = """
 .rx-card {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 14px 16px;}
@@ -131,13 +137,17 @@ def predictions_html(analysis: Analysis, description: str = "") -> str:
         timing += f" · Grad-CAM {analysis.explain_ms:.1f} ms"
     meta = " · ".join(x for x in (timing, html.escape(description)) if x)
     note = f'<div class="rx-meta">{html.escape(analysis.note)}</div>' if analysis.note else ""
-    return (f'<div class="rx-card" id="rx-predictions">{"".join(rows)}'
-            f'<div class="rx-meta" id="rx-time">{meta}</div>{note}</div>')
+    return (
+        f'<div class="rx-card" id="rx-predictions">{"".join(rows)}'
+        f'<div class="rx-meta" id="rx-time">{meta}</div>{note}</div>'
+    )
 
 
 def error_html(message: str) -> str:
-    return (f'<div class="rx-error" id="rx-error" role="alert"><b>Cannot classify this upload.</b> '
-            f'{html.escape(message)}<br>Try another image, or click a sample.</div>')
+    return (
+        f'<div class="rx-error" id="rx-error" role="alert"><b>Cannot classify this upload.</b> '
+        f"{html.escape(message)}<br>Try another image, or click a sample.</div>"
+    )
 
 
 HINT_HTML = '<div class="rx-hint" id="rx-hint">Drop, paste or pick an image (JPEG, PNG, WebP), or click a sample.</div>'
@@ -197,8 +207,9 @@ class Page:
             hidden = gr.update(value=None, visible=False)
             return error_html(user_message(exc, source)), gr.update(choices=[], value=None, visible=False), hidden
         explainable = self.model.explainer is not None
-        radio = gr.update(choices=self._choices(analysis.predictions), value=str(analysis.predictions[0].index),
-                          visible=explainable)
+        radio = gr.update(
+            choices=self._choices(analysis.predictions), value=str(analysis.predictions[0].index), visible=explainable
+        )
         heatmap = gr.update(value=analysis.overlay, visible=analysis.overlay is not None)
         return predictions_html(analysis), radio, heatmap
 
@@ -222,29 +233,57 @@ def build_app(model: DemoModel, *, title: str = "ResNeXt image classifier with G
         gr.Markdown(f"## {html.escape(title)}\n{html.escape(model.description)}", elem_id="rx-title")
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", elem_id="rx-input",
-                                 height=340, image_mode=None, buttons=[])
+                image = gr.Image(
+                    type="filepath",
+                    sources=["upload", "clipboard"],
+                    label="Image",
+                    elem_id="rx-input",
+                    height=340,
+                    image_mode=None,
+                    buttons=[],
+                )
                 # The handler gets the raw upload: Gradio's own Pillow decoding has no pixel limit and reports a
                 # non-image only as a generic "Error". (Replaced on the instance: a gr.Image subclass would make
                 # Gradio write a .pyi stub into this package's folder.)
                 image.preprocess = raw_upload
-                gr.Examples(examples=[[p] for p in sample_images()], inputs=[image], label="Samples",
-                            examples_per_page=6)
+                gr.Examples(
+                    examples=[[p] for p in sample_images()], inputs=[image], label="Samples", examples_per_page=6
+                )
             with gr.Column(scale=6):
                 results = gr.HTML(HINT_HTML, elem_id="rx-results")
                 target = gr.Radio(label="Explain class", choices=[], visible=False, elem_id="rx-target")
-                heatmap = gr.Image(label="Grad-CAM heat-map (on the model's center crop)",
-                                   type="pil", format="png", interactive=False, elem_id="rx-heatmap", height=300,
-                                   buttons=["download"], visible=False)
-        image.change(page.on_image, inputs=[image], outputs=[results, target, heatmap], show_progress="minimal",
-                     api_name="classify")
-        target.input(page.on_target, inputs=[image, target], outputs=[heatmap], show_progress="minimal",
-                     api_name="explain")
+                heatmap = gr.Image(
+                    label="Grad-CAM heat-map (on the model's center crop)",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    elem_id="rx-heatmap",
+                    height=300,
+                    buttons=["download"],
+                    visible=False,
+                )
+        image.change(
+            page.on_image,
+            inputs=[image],
+            outputs=[results, target, heatmap],
+            show_progress="minimal",
+            api_name="classify",
+        )
+        target.input(
+            page.on_target, inputs=[image, target], outputs=[heatmap], show_progress="minimal", api_name="explain"
+        )
     return app
 
 
-def launch(app: Any, *, host: str = "127.0.0.1", port: int | None = 7860, block: bool = True,
-           max_file_size: int = MAX_IMAGE_BYTES, quiet: bool = False) -> str:
+def launch(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = 7860,
+    block: bool = True,
+    max_file_size: int = MAX_IMAGE_BYTES,
+    quiet: bool = False,
+) -> str:
     """Serve ``app`` on ``host:port`` (loopback by default; no share link, no monitoring or MCP endpoints, no
     server-side rendering process). Returns the local URL; with ``block=False`` the server runs in a thread until
     ``app.close()``."""
@@ -252,9 +291,21 @@ def launch(app: Any, *, host: str = "127.0.0.1", port: int | None = 7860, block:
     theme = gr.themes.Soft(primary_hue="green", font=FONTS, font_mono=["ui-monospace", "monospace"])
     app.queue(default_concurrency_limit=1)  # one model run at a time: predictable memory and latency
     _, url, _ = app.launch(
-        server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=quiet,
-        max_file_size=max_file_size, show_error=True, ssr_mode=False, mcp_server=False, enable_monitoring=False,
-        pwa=False, footer_links=[], theme=theme, css=CSS, inbrowser=False,
+        server_name=host,
+        server_port=port,
+        share=False,
+        prevent_thread_lock=not block,
+        quiet=quiet,
+        max_file_size=max_file_size,
+        show_error=True,
+        ssr_mode=False,
+        mcp_server=False,
+        enable_monitoring=False,
+        pwa=False,
+        footer_links=[],
+        theme=theme,
+        css=CSS,
+        inbrowser=False,
     )
     return url
 
@@ -296,16 +347,24 @@ def runtime_name(backend: Any) -> str:
 
 
 def create_demo_model(
-    arch: str | None = None, *, weights: Any = "DEFAULT", model_file: str | None = None, backend: str | None = None,
-    device: str = "auto", precision: str | None = None, triton_url: str | None = None, explain: bool = True,
+    arch: str | None = None,
+    *,
+    weights: Any = "DEFAULT",
+    model_file: str | None = None,
+    backend: str | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    triton_url: str | None = None,
+    explain: bool = True,
     **options: Any,
 ) -> DemoModel:
     """The demo's model from the usual source arguments (``backend`` None/"auto": as ``resnext classify`` picks);
     ``triton_url`` classifies on a running ``resnext serve`` (its model ``arch``), with explanations from the
     in-process eager model of ``weights``. Grad-CAM always runs on the eager torch model."""
     if model_file is not None:
-        predictor = Predictor.from_pretrained(arch, model_file=model_file, backend=backend, device=device,
-                                              precision=precision, **options)
+        predictor = Predictor.from_pretrained(
+            arch, model_file=model_file, backend=backend, device=device, precision=precision, **options
+        )
         runtime = runtime_name(predictor.backend)
         description = f"{predictor.arch or 'model'} · {Path(model_file).name} · {runtime}"
         return DemoModel(predictor, explainer=None, description=description)
@@ -315,16 +374,21 @@ def create_demo_model(
     if triton_url:
         remote = TritonLogits(triton_url, source.arch)
         if remote.num_classes != source.num_classes:
-            raise ResnextError(f"Triton's {source.arch} has {remote.num_classes} classes, the local weights "
-                               f"{source.num_classes}: give the --weights the server runs")
-        predictor = Predictor(remote, transforms=source.transforms, categories=source.categories, arch=source.arch,
-                              model=source.model)
+            raise ResnextError(
+                f"Triton's {source.arch} has {remote.num_classes} classes, the local weights "
+                f"{source.num_classes}: give the --weights the server runs"
+            )
+        predictor = Predictor(
+            remote, transforms=source.transforms, categories=source.categories, arch=source.arch, model=source.model
+        )
         local = Predictor.from_source(source, backend="torch", device=device)
         where = f"Triton at {triton_url}"
     else:
-        predictor = local = Predictor.from_source(source, backend=backend, device=device, precision=precision,
-                                                  **options)
+        predictor = local = Predictor.from_source(
+            source, backend=backend, device=device, precision=precision, **options
+        )
         where = f"{runtime_name(predictor.backend)} on {getattr(predictor.backend, 'device', 'cpu')}"
     description = f"{source.arch} · weights: {Path(str(source.weights)).name} · {where}"
-    return DemoModel(predictor, explainer=local if explain and local.model is not None else None,
-                     description=description)
+    return DemoModel(
+        predictor, explainer=local if explain and local.model is not None else None, description=description
+    )

@@ -20,8 +20,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from .errors import DownloadError, ResnextError
 
@@ -80,8 +81,9 @@ class _Deadline:
     def remaining(self) -> float:
         left = self.end - time.monotonic()
         if left <= 0:
-            raise DownloadError(f"{self.url}: download did not finish within {self.seconds:g} s "
-                                f"(set {DEADLINE_ENV} to allow longer)")
+            raise DownloadError(
+                f"{self.url}: download did not finish within {self.seconds:g} s (set {DEADLINE_ENV} to allow longer)"
+            )
         return min(left, self.timeout)
 
     def arm(self, response: Any) -> None:
@@ -181,8 +183,9 @@ def download_file(
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_temporaries(destination.parent)
-        fd, tmp_name = tempfile.mkstemp(dir=destination.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-",
-                                        suffix=f"-{destination.name}.partial")
+        fd, tmp_name = tempfile.mkstemp(
+            dir=destination.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=f"-{destination.name}.partial"
+        )
     except OSError as exc:
         raise DownloadError(f"cannot write into {destination.parent}: {exc.strerror or exc}") from None
     limit = _Deadline(url, deadline or deadline_s(WEIGHTS_DEADLINE_S), timeout)
@@ -210,8 +213,15 @@ def _download_into(out: IO[bytes], url: str, name: str, limit: _Deadline, max_by
     digest = hashlib.sha256()
     with _open(url, limit) as response:
         expected = _declared_length(response, url, max_bytes)
-        with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=f"downloading {name}",
-                  disable=not progress, leave=False) as bar:
+        with tqdm(
+            total=expected,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"downloading {name}",
+            disable=not progress,
+            leave=False,
+        ) as bar:
 
             def sink(chunk: bytes) -> None:
                 out.write(chunk)

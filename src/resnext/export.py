@@ -38,20 +38,21 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .backends import FEATURES_NAME, require_tensorrt
-from .runtimes import EXPORT_FORMATS, INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, create_backend, require
 from .errors import ResnextError
 from .images import find_images, load_image, sample_images
+from .runtimes import EXPORT_FORMATS, INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, create_backend, require
 from .sources import ModelSource, load_source, source_from_model
-from .util import check_writable
 from .transforms import eval_preset
+from .util import check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +93,10 @@ class Parity:
 
     def line(self) -> str:
         check = f" (limit {self.limit:.2e})" if self.limit is not None else ""
-        return (f"{self.inputs}: {self.count} images, max abs diff {self.max_abs_diff:.2e}{check}, "
-                f"top-1 agreement {100 * self.top1_agreement:.1f}%")
+        return (
+            f"{self.inputs}: {self.count} images, max abs diff {self.max_abs_diff:.2e}{check}, "
+            f"top-1 agreement {100 * self.top1_agreement:.1f}%"
+        )
 
 
 @dataclass
@@ -159,8 +162,14 @@ def labelled_images(root: str | Path, num_classes: int) -> tuple[list[str], list
         index = {name: i for i, name in enumerate(match_classes(root, num_classes, None))}
     except ResnextError:
         paths = find_images([root])
-        return paths, None, (f"{len(folders)} class folders do not match the model's {num_classes} classes, "
-                             "so only agreement (not accuracy) is reported")
+        return (
+            paths,
+            None,
+            (
+                f"{len(folders)} class folders do not match the model's {num_classes} classes, "
+                "so only agreement (not accuracy) is reported"
+            ),
+        )
     paths, labels = [], []
     for name in folders:
         found = find_images([root / name])
@@ -179,7 +188,7 @@ def _spread(paths: list[str], labels: list[int] | None, limit: int) -> tuple[lis
 
 def _batches(x: Tensor, size: int) -> Iterator[Tensor]:
     for i in range(0, x.shape[0], size):
-        yield x[i:i + size]
+        yield x[i : i + size]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,8 +250,16 @@ def write_onnx(model: torch.nn.Module, path: Path, config: ExportConfig, metadat
     path.parent.mkdir(parents=True, exist_ok=True)
     with _quiet():
         torch.onnx.export(
-            model, (example,), str(path), input_names=[INPUT_NAME], output_names=metadata.get("outputs", [OUTPUT_NAME]),
-            dynamic_shapes=dynamic, opset_version=config.opset, dynamo=True, external_data=external, verbose=False,
+            model,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=metadata.get("outputs", [OUTPUT_NAME]),
+            dynamic_shapes=dynamic,
+            opset_version=config.opset,
+            dynamo=True,
+            external_data=external,
+            verbose=False,
         )
     _set_onnx_metadata(path, metadata, external)
     onnx.checker.check_model(str(path), full_check=True)
@@ -285,8 +302,13 @@ def quantize_onnx(fp32_path: Path, path: Path, calibration: Tensor, metadata: di
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
         quantize_static(
-            str(prepared), str(path), _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            str(prepared),
+            str(path),
+            _Calibration(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
         )
     _set_onnx_metadata(path, metadata)
@@ -336,8 +358,9 @@ def write_torchscript(model: torch.nn.Module, path: Path, config: ExportConfig, 
     return [path]
 
 
-def write_tensorrt(onnx_path: Path, path: Path, config: ExportConfig, precision: str,
-                   metadata: dict[str, Any]) -> list[Path]:
+def write_tensorrt(
+    onnx_path: Path, path: Path, config: ExportConfig, precision: str, metadata: dict[str, Any]
+) -> list[Path]:
     """Serialized TensorRT engine with one optimisation profile (min, opt = max, max) over the batch range."""
     trt = require_tensorrt()
     log = trt.Logger(trt.Logger.WARNING)
@@ -403,8 +426,15 @@ def accuracy(logits: Tensor, labels: Sequence[int]) -> float:
 
 
 def write_model(
-    model: torch.nn.Module, config: ExportConfig, precision: str, path: Path, metadata: dict[str, Any], *,
-    workdir: Path, calibration: Tensor | None = None, cache: dict[str, Path] | None = None,
+    model: torch.nn.Module,
+    config: ExportConfig,
+    precision: str,
+    path: Path,
+    metadata: dict[str, Any],
+    *,
+    workdir: Path,
+    calibration: Tensor | None = None,
+    cache: dict[str, Path] | None = None,
 ) -> list[Path]:
     """Write ``model`` as ``config.format`` at ``precision`` to ``path``; returns the files written there.
 
@@ -508,17 +538,26 @@ def export_model(config: ExportConfig, model: ModelSource | torch.nn.Module | No
     try:
         path = stage / final.name
         logger.info("writing %s %s (%s, %d px)...", config.format, precision, source.arch, config.image_size)
-        files = write_model(WithFeatures(model).eval() if config.features else model, config, precision, path,
-                            metadata, workdir=stage / "intermediate", calibration=calibration)
+        files = write_model(
+            WithFeatures(model).eval() if config.features else model,
+            config,
+            precision,
+            path,
+            metadata,
+            workdir=stage / "intermediate",
+            calibration=calibration,
+        )
         if precision == "int8":
             notes.append(f"int8 calibrated on {calibration.shape[0]} images from {config.calibration_dir}")
         if config.format == "onnx" and precision == "fp32":
             notes.append("weights stored " + ("as external data in " + files[-1].name if len(files) > 1 else "inline"))
 
-        logger.info("reloading %s in %s and checking it against PyTorch fp32...", final.name,
-                    EXPORT_FORMATS[config.format].name)
-        runtime = create_backend(EXPORT_FORMATS[config.format].name, model_file=str(path), precision=precision,
-                                 threads=config.threads)
+        logger.info(
+            "reloading %s in %s and checking it against PyTorch fp32...", final.name, EXPORT_FORMATS[config.format].name
+        )
+        runtime = create_backend(
+            EXPORT_FORMATS[config.format].name, model_file=str(path), precision=precision, threads=config.threads
+        )
         parity, acc = check_parity(model, runtime, config, precision, eval_paths, eval_labels)
         if config.features:
             parity.append(check_features(model, runtime, config, precision, eval_paths))
@@ -532,10 +571,20 @@ def export_model(config: ExportConfig, model: ModelSource | torch.nn.Module | No
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    result = ExportResult(config.format, precision, str(final), [str(final.parent / f.name) for f in files], metadata,
-                          parity=parity, accuracy=acc, notes=notes)
+    result = ExportResult(
+        config.format,
+        precision,
+        str(final),
+        [str(final.parent / f.name) for f in files],
+        metadata,
+        parity=parity,
+        accuracy=acc,
+        notes=notes,
+    )
     if precision == "bf16" and getattr(runtime, "precision", "bf16") != "bf16":
-        result.notes.append(f"this CPU has no native bf16: OpenVINO ran {runtime.precision}; bf16 applies on CPUs with it")
+        result.notes.append(
+            f"this CPU has no native bf16: OpenVINO ran {runtime.precision}; bf16 applies on CPUs with it"
+        )
     return result
 
 
@@ -568,17 +617,24 @@ def _reason(exc: Exception, folder: Path) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def check_features(model: torch.nn.Module, runtime: Any, config: ExportConfig, precision: str,
-                   image_paths: Sequence[str]) -> Parity:
+def check_features(
+    model: torch.nn.Module, runtime: Any, config: ExportConfig, precision: str, image_paths: Sequence[str]
+) -> Parity:
     """The exported ``features`` output against ``forward_head(forward_features(x), pre_logits=True)``."""
     x = preprocess(image_paths, config.image_size)
     with torch.inference_mode():
         reference = model.forward_head(model.forward_features(x), pre_logits=True)
-    result = compare(reference, _logits(runtime.features, x, config.batch_range[1]), "features of real images",
-                     config.tolerance if precision == "fp32" else None)
+    result = compare(
+        reference,
+        _logits(runtime.features, x, config.batch_range[1]),
+        "features of real images",
+        config.tolerance if precision == "fp32" else None,
+    )
     if result.limit is not None and not result.max_abs_diff <= result.limit:
-        raise ResnextError(f"{config.format} export's features differ from PyTorch: max abs diff "
-                           f"{result.max_abs_diff:.3g} exceeds {result.limit:.3g}")
+        raise ResnextError(
+            f"{config.format} export's features differ from PyTorch: max abs diff "
+            f"{result.max_abs_diff:.3g} exceeds {result.limit:.3g}"
+        )
     return result
 
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from .download import MAX_IMAGE_BYTES, fetch_bytes, is_url
-from .labels import imagenet_wnids
 from .errors import ImageError, ResnextError
+from .labels import imagenet_wnids
 
 #: Images with more pixels than this are refused before decoding (PIL's own decompression-bomb threshold).
 MAX_IMAGE_PIXELS = 89_478_485
@@ -156,8 +157,8 @@ def _check_png_complete(data: bytes, name: str) -> None:
         return
     pos, header, inflate, produced = 8, None, zlib.decompressobj(), 0
     while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR" and len(body) >= 13:
             header = struct.unpack(">IIBBBBB", body[:13])
         elif kind == b"IDAT":

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -18,7 +19,7 @@ from torch import Tensor
 from .errors import ImageError, ResnextError
 from .images import ImageDataset, ImageSource, collate_images, describe_source, load_image
 from .runtimes import AUTO, Backend, create_backend
-from .sources import DEFAULT_ARCH, ModelSource, display_names, load_source
+from .sources import ModelSource, display_names, load_source
 from .transforms import EvalPreset, eval_preset
 
 if TYPE_CHECKING:
@@ -95,11 +96,22 @@ class Predictor:
             if image_size and image_size != source.image_size:  # the export is made at the size it will run at
                 source = dataclasses.replace(source, image_size=image_size, transforms=eval_preset(image_size))
             options["source"] = source
-        engine = create_backend(backend or AUTO, model=source.model, device=device, precision=precision,
-                                channels_last=channels_last, **options)
+        engine = create_backend(
+            backend or AUTO,
+            model=source.model,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            **options,
+        )
         transforms = eval_preset(image_size) if image_size else source.transforms
-        return cls(engine, transforms=transforms, categories=categories or source.categories, arch=source.arch,
-                   model=source.model)
+        return cls(
+            engine,
+            transforms=transforms,
+            categories=categories or source.categories,
+            arch=source.arch,
+            model=source.model,
+        )
 
     @classmethod
     def from_pretrained(
@@ -139,8 +151,16 @@ class Predictor:
         source = load_source(weights, arch=arch, progress=progress)
         if num_classes is not None and source.num_classes != num_classes:
             raise ResnextError(f"{source.weights} has {source.num_classes} classes, not the {num_classes} requested")
-        return cls.from_source(source, backend=backend, device=device, precision=precision,
-                               channels_last=channels_last, categories=categories, image_size=image_size, **options)
+        return cls.from_source(
+            source,
+            backend=backend,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            categories=categories,
+            image_size=image_size,
+            **options,
+        )
 
     def preprocess(self, source: ImageSource) -> Tensor:
         return self.transforms(load_image(source))
@@ -168,8 +188,10 @@ class Predictor:
         elif self.model is not None and hasattr(self.model, "forward_features"):
             out = _torch_features(self.model, self.backend, batch)
         else:
-            raise ResnextError("this model file has no 'features' output: re-export it with features "
-                               "(resnext.export.ExportConfig(features=True)) or embed with the torch backend")
+            raise ResnextError(
+                "this model file has no 'features' output: re-export it with features "
+                "(resnext.export.ExportConfig(features=True)) or embed with the torch backend"
+            )
         out = out.float().cpu()
         return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
@@ -245,15 +267,19 @@ def classify_sources(
     """
     if topk < 1:
         raise ResnextError(f"--topk must be at least 1, got {topk}")
-    for indices, batch, errors in decoded_batches(predictor, sources, batch_size=batch_size, workers=workers,
-                                                  progress=progress, desc="classifying"):
+    for indices, batch, errors in decoded_batches(
+        predictor, sources, batch_size=batch_size, workers=workers, progress=progress, desc="classifying"
+    ):
         outcome: dict[int, ClassifyResult] = {i: ClassifyResult(_name(sources[i]), error=e) for i, e in errors}
         if batch is not None:
             logits = predictor.backend(batch)
             finite = torch.isfinite(logits).all(dim=-1).tolist()
             for i, ok, predictions in zip(indices, finite, top_k(logits, topk, predictor.categories, from_logits=True)):
-                outcome[i] = (ClassifyResult(_name(sources[i]), predictions=predictions) if ok else
-                              ClassifyResult(_name(sources[i]), error=f"{_name(sources[i])}: {NON_FINITE}"))
+                outcome[i] = (
+                    ClassifyResult(_name(sources[i]), predictions=predictions)
+                    if ok
+                    else ClassifyResult(_name(sources[i]), error=f"{_name(sources[i])}: {NON_FINITE}")
+                )
         for i in sorted(outcome):
             yield outcome[i]
 
@@ -277,8 +303,9 @@ def embed_sources(
     progress: bool = True,
 ) -> Iterator[EmbedResult]:
     """Like :func:`classify_sources`, yielding :meth:`Predictor.embed` vectors instead of top-k classes."""
-    for indices, batch, errors in decoded_batches(predictor, sources, batch_size=batch_size, workers=workers,
-                                                  progress=progress, desc="embedding"):
+    for indices, batch, errors in decoded_batches(
+        predictor, sources, batch_size=batch_size, workers=workers, progress=progress, desc="embedding"
+    ):
         outcome: dict[int, EmbedResult] = {i: EmbedResult(str(sources[i]), error=e) for i, e in errors}
         if batch is not None:
             for i, vector in zip(indices, predictor.embed(batch, normalize=normalize)):
@@ -288,7 +315,13 @@ def embed_sources(
 
 
 def decoded_batches(
-    predictor: Predictor, sources: Sequence[str], *, batch_size: int, workers: int, progress: bool, desc: str,
+    predictor: Predictor,
+    sources: Sequence[str],
+    *,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+    desc: str,
 ) -> Iterator[tuple[list[int], Tensor | None, list[tuple[int, str]]]]:
     """``collate_images`` batches of ``sources`` decoded in ``workers`` background processes, with a progress bar
     (img/s, ETA) on stderr that counts each batch once the caller has consumed it."""

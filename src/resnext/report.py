@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .download import is_url
 from .errors import ResnextError
@@ -57,8 +57,9 @@ def plot_predictions(results: Sequence[ClassifyResult], path: str | os.PathLike[
     results = [r for r in results if r.predictions is not None][:MAX_PLOT_ROWS]
     if not results:
         raise ResnextError("nothing to plot: no image was classified")
-    fig, axes = plt.subplots(len(results), 2, figsize=(10, 2.6 * len(results)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.6]})
+    fig, axes = plt.subplots(
+        len(results), 2, figsize=(10, 2.6 * len(results)), squeeze=False, gridspec_kw={"width_ratios": [1, 1.6]}
+    )
     for (image_ax, bar_ax), result in zip(axes, results):
         image = load_image(result.source)
         image.thumbnail((320, 320))

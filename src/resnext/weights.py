@@ -16,10 +16,11 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -280,7 +281,9 @@ def _verify_archive(path: Path) -> None:
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise WeightsError(f"{path} is a damaged checkpoint archive ({exc})") from None
     if bad is not None:
-        raise WeightsError(f"{path} is corrupt: the checksum of its record {bad!r} does not match (damaged or tampered)")
+        raise WeightsError(
+            f"{path} is corrupt: the checksum of its record {bad!r} does not match (damaged or tampered)"
+        )
 
 
 #: A classifier with more classes than this is refused before any model is built (ImageNet-21k has 21,843).
@@ -380,7 +383,7 @@ def remap_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module | None =
             changed = False
             for prefix in _PREFIXES:
                 if key.startswith(prefix) and key not in expected:
-                    key, changed = key[len(prefix):], True
+                    key, changed = key[len(prefix) :], True
         key = _NVIDIA_STAGE.sub(lambda m: f"layer{int(m.group(1)) + 1}.", key)
         target = expected.get(key)
         if target is not None and value.dim() == 4 and target.dim() == 2 and value.shape[2:] == (1, 1):
@@ -404,7 +407,8 @@ def load_state_dict_into(model: nn.Module, state_dict: Mapping[str, Tensor]) -> 
         state_dict = {k: v for k, v in state_dict.items() if k not in head}
         logger.warning(
             "checkpoint head has %s classes, model has %d: loaded every layer except 'fc', which is re-initialised",
-            checkpoint_classes, expected["fc.weight"].shape[0],
+            checkpoint_classes,
+            expected["fc.weight"].shape[0],
         )
         strict_keys = set(expected) - head
     else:

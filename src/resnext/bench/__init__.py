@@ -7,5 +7,14 @@ and the commands built on them; ``resnext benchmark KIND`` runs them.
 from .inference import BenchConfig, BenchResult, Row, model_gflop, parse_list, run_inference_benchmark, summarise
 from .peak import Peak, measure_peaks
 
-__all__ = ["BenchConfig", "BenchResult", "Peak", "Row", "measure_peaks", "model_gflop", "parse_list",
-           "run_inference_benchmark", "summarise"]
+__all__ = [
+    "BenchConfig",
+    "BenchResult",
+    "Peak",
+    "Row",
+    "measure_peaks",
+    "model_gflop",
+    "parse_list",
+    "run_inference_benchmark",
+    "summarise",
+]

@@ -71,21 +71,28 @@ class BulkBenchResult:
     def table(self) -> str:
         reference = self.rows[0].rate
         local = next((r.rate for r in self.rows if r.name == "local"), None)
-        lines = [f"bulk {self.config.task}: {self.config.arch} on {self.config.backend} "
-                 f"{self.config.precision or 'fp32'}, batch {self.config.batch_size}, {self.rows[0].images} images "
-                 f"from {self.config.folder}; {self.machine.get('cpu', '?')}, "
-                 f"{self.machine.get('threads')} torch threads",
-                 f"{'row':<14}{'images':>8}{'seconds':>10}{'img/s':>10}{'vs model':>10}{'vs local':>10}"]
+        lines = [
+            f"bulk {self.config.task}: {self.config.arch} on {self.config.backend} "
+            f"{self.config.precision or 'fp32'}, batch {self.config.batch_size}, {self.rows[0].images} images "
+            f"from {self.config.folder}; {self.machine.get('cpu', '?')}, "
+            f"{self.machine.get('threads')} torch threads",
+            f"{'row':<14}{'images':>8}{'seconds':>10}{'img/s':>10}{'vs model':>10}{'vs local':>10}",
+        ]
         for row in self.rows:
             vs_local = f"{row.rate / local:.2f}" if local and row.name == "ray" else ""
-            lines.append(f"{row.name:<14}{row.images:>8}{row.seconds:>10.2f}{row.rate:>10.2f}"
-                         f"{row.rate / reference:>10.2f}{vs_local:>10}")
+            lines.append(
+                f"{row.name:<14}{row.images:>8}{row.seconds:>10.2f}{row.rate:>10.2f}"
+                f"{row.rate / reference:>10.2f}{vs_local:>10}"
+            )
         lines.append("goals: local >= 0.90 x model only; ray >= 0.80 x local")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": asdict(self.config), "machine": self.machine,
-                "rows": [{**asdict(r), "img_per_s": r.rate} for r in self.rows]}
+        return {
+            "config": asdict(self.config),
+            "machine": self.machine,
+            "rows": [{**asdict(r), "img_per_s": r.rate} for r in self.rows],
+        }
 
 
 def _cpu_name() -> str:
@@ -125,19 +132,36 @@ def run_bulk_benchmark(config: BulkBenchConfig) -> BulkBenchResult:
     sources = list_inputs([config.folder])[: config.limit]
     if not sources:
         raise ResnextError(f"no images found in {config.folder}")
-    spec = ModelSpec(arch=config.arch, weights=config.weights or "random", backend=config.backend,
-                     model_file=config.model_file, device="cpu", precision=config.precision,
-                     image_size=config.image_size)
+    spec = ModelSpec(
+        arch=config.arch,
+        weights=config.weights or "random",
+        backend=config.backend,
+        model_file=config.model_file,
+        device="cpu",
+        precision=config.precision,
+        image_size=config.image_size,
+    )
     if config.weights is None:
         torch.manual_seed(0)
     predictor = spec.predictor()
-    machine = {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__}
+    machine = {
+        "cpu": _cpu_name(),
+        "logical_cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     result = BulkBenchResult(config, [model_only(predictor, sources, config.task, config.batch_size)], machine)
     with tempfile.TemporaryDirectory() as tmp:
+
         def job(name: str) -> BulkJob:
-            return BulkJob(config.task, sources, str(Path(tmp) / f"{name}{config.output_suffix}"),
-                           batch_size=config.batch_size, workers=config.workers, progress=False)
+            return BulkJob(
+                config.task,
+                sources,
+                str(Path(tmp) / f"{name}{config.output_suffix}"),
+                batch_size=config.batch_size,
+                workers=config.workers,
+                progress=False,
+            )
 
         if "local" in config.engines:
             summary = run_local(job("local"), predictor)
@@ -157,8 +181,11 @@ def _ray_row(job: Any, spec: Any, config: BulkBenchConfig) -> BulkRow:
 
     ray = require("ray", "ray")
     options = RayOptions(actors=config.actors, cpus_per_actor=config.cpus_per_actor)
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(config.actors * config.cpus_per_actor) + 2),
-             include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, int(config.actors * config.cpus_per_actor) + 2),
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     try:
         start = time.perf_counter()
         summary = run_ray(job, spec, options)

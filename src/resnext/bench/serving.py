@@ -83,20 +83,41 @@ class ServingResult:
     notes: list[str] = field(default_factory=list)
 
     def table(self) -> str:
-        head = ["concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "batch formed",
-                "in-process img/s (batch)", "server / in-process"]
-        body = [[str(lv.concurrency), f"{lv.throughput:.1f}", f"{lv.p50_ms:.1f}", f"{lv.p95_ms:.1f}",
-                 f"{lv.p99_ms:.1f}", str(lv.errors), f"{lv.avg_batch:.2f}",
-                 f"{lv.reference:.1f} ({lv.reference_batch})", f"{100 * lv.throughput / lv.reference:.0f}%"]
-                for lv in self.levels]
+        head = [
+            "concurrency",
+            "req/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "errors",
+            "batch formed",
+            "in-process img/s (batch)",
+            "server / in-process",
+        ]
+        body = [
+            [
+                str(lv.concurrency),
+                f"{lv.throughput:.1f}",
+                f"{lv.p50_ms:.1f}",
+                f"{lv.p95_ms:.1f}",
+                f"{lv.p99_ms:.1f}",
+                str(lv.errors),
+                f"{lv.avg_batch:.2f}",
+                f"{lv.reference:.1f} ({lv.reference_batch})",
+                f"{100 * lv.throughput / lv.reference:.0f}%",
+            ]
+            for lv in self.levels
+        ]
         widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
         fmt = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
         c = self.config
         lines = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, body)]
-        lines.append(f"model {c['model']} ({c['input']} input, {c['protocol']}), {c['duration']:.0f} s per level; "
-                     f"server: max batch {c['max_batch_size']}, queue delay {c['max_queue_delay_us']} us, "
-                     f"{c['instances']} instance(s); CPU: {self.machine['cpu']}, {self.machine['cores']} cores, "
-                     f"ISA {' '.join(self.machine['isa'])}")
+        lines.append(
+            f"model {c['model']} ({c['input']} input, {c['protocol']}), {c['duration']:.0f} s per level; "
+            f"server: max batch {c['max_batch_size']}, queue delay {c['max_queue_delay_us']} us, "
+            f"{c['instances']} instance(s); CPU: {self.machine['cpu']}, {self.machine['cores']} cores, "
+            f"ISA {' '.join(self.machine['isa'])}"
+        )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -192,11 +213,33 @@ def start_server(config: ServingConfig, model: str) -> tuple[subprocess.Popen, s
     from ..serve.tritonserver import wait_ready
 
     http, grpc, metrics = free_port(), free_port(), free_port()
-    args = [sys.executable, "-m", "resnext", "serve", "--weights", str(config.weights), "--http-port", str(http),
-            "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--max-batch-size", str(config.max_batch_size),
-            "--max-queue-delay-us", str(config.max_queue_delay_us), "--instances", str(config.instances)]
-    for flag, value in (("--arch", config.arch), ("--backend", config.backend), ("--model-file", config.model_file),
-                        ("--precision", config.precision), ("--image-size", config.image_size)):
+    args = [
+        sys.executable,
+        "-m",
+        "resnext",
+        "serve",
+        "--weights",
+        str(config.weights),
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+        "--max-batch-size",
+        str(config.max_batch_size),
+        "--max-queue-delay-us",
+        str(config.max_queue_delay_us),
+        "--instances",
+        str(config.instances),
+    ]
+    for flag, value in (
+        ("--arch", config.arch),
+        ("--backend", config.backend),
+        ("--model-file", config.model_file),
+        ("--precision", config.precision),
+        ("--image-size", config.image_size),
+    ):
         if value is not None:
             args += [flag, str(value)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -232,14 +275,27 @@ def reference_throughput(predictor: Predictor, batch: int, image: bytes | None, 
     return batch / float(np.median(times))
 
 
-def measure_level(make: Callable[[], Callable[[], None]], concurrency: int, config: ServingConfig,
-                  metrics: Callable[[], tuple[float, float]]) -> Level:
+def measure_level(
+    make: Callable[[], Callable[[], None]],
+    concurrency: int,
+    config: ServingConfig,
+    metrics: Callable[[], tuple[float, float]],
+) -> Level:
     load = Load(make, concurrency)
     before, after = load.run(config.warmup, config.duration, metrics, metrics)
     lat = np.array(load.latencies or [math.nan]) * 1e3
     p50, p95, p99 = (float(np.percentile(lat, q)) for q in (50, 95, 99))
-    return Level(concurrency, len(load.latencies), load.errors, len(load.latencies) / config.duration,
-                 p50, p95, p99, after[0] - before[0], after[1] - before[1])
+    return Level(
+        concurrency,
+        len(load.latencies),
+        load.errors,
+        len(load.latencies) / config.duration,
+        p50,
+        p95,
+        p99,
+        after[0] - before[0],
+        after[1] - before[1],
+    )
 
 
 def run_serving_benchmark(config: ServingConfig, progress: Callable[[str], None] | None = None) -> ServingResult:
@@ -248,14 +304,23 @@ def run_serving_benchmark(config: ServingConfig, progress: Callable[[str], None]
     if not config.concurrency or min(config.concurrency) < 1 or config.duration <= 0:
         raise ResnextError("--concurrency needs positive integers and --duration a positive number of seconds")
     say = progress or (lambda _: None)
-    predictor = Predictor.from_pretrained(config.arch, weights=config.weights, backend=config.backend,
-                                          model_file=config.model_file, precision=config.precision,
-                                          image_size=config.image_size, progress=False)
+    predictor = Predictor.from_pretrained(
+        config.arch,
+        weights=config.weights,
+        backend=config.backend,
+        model_file=config.model_file,
+        precision=config.precision,
+        image_size=config.image_size,
+        progress=False,
+    )
     name = config.model or (predictor.arch or "resnext") + ("_image" if config.input == "image" else "")
     image = Path(sample_images()[0]).read_bytes() if config.input == "image" else None
     size = predictor.image_size
-    payload = (np.array([[image]], dtype=np.object_) if image is not None
-               else np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32))
+    payload = (
+        np.array([[image]], dtype=np.object_)
+        if image is not None
+        else np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+    )
     process = None
     url, metrics_url = config.url, config.metrics_url
     if url is None:
@@ -278,6 +343,8 @@ def run_serving_benchmark(config: ServingConfig, progress: Callable[[str], None]
         if process is not None:
             stop_server(process)
     settings = {**asdict(config), "model": name, "url": url}
-    notes = ["server req/s counts one image per request; the reference runs the same runtime and precision "
-             "in this process right after each level, while the server idles"]
+    notes = [
+        "server req/s counts one image per request; the reference runs the same runtime and precision "
+        "in this process right after each level, while the server idles"
+    ]
     return ServingResult(settings, machine_info(), levels, notes)

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import ResnextError
 
@@ -40,8 +40,9 @@ def _accept_verbose_everywhere(sub: argparse._SubParsersAction) -> None:
     for command in sub.choices.values():
         if not any("--verbose" in action.option_strings for action in command._actions):
             # SUPPRESS: a subcommand that does not see -v leaves the top-level value alone
-            command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                                 help="log debug details")
+            command.add_argument(
+                "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug details"
+            )
         for action in command._actions:
             if isinstance(action, argparse._SubParsersAction):
                 _accept_verbose_everywhere(action)
@@ -91,8 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a bug: keep the traceback, but out of the user's output
         where = write_crash_log(sys.argv[:1] + list(argv if argv is not None else sys.argv[1:]))
         summary = " ".join(str(exc).split())[:200]
-        print(f"resnext: internal error ({type(exc).__name__}{': ' + summary if summary else ''}); this is a "
-              f"bug, not a problem with your input: {where}", file=sys.stderr)
+        print(
+            f"resnext: internal error ({type(exc).__name__}{': ' + summary if summary else ''}); this is a "
+            f"bug, not a problem with your input: {where}",
+            file=sys.stderr,
+        )
         return EXIT_CRASH
 
 
@@ -106,8 +110,10 @@ def write_crash_log(argv: Sequence[str]) -> str:
 
     from .. import __version__
 
-    text = (f"resnext {__version__}, Python {platform.python_version()}, {platform.platform()}\n"
-            f"command: {' '.join(argv)}\ntime: {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n{traceback.format_exc()}")
+    text = (
+        f"resnext {__version__}, Python {platform.python_version()}, {platform.platform()}\n"
+        f"command: {' '.join(argv)}\ntime: {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n{traceback.format_exc()}"
+    )
     try:
         fd, name = tempfile.mkstemp(prefix=f"resnext-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
         with open(fd, "w", encoding="utf-8") as f:
@@ -116,5 +122,3 @@ def write_crash_log(argv: Sequence[str]) -> str:
         traceback.print_exc()
         return "the full traceback is above"
     return f"the full traceback was written to {name}"
-
-

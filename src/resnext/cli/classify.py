@@ -12,27 +12,39 @@ from .embed import add_bulk_args, run_bulk
 
 def add_classify_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "classify", help="classify images, folders of images or image URLs",
+        "classify",
+        help="classify images, folders of images or image URLs",
         description="Print the top-k ImageNet classes of each input. Exit status 1 if any input could not be read.",
     )
     p.add_argument(
-        "inputs", nargs="*", metavar="PATH|URL|DIR",
+        "inputs",
+        nargs="*",
+        metavar="PATH|URL|DIR",
         help="image files, folders (searched recursively) or http(s) URLs; default: the bundled sample photos",
     )
     add_model_args(p)
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "int8"],
-                   help="default: fp32, or the precision an exported file was written in")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16", "fp16", "int8"],
+        help="default: fp32, or the precision an exported file was written in",
+    )
     p.add_argument("--channels-last", action="store_true", help="run the model in NHWC memory format")
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
     p.add_argument("--plot", metavar="OUT.png", help="also write one PNG: each image beside a bar chart of its top-k")
-    p.add_argument("--explain", metavar="DIR",
-                   help="also write a Grad-CAM overlay PNG of the top class per image into DIR (torch backend)")
+    p.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="also write a Grad-CAM overlay PNG of the top class per image into DIR (torch backend)",
+    )
     add_runtime_args(p)
     p.add_argument(
-        "--image-size", type=int, default=None,
+        "--image-size",
+        type=int,
+        default=None,
         help="center-crop size the model was trained at (default: an exported file's input size, else 224)",
     )
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (for fine-tuned models)")
@@ -40,7 +52,9 @@ def add_classify_parser(sub: argparse._SubParsersAction) -> None:
         "--workers", type=int, default=2, help="background processes decoding images; 0 = none (default: %(default)s)"
     )
     p.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help="CPU threads for the model (default: one per physical core; use 1 on a busy machine for steady latency)",
     )
     add_bulk_args(p)
@@ -56,7 +70,9 @@ def check_classify_inputs(args: argparse.Namespace) -> None:
 
     missing = [item for item in args.inputs if not is_url(item) and not Path(item).exists()]
     if missing:
-        raise ResnextError(f"no such file or folder: {missing[0]}" + (f" (+{len(missing) - 1} more)" if missing[1:] else ""))
+        raise ResnextError(
+            f"no such file or folder: {missing[0]}" + (f" (+{len(missing) - 1} more)" if missing[1:] else "")
+        )
     for name in ("topk", "batch_size", "threads"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -74,9 +90,9 @@ def check_classify_inputs(args: argparse.Namespace) -> None:
 def run_classify(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..labels import read_label_file
     from ..bulk import list_inputs
     from ..images import sample_images
+    from ..labels import read_label_file
     from ..predict import Predictor, classify_sources
     from ..report import format_json, format_table, plot_predictions, printable
 
@@ -95,8 +111,15 @@ def run_classify(args: argparse.Namespace) -> int:
         raise ResnextError(f"no images found in {', '.join(args.inputs)}")
     categories = read_label_file(args.labels) if args.labels else None
     predictor = Predictor.from_pretrained(
-        args.arch, weights=args.weights, backend=args.backend, model_file=args.model_file, device=args.device,
-        precision=args.precision, channels_last=args.channels_last, categories=categories, image_size=args.image_size,
+        args.arch,
+        weights=args.weights,
+        backend=args.backend,
+        model_file=args.model_file,
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        categories=categories,
+        image_size=args.image_size,
         **({"threads": args.threads} if args.threads and (args.backend or args.model_file) else {}),
     )
     if args.explain:

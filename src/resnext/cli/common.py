@@ -40,6 +40,7 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model-file", metavar="PATH", help="exported model (see `resnext export`)")
     parser.add_argument(
-        "--calibration-dir", metavar="DIR",
+        "--calibration-dir",
+        metavar="DIR",
         help="images for int8 calibration with --backend auto --precision int8 (default: the bundled samples)",
     )

@@ -10,21 +10,31 @@ from .common import add_model_args, add_runtime_args
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="web page: drop an image, see its top-5 classes and a Grad-CAM heat-map",
+        "demo",
+        help="web page: drop an image, see its top-5 classes and a Grad-CAM heat-map",
         description="Serve a Gradio page on HOST:PORT (loopback by default, no share link, no analytics). "
         "Needs the demo extra: pip install 'resnext[demo]'.",
     )
     add_model_args(p)
     add_runtime_args(p)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind; 0.0.0.0 exposes the page to the network (default: %(default)s)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind; 0.0.0.0 exposes the page to the network (default: %(default)s)",
+    )
     p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "int8"],
-                   help="default: fp32, or the precision an exported file was written in")
-    p.add_argument("--triton-url", metavar="HOST:PORT",
-                   help="classify on a running `resnext serve` (HTTP endpoint); Grad-CAM still runs in-process "
-                   "from --weights")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16", "fp16", "int8"],
+        help="default: fp32, or the precision an exported file was written in",
+    )
+    p.add_argument(
+        "--triton-url",
+        metavar="HOST:PORT",
+        help="classify on a running `resnext serve` (HTTP endpoint); Grad-CAM still runs in-process from --weights",
+    )
     p.add_argument("--no-explain", action="store_true", help="hide Grad-CAM heat-maps (faster on small CPUs)")
     p.set_defaults(func=run_demo)
 
@@ -53,8 +63,14 @@ def run_demo(args: argparse.Namespace) -> int:
     app = None
     try:
         model = create_demo_model(
-            args.arch, weights=args.weights, model_file=args.model_file, backend=args.backend, device=args.device,
-            precision=args.precision, triton_url=args.triton_url, explain=not args.no_explain,
+            args.arch,
+            weights=args.weights,
+            model_file=args.model_file,
+            backend=args.backend,
+            device=args.device,
+            precision=args.precision,
+            triton_url=args.triton_url,
+            explain=not args.no_explain,
             **({"calibration_dir": args.calibration_dir} if getattr(args, "calibration_dir", None) else {}),
         )
         app = build_app(model)

@@ -12,16 +12,28 @@ from .common import add_model_args, add_runtime_args
 
 def add_bulk_args(p: argparse.ArgumentParser) -> None:
     """Output file, resume, list files and the engine: what ``classify`` and ``embed`` share for collections."""
-    p.add_argument("--output", metavar="FILE", help="write one row per input to FILE (.jsonl, .csv or .parquet; "
-                   "embed: .jsonl, .parquet or .npy + .index.csv), incrementally")
+    p.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write one row per input to FILE (.jsonl, .csv or .parquet; "
+        "embed: .jsonl, .parquet or .npy + .index.csv), incrementally",
+    )
     p.add_argument("--from-list", metavar="FILE", help="also read inputs from FILE, one path or URL per line")
     p.add_argument("--resume", action="store_true", help="skip the inputs already in --output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local: this process with background decoding; ray: a Ray Data pipeline (default: %(default)s)")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process with background decoding; ray: a Ray Data pipeline (default: %(default)s)",
+    )
     ray = p.add_argument_group("Ray Data engine (--engine ray; pip install 'resnext[ray]')")
-    ray.add_argument("--ray-address", metavar="auto|HOST:PORT", default=None,
-                     help="cluster to join; default: start a private Ray instance on this machine")
+    ray.add_argument(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        default=None,
+        help="cluster to join; default: start a private Ray instance on this machine",
+    )
     ray.add_argument("--actors", type=int, default=2, help="model replicas (actors) (default: %(default)s)")
     ray.add_argument("--cpus-per-actor", type=float, default=1.0, help="(default: %(default)s)")
     ray.add_argument("--gpus-per-actor", type=float, default=0.0, help="(default: %(default)s)")
@@ -29,19 +41,28 @@ def add_bulk_args(p: argparse.ArgumentParser) -> None:
 
 def add_embed_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "embed", help="write pooled penultimate features (2048-d for ResNeXt101) of many images to a file",
+        "embed",
+        help="write pooled penultimate features (2048-d for ResNeXt101) of many images to a file",
         description="Embeddings = forward_head(forward_features(x), pre_logits=True). Exit status 1 if any input "
         "could not be read (its row holds the error).",
     )
-    p.add_argument("inputs", nargs="*", metavar="PATH|URL|DIR|GLOB",
-                   help="image files, folders (recursive), quoted globs or URLs; default: the bundled sample photos")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="PATH|URL|DIR|GLOB",
+        help="image files, folders (recursive), quoted globs or URLs; default: the bundled sample photos",
+    )
     add_model_args(p)
     add_runtime_args(p)
     p.add_argument("--normalize", action="store_true", help="scale each vector to unit L2 norm")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "int8"],
-                   help="default: fp32, or the precision an exported file was written in")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16", "fp16", "int8"],
+        help="default: fp32, or the precision an exported file was written in",
+    )
     p.add_argument("--channels-last", action="store_true", help="run the model in NHWC memory format")
     p.add_argument("--image-size", type=int, default=None, help="center-crop size (default: the model's own)")
     p.add_argument("--workers", type=int, default=2, help="background decoding processes (default: %(default)s)")
@@ -64,16 +85,37 @@ def run_bulk(args: argparse.Namespace, task: str) -> int:
     if not sources:
         raise ResnextError("no images found in the inputs given")
     categories = read_label_file(args.labels) if getattr(args, "labels", None) else None
-    spec = ModelSpec(arch=args.arch, weights=args.weights, backend=args.backend, model_file=args.model_file,
-                     device=args.device, precision=args.precision, channels_last=args.channels_last,
-                     image_size=args.image_size, categories=tuple(categories) if categories else None)
-    job = BulkJob(task, sources, args.output, topk=args.topk, normalize=getattr(args, "normalize", False),
-                  batch_size=args.batch_size, workers=args.workers, resume=args.resume, overwrite=args.overwrite)
+    spec = ModelSpec(
+        arch=args.arch,
+        weights=args.weights,
+        backend=args.backend,
+        model_file=args.model_file,
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        image_size=args.image_size,
+        categories=tuple(categories) if categories else None,
+    )
+    job = BulkJob(
+        task,
+        sources,
+        args.output,
+        topk=args.topk,
+        normalize=getattr(args, "normalize", False),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
     if args.engine == "ray":
         from ..bulk_ray import RayOptions, run_ray
 
-        options = RayOptions(address=args.ray_address, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
-                             gpus_per_actor=args.gpus_per_actor)
+        options = RayOptions(
+            address=args.ray_address,
+            actors=args.actors,
+            cpus_per_actor=args.cpus_per_actor,
+            gpus_per_actor=args.gpus_per_actor,
+        )
         summary = run_ray(job, spec, options)
     else:
         if getattr(args, "threads", None):
@@ -83,8 +125,10 @@ def run_bulk(args: argparse.Namespace, task: str) -> int:
         summary = run_local(job, spec.predictor())
     print(f"resnext: {summary.line()}", file=sys.stderr)
     if summary.failed:
-        print(f"resnext: {summary.failed} of {summary.written} inputs could not be read (see their error rows)",
-              file=sys.stderr)
+        print(
+            f"resnext: {summary.failed} of {summary.written} inputs could not be read (see their error rows)",
+            file=sys.stderr,
+        )
     return 1 if summary.failed else 0
 
 
@@ -97,7 +141,8 @@ def add_benchmark_bulk_parser(kinds: argparse._SubParsersAction) -> None:
     from ..models import list_models
 
     p = kinds.add_parser(
-        "bulk", help="end-to-end img/s of the local and Ray engines vs model-only throughput",
+        "bulk",
+        help="end-to-end img/s of the local and Ray engines vs model-only throughput",
         description="Read -> decode -> model -> write over DIR, for each engine, against the model alone on the "
         "same runtime and precision (same run). Goals: local >= 90%% of model only, Ray >= 80%% of local.",
     )
@@ -122,10 +167,21 @@ def run_benchmark_bulk(args: argparse.Namespace) -> int:
     from ..bench.bulk import BulkBenchConfig, run_bulk_benchmark
 
     config = BulkBenchConfig(
-        folder=args.folder, engines=[e.strip() for e in args.engine.split(",") if e.strip()], task=args.task,
-        arch=args.arch, weights=args.weights, backend=args.backend or "torch", model_file=args.model_file,
-        precision=args.precision, image_size=args.image_size, batch_size=args.batch_size, workers=args.workers,
-        limit=args.limit, actors=args.actors, cpus_per_actor=args.cpus_per_actor, json_path=args.json,
+        folder=args.folder,
+        engines=[e.strip() for e in args.engine.split(",") if e.strip()],
+        task=args.task,
+        arch=args.arch,
+        weights=args.weights,
+        backend=args.backend or "torch",
+        model_file=args.model_file,
+        precision=args.precision,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        limit=args.limit,
+        actors=args.actors,
+        cpus_per_actor=args.cpus_per_actor,
+        json_path=args.json,
     )
     print(run_bulk_benchmark(config).table())
     return 0

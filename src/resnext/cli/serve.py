@@ -18,7 +18,8 @@ def _int_list(text: str) -> list[int]:
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "serve", help="serve the model on NVIDIA Triton Inference Server (PyTriton), with dynamic batching",
+        "serve",
+        help="serve the model on NVIDIA Triton Inference Server (PyTriton), with dynamic batching",
         description="Start Triton with two models: <arch> (FP32 tensor -> logits, class names through the "
         "classification extension) and <arch>_image (encoded image bytes -> top-k names). Binds 127.0.0.1 unless "
         "--host says otherwise; stops cleanly on Ctrl-C / SIGTERM. Needs pip install 'resnext[serve]'.",
@@ -26,8 +27,12 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_runtime_args(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "int8"],
-                   help="default: fp32, or the precision an exported file was written in")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16", "fp16", "int8"],
+        help="default: fp32, or the precision an exported file was written in",
+    )
     p.add_argument("--image-size", type=int, default=None, help="crop size (default: the model's own)")
     p.add_argument("--name", help="model name (default: the architecture)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; 0.0.0.0 exposes it)")
@@ -35,12 +40,22 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grpc-port", type=int, default=8001, help="(default: %(default)s)")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics (default: %(default)s)")
     p.add_argument("--max-batch-size", type=int, default=64, help="largest batch Triton forms (default: %(default)s)")
-    p.add_argument("--max-queue-delay-us", type=int, default=2000,
-                   help="how long a request may wait for a fuller batch (default: %(default)s)")
-    p.add_argument("--preferred-batch-sizes", type=_int_list, default=[], metavar="B,B",
-                   help="batch sizes the batcher aims for (default: as large as possible)")
-    p.add_argument("--instances", type=int, default=1,
-                   help="model instances running in parallel (default: %(default)s)")
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=2000,
+        help="how long a request may wait for a fuller batch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--preferred-batch-sizes",
+        type=_int_list,
+        default=[],
+        metavar="B,B",
+        help="batch sizes the batcher aims for (default: as large as possible)",
+    )
+    p.add_argument(
+        "--instances", type=int, default=1, help="model instances running in parallel (default: %(default)s)"
+    )
     p.add_argument("--topk", type=int, default=5, help="classes <arch>_image returns (default: %(default)s)")
     p.set_defaults(func=run_serve)
 
@@ -53,14 +68,26 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..serve.server import ResnextServer, ServeConfig
 
     config = ServeConfig(
-        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-        max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
-        preferred_batch_sizes=args.preferred_batch_sizes, instances=args.instances, topk=args.topk, name=args.name,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+        preferred_batch_sizes=args.preferred_batch_sizes,
+        instances=args.instances,
+        topk=args.topk,
+        name=args.name,
     )
     config.check()
     predictor = Predictor.from_pretrained(
-        args.arch, weights=args.weights, backend=args.backend, model_file=args.model_file, device=args.device,
-        precision=args.precision, image_size=args.image_size,
+        args.arch,
+        weights=args.weights,
+        backend=args.backend,
+        model_file=args.model_file,
+        device=args.device,
+        precision=args.precision,
+        image_size=args.image_size,
     )
     server = ResnextServer(predictor, config)
     server.start()
@@ -75,7 +102,8 @@ def add_triton_repo_parser(sub: argparse._SubParsersAction) -> None:
     from ..serve.repository import FORMATS, PYTHON_RUNTIMES
 
     p = sub.add_parser(
-        "triton-repo", help="write a Triton model repository (onnx, torchscript, tensorrt or python backend)",
+        "triton-repo",
+        help="write a Triton model repository (onnx, torchscript, tensorrt or python backend)",
         description="Write OUT_DIR/<name>/{config.pbtxt,labels.txt,1/<model file>} for NVIDIA Triton; every "
         "config.pbtxt is parsed back with Triton's protobuf schema. tensorrt on a machine without a GPU writes the "
         "config and prints the export command to build the engine on the GPU host.",
@@ -85,14 +113,19 @@ def add_triton_repo_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--name", help="model name (default: the architecture)")
     p.add_argument("--image-size", type=int, default=None, help="input crop size (default: the model's own)")
-    p.add_argument("--max-batch-size", type=int, default=64,
-                   help="also the TensorRT profile's maximum (default: %(default)s)")
+    p.add_argument(
+        "--max-batch-size", type=int, default=64, help="also the TensorRT profile's maximum (default: %(default)s)"
+    )
     p.add_argument("--preferred-batch-sizes", type=_int_list, default=[], metavar="B,B")
     p.add_argument("--max-queue-delay-us", type=int, default=2000, help="(default: %(default)s)")
     p.add_argument("--instances", type=int, default=1, help="instances per instance group (default: %(default)s)")
     p.add_argument("--kind", choices=["cpu", "gpu"], help="instance kind (default: gpu for tensorrt, else cpu)")
-    p.add_argument("--runtime", default="onnxruntime", choices=list(PYTHON_RUNTIMES),
-                   help="--format python: the runtime model.py runs (default: %(default)s)")
+    p.add_argument(
+        "--runtime",
+        default="onnxruntime",
+        choices=list(PYTHON_RUNTIMES),
+        help="--format python: the runtime model.py runs (default: %(default)s)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing model folder of the same name")
     p.set_defaults(func=run_triton_repo)
 
@@ -100,25 +133,38 @@ def add_triton_repo_parser(sub: argparse._SubParsersAction) -> None:
 def run_triton_repo(args: argparse.Namespace) -> int:
     from ..serve.repository import RepoConfig, write_repository
 
-    result = write_repository(RepoConfig(
-        output=args.output, format=args.format, arch=args.arch, weights=args.weights, name=args.name,
-        max_batch_size=args.max_batch_size, preferred_batch_sizes=args.preferred_batch_sizes,
-        max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, kind=args.kind, runtime=args.runtime,
-        image_size=args.image_size, force=args.force,
-    ))
+    result = write_repository(
+        RepoConfig(
+            output=args.output,
+            format=args.format,
+            arch=args.arch,
+            weights=args.weights,
+            name=args.name,
+            max_batch_size=args.max_batch_size,
+            preferred_batch_sizes=args.preferred_batch_sizes,
+            max_queue_delay_us=args.max_queue_delay_us,
+            instances=args.instances,
+            kind=args.kind,
+            runtime=args.runtime,
+            image_size=args.image_size,
+            force=args.force,
+        )
+    )
     print("\n".join(result.summary()))
     return 0
 
 
 def add_client_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "client", help="classify images with a running Triton server (resnext serve or a triton-repo repository)",
+        "client",
+        help="classify images with a running Triton server (resnext serve or a triton-repo repository)",
         description="Print the top-k classes of each image as a Triton server answers them. Exit status 1 if any "
         "image could not be classified.",
     )
     p.add_argument("inputs", nargs="*", metavar="PATH|URL|DIR", help="images (default: the bundled sample photos)")
-    p.add_argument("--url", default="127.0.0.1:8000",
-                   help="host:port of Triton's HTTP or gRPC endpoint (default: %(default)s)")
+    p.add_argument(
+        "--url", default="127.0.0.1:8000", help="host:port of Triton's HTTP or gRPC endpoint (default: %(default)s)"
+    )
     p.add_argument("--protocol", default="http", choices=["http", "grpc"])
     p.add_argument("--model", help="model name (default: the server's <arch>_image model, else its first model)")
     p.add_argument("--topk", type=int, default=5, help="(default: %(default)s)")
@@ -157,7 +203,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_benchmark_serving_parser(kinds: argparse._SubParsersAction) -> None:
     """`resnext benchmark serving` (registered in cli/benchmark.py's BENCHMARK_PARSERS)."""
     p = kinds.add_parser(
-        "serving", help="Triton load test: req/s and p50/p95/p99 per concurrency vs the same model in-process",
+        "serving",
+        help="Triton load test: req/s and p50/p95/p99 per concurrency vs the same model in-process",
         description="Without --url, starts `resnext serve` on free loopback ports with the model arguments below; "
         "the in-process reference always uses them (random weights by default: speed does not depend on them).",
     )
@@ -189,10 +236,22 @@ def run_benchmark_serving(args: argparse.Namespace) -> int:
 
     require_serving()
     config = ServingConfig(
-        url=args.url, metrics_url=args.metrics_url, protocol=args.protocol, concurrency=args.concurrency,
-        duration=args.duration, warmup=args.warmup, input=args.input, model=args.model, arch=args.arch,
-        weights=args.weights, backend=args.backend, model_file=args.model_file, precision=args.precision,
-        image_size=args.image_size, max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
+        url=args.url,
+        metrics_url=args.metrics_url,
+        protocol=args.protocol,
+        concurrency=args.concurrency,
+        duration=args.duration,
+        warmup=args.warmup,
+        input=args.input,
+        model=args.model,
+        arch=args.arch,
+        weights=args.weights,
+        backend=args.backend,
+        model_file=args.model_file,
+        precision=args.precision,
+        image_size=args.image_size,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
         instances=args.instances,
     )
     result = run_serving_benchmark(config, progress=lambda m: print(f"resnext: {m}", file=sys.stderr, flush=True))

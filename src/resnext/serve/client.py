@@ -98,8 +98,7 @@ class TritonClient:
 
         try:
             index = self.client.get_model_repository_index()
-            rows = index if isinstance(index, list) else [
-                {"name": m.name, "state": m.state} for m in index.models]
+            rows = index if isinstance(index, list) else [{"name": m.name, "state": m.state} for m in index.models]
             return [r["name"] for r in rows if r.get("state", "READY") == "READY"]
         except Exception:  # noqa: BLE001 - restricted endpoint: fall back to probing known names
             names = [n for arch in list_models() for n in (f"{arch}_image", arch)]
@@ -129,8 +128,13 @@ class TritonClient:
 
             meta = json_format.MessageToDict(meta, preserving_proto_field_name=True)
         first = meta["inputs"][0]
-        return ModelInfo(name, first["name"], first["datatype"], [int(d) for d in first["shape"]],
-                         [o["name"] for o in meta["outputs"]])
+        return ModelInfo(
+            name,
+            first["name"],
+            first["datatype"],
+            [int(d) for d in first["shape"]],
+            [o["name"] for o in meta["outputs"]],
+        )
 
     def _input(self, name: str, array: np.ndarray, datatype: str) -> Any:
         item = self.module.InferInput(name, list(array.shape), datatype)
@@ -150,16 +154,21 @@ class TritonClient:
         result = self.infer(info.name, [self._input(info.input_name, array, "BYTES")], outputs)
         labels, probs, indices = (result.as_numpy(n) for n in ("labels", "probabilities", "indices"))
         return [
-            [Prediction(int(i), lab.decode() if isinstance(lab, bytes) else str(lab), float(p))
-             for lab, p, i in list(zip(rl, rp, ri))[:topk]]
+            [
+                Prediction(int(i), lab.decode() if isinstance(lab, bytes) else str(lab), float(p))
+                for lab, p, i in list(zip(rl, rp, ri))[:topk]
+            ]
             for rl, rp, ri in zip(labels, probs, indices)
         ]
 
     def logits_with_names(self, info: ModelInfo, batch: np.ndarray) -> tuple[torch.Tensor, list[str]]:
         """A tensor model's logits ``[N, C]`` and class names: the classification extension over all classes."""
         classes = self.client.get_model_config(info.name)
-        config = classes if isinstance(classes, dict) else {
-            "output": [{"dims": list(o.dims)} for o in classes.config.output]}
+        config = (
+            classes
+            if isinstance(classes, dict)
+            else {"output": [{"dims": list(o.dims)} for o in classes.config.output]}
+        )
         num_classes = int(config["output"][0]["dims"][-1])
         out = self.module.InferRequestedOutput(info.output_names[0], class_count=num_classes)
         result = self.infer(info.name, [self._input(info.input_name, batch, "FP32")], [out])
@@ -174,9 +183,7 @@ class TritonClient:
                     names[int(index)] = name[0]
         return logits, names
 
-    def classify(
-        self, sources: Sequence[str], *, model: str | None = None, topk: int = 5
-    ) -> Iterator[ClassifyResult]:
+    def classify(self, sources: Sequence[str], *, model: str | None = None, topk: int = 5) -> Iterator[ClassifyResult]:
         """One :class:`ClassifyResult` per source, in order; unreadable or refused inputs carry their error."""
         if topk < 1:
             raise ResnextError(f"--topk must be at least 1, got {topk}")

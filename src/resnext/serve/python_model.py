@@ -24,12 +24,15 @@ class TritonPythonModel:
         self.output_name = config["output"][0]["name"]
         folder = Path(args["model_repository"]) / args["model_version"]
         threads = int(params.get("threads", "0")) or None
-        self.backend = create_backend(params["runtime"], model_file=str(folder / params["model_file"]), device="cpu",
-                                      threads=threads)
+        self.backend = create_backend(
+            params["runtime"], model_file=str(folder / params["model_file"]), device="cpu", threads=threads
+        )
 
     def execute(self, requests: list) -> list:
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         sizes = np.cumsum([a.shape[0] for a in arrays])[:-1]
         logits = self.backend(torch.from_numpy(np.concatenate(arrays).astype(np.float32, copy=False))).numpy()
-        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
-                for part in np.split(logits, sizes)]
+        return [
+            pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
+            for part in np.split(logits, sizes)
+        ]

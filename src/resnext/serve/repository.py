@@ -87,8 +87,11 @@ class RepoResult:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> list[str]:
-        return [f"wrote Triton model {self.name} to {self.path}:", *(f"  {f}" for f in self.files),
-                *(f"note: {n}" for n in self.notes)]
+        return [
+            f"wrote Triton model {self.name} to {self.path}:",
+            *(f"  {f}" for f in self.files),
+            *(f"note: {n}" for n in self.notes),
+        ]
 
 
 def model_config(config: RepoConfig, name: str, image_size: int, num_classes: int) -> Any:
@@ -104,8 +107,9 @@ def model_config(config: RepoConfig, name: str, image_size: int, num_classes: in
     msg.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_us
     msg.dynamic_batching.preferred_batch_size.extend(config.preferred_batch_sizes)
     gpu = (config.kind or ("gpu" if config.format == "tensorrt" else "cpu")) == "gpu"
-    group = msg.instance_group.add(count=config.instances, kind=pb.ModelInstanceGroup.KIND_GPU if gpu
-                                   else pb.ModelInstanceGroup.KIND_CPU)
+    group = msg.instance_group.add(
+        count=config.instances, kind=pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU
+    )
     if config.format == "tensorrt":
         group.profile.append("0")  # the engine's one profile: batch 1..max_batch_size (see export command)
     if config.format == "python":
@@ -161,8 +165,17 @@ def validate_repository(root: str | os.PathLike, *, allow_missing_engine: bool =
 def _export(config: RepoConfig, source: ModelSource, fmt: str, output: Path) -> list[str]:
     from ..export import ExportConfig, export_model
 
-    result = export_model(ExportConfig(format=fmt, output=str(output), arch=source.arch, weights=source.weights,
-                                       batch_range=(1, config.max_batch_size), image_size=config.image_size), source)
+    result = export_model(
+        ExportConfig(
+            format=fmt,
+            output=str(output),
+            arch=source.arch,
+            weights=source.weights,
+            batch_range=(1, config.max_batch_size),
+            image_size=config.image_size,
+        ),
+        source,
+    )
     return [f"{Path(f).name}: {result.parity[-1].line()}" if result.parity else Path(f).name for f in result.files]
 
 

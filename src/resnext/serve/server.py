@@ -64,8 +64,11 @@ class ServeConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
-        for what, value in (("--max-batch-size", self.max_batch_size), ("--instances", self.instances),
-                            ("--topk", self.topk)):
+        for what, value in (
+            ("--max-batch-size", self.max_batch_size),
+            ("--instances", self.instances),
+            ("--topk", self.topk),
+        ):
             if value < 1:
                 raise ResnextError(f"{what} must be at least 1, got {value}")
         if self.max_queue_delay_us < 0:
@@ -168,9 +171,15 @@ class ResnextServer:
         c = self.config
         assert self._workspace is not None
         return TritonConfig(
-            http_address=c.host, grpc_address=c.host, metrics_address=c.host, http_port=c.http_port,
-            grpc_port=c.grpc_port, metrics_port=c.metrics_port, exit_timeout_secs=c.exit_timeout_s,
-            allow_gpu_metrics=torch.cuda.is_available(), log_file=Path(c.log_file or self._workspace / "triton.log"),
+            http_address=c.host,
+            grpc_address=c.host,
+            metrics_address=c.host,
+            http_port=c.http_port,
+            grpc_port=c.grpc_port,
+            metrics_port=c.metrics_port,
+            exit_timeout_secs=c.exit_timeout_s,
+            allow_gpu_metrics=torch.cuda.is_available(),
+            log_file=Path(c.log_file or self._workspace / "triton.log"),
             **c.extra,
         )
 
@@ -178,10 +187,13 @@ class ResnextServer:
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 
         c, size, classes = self.config, self.predictor.image_size, len(self.predictor.categories)
-        batcher = DynamicBatcher(max_queue_delay_microseconds=c.max_queue_delay_us,
-                                 preferred_batch_size=list(c.preferred_batch_sizes) or None)
+        batcher = DynamicBatcher(
+            max_queue_delay_microseconds=c.max_queue_delay_us,
+            preferred_batch_size=list(c.preferred_batch_sizes) or None,
+        )
         triton.bind(
-            model_name=self.name, infer_func=[TensorModel(self.predictor) for _ in range(c.instances)],
+            model_name=self.name,
+            infer_func=[TensorModel(self.predictor) for _ in range(c.instances)],
             inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=(3, size, size))],
             outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(classes,))],
             config=ModelConfig(max_batch_size=c.max_batch_size, batcher=batcher),
@@ -190,11 +202,14 @@ class ResnextServer:
         _attach_labels(model, self.predictor.categories)
         topk = min(c.topk, classes)
         triton.bind(
-            model_name=self.image_name, infer_func=[ImageModel(self.predictor, c) for _ in range(c.instances)],
+            model_name=self.image_name,
+            infer_func=[ImageModel(self.predictor, c) for _ in range(c.instances)],
             inputs=[Tensor(name=IMAGE_INPUT, dtype=np.object_, shape=(1,))],
-            outputs=[Tensor(name=LABELS_OUTPUT, dtype=np.object_, shape=(topk,)),
-                     Tensor(name=PROBS_OUTPUT, dtype=np.float32, shape=(topk,)),
-                     Tensor(name=INDEX_OUTPUT, dtype=np.int64, shape=(topk,))],
+            outputs=[
+                Tensor(name=LABELS_OUTPUT, dtype=np.object_, shape=(topk,)),
+                Tensor(name=PROBS_OUTPUT, dtype=np.float32, shape=(topk,)),
+                Tensor(name=INDEX_OUTPUT, dtype=np.int64, shape=(topk,)),
+            ],
             # No dynamic batcher: one request per execution, so one bad image cannot fail other clients' requests.
             config=ModelConfig(max_batch_size=c.max_batch_size, batcher=None),
         )
@@ -220,8 +235,10 @@ class ResnextServer:
             self.stop()
             if isinstance(exc, ResnextError):
                 raise
-            raise ResnextError(f"Triton failed to start: {str(exc).splitlines()[0] if str(exc) else exc!r}"
-                               + (f"; log: {tail}" if tail else "")) from None
+            raise ResnextError(
+                f"Triton failed to start: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+                + (f"; log: {tail}" if tail else "")
+            ) from None
         return self
 
     def log_tail(self) -> str:
@@ -260,13 +277,17 @@ class ResnextServer:
     def describe(self) -> list[str]:
         """Endpoints and a ready-to-paste curl line (the binary-data extension: a JSON header, then the file)."""
         url, size = f"http://{self.http_url}", self.predictor.image_size
-        header = ('{"inputs":[{"name":"image","shape":[1,1],"datatype":"BYTES","parameters":{"binary_data_size":'
-                  "'$((N+4))'}}],\"outputs\":[{\"name\":\"labels\",\"parameters\":{\"binary_data\":false}},"
-                  '{"name":"probabilities","parameters":{"binary_data":false}}]}')
-        curl = (f"IMG=photo.jpg; N=$(stat -c%s \"$IMG\"); H='{header}'; {{ printf %s \"$H\"; printf \"$(printf "
-                "'\\\\%03o' $((N&255)) $((N>>8&255)) $((N>>16&255)) $((N>>24&255)))\"; cat \"$IMG\"; } | curl -s "
-                f"-H \"Inference-Header-Content-Length: ${{#H}}\" --data-binary @- "
-                f"{url}/v2/models/{self.image_name}/infer")
+        header = (
+            '{"inputs":[{"name":"image","shape":[1,1],"datatype":"BYTES","parameters":{"binary_data_size":'
+            '\'$((N+4))\'}}],"outputs":[{"name":"labels","parameters":{"binary_data":false}},'
+            '{"name":"probabilities","parameters":{"binary_data":false}}]}'
+        )
+        curl = (
+            f'IMG=photo.jpg; N=$(stat -c%s "$IMG"); H=\'{header}\'; {{ printf %s "$H"; printf "$(printf '
+            '\'\\\\%03o\' $((N&255)) $((N>>8&255)) $((N>>16&255)) $((N>>24&255)))"; cat "$IMG"; } | curl -s '
+            f'-H "Inference-Header-Content-Length: ${{#H}}" --data-binary @- '
+            f"{url}/v2/models/{self.image_name}/infer"
+        )
         return [
             f"serving {self.name} (input [-1,3,{size},{size}] FP32 -> logits [-1,{len(self.predictor.categories)}]) "
             f"and {self.image_name} (encoded image bytes -> top-{self.config.topk})",

@@ -64,8 +64,9 @@ def bundled_paths() -> tuple[Path, Path, Path]:
     root = Path(get_root_module_path()) / "tritonserver"
     stub = Path(get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}"))
     if not stub.is_file():
-        raise ResnextError(f"nvidia-pytriton has no Python-backend stub for Python {sys.version_info[0]}."
-                           f"{sys.version_info[1]}")
+        raise ResnextError(
+            f"nvidia-pytriton has no Python-backend stub for Python {sys.version_info[0]}.{sys.version_info[1]}"
+        )
     return root / "bin" / "tritonserver", Path(get_libs_path()), stub
 
 
@@ -99,8 +100,16 @@ def wait_ready(url: str, timeout: float, process: subprocess.Popen | None = None
 class TritonProcess:
     """The bundled ``tritonserver`` serving a model repository on loopback ports; a context manager."""
 
-    def __init__(self, repository: str | os.PathLike, *, host: str = "127.0.0.1", http_port: int = 8000,
-                 grpc_port: int = 8001, metrics_port: int = 8002, exit_timeout_s: int = 10) -> None:
+    def __init__(
+        self,
+        repository: str | os.PathLike,
+        *,
+        host: str = "127.0.0.1",
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int = 8002,
+        exit_timeout_s: int = 10,
+    ) -> None:
         self.repository = Path(repository)
         if not self.repository.is_dir():
             raise ResnextError(f"model repository not found: {self.repository}")
@@ -129,16 +138,29 @@ class TritonProcess:
         env = server_environment()
         env["LD_LIBRARY_PATH"] += f":{libs}"
         args = [
-            str(binary), f"--model-repository={self.repository.resolve()}",
-            f"--backend-directory={self._backends(self.workdir)}", f"--http-address={self.host}",
-            f"--grpc-address={self.host}", f"--metrics-address={self.host}", f"--http-port={self.http_port}",
-            f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false",
-            f"--exit-timeout-secs={self.exit_timeout_s}", "--strict-readiness=true",
+            str(binary),
+            f"--model-repository={self.repository.resolve()}",
+            f"--backend-directory={self._backends(self.workdir)}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            "--strict-readiness=true",
         ]
         self.log_path = self.workdir / "tritonserver.log"
         with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            self.process = subprocess.Popen(
+                args,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
         try:
             wait_ready(self.http_url, timeout, self.process)
         except ResnextError as exc:
