@@ -151,3 +151,32 @@ def test_missing_model_file_is_an_error_not_a_silent_torch_run(capsys, tmp_path)
 def test_python_m_resnext_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "resnext", "--version"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("resnext ")
+
+
+def test_export_features_flag_feeds_resnext_embed(tmp_path, small_checkpoint, capsys):
+    """`resnext export --features` writes the second output that `resnext embed --model-file` runs."""
+    path = tmp_path / "m.onnx"
+    pytest.importorskip("onnxruntime")
+    common = ["--arch", "resnext_test", "--weights", str(small_checkpoint), "--image-size", "64"]
+    assert (
+        cli.main(
+            ["export", "--format", "onnx", *common, "--batch-size-range", "1:4", "--features", "--output", str(path)]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    out = tmp_path / "vectors.npy"
+    assert cli.main(["embed", "--model-file", str(path), "--workers", "0", "--output", str(out)]) == 0
+    import numpy as np
+
+    from resnext import load_source
+    from resnext.images import load_image, sample_images
+    from resnext.transforms import eval_preset
+
+    vectors = np.load(out)
+    source = load_source(str(small_checkpoint), arch="resnext_test")
+    batch = torch.stack([eval_preset(64)(load_image(p)) for p in sample_images()])  # the exported input size
+    with torch.no_grad():
+        expected = source.model.forward_head(source.model.forward_features(batch), pre_logits=True)
+    assert vectors.shape == (3, expected.shape[1])
+    assert np.abs(vectors - expected.numpy()).max() <= 1e-4 * max(1.0, float(expected.abs().max()))

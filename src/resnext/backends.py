@@ -1,8 +1,9 @@
 """Runtimes for exported models: ONNX Runtime, OpenVINO, TensorRT, TorchScript and torch.export programs.
 
 Each backend loads a file written by :mod:`resnext.export` and maps a normalised float batch ``[N, 3, S, S]``
-to float32 CPU logits ``[N, C]``, exactly like :class:`resnext.runtimes.TorchBackend`. :data:`resnext.runtimes.RUNTIMES` names each class;
-nothing is registered by importing this module. The runtimes themselves are optional dependencies, imported only when a backend is built.
+to float32 CPU logits ``[N, C]``, exactly like :class:`resnext.runtimes.TorchBackend`.
+:data:`resnext.runtimes.RUNTIMES` names each class; nothing is registered by importing this module. The runtimes
+themselves are optional dependencies, imported only when a backend is built.
 
 Every backend checks the input shape before running, so a batch of the wrong image size gives one clear sentence
 instead of a runtime's internal message.

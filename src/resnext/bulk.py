@@ -578,8 +578,10 @@ class ModelSpec:
     channels_last: bool = False
     image_size: int | None = None
     categories: tuple[str, ...] | None = None
+    calibration_dir: str | None = None
+    threads: int | None = None
 
-    def predictor(self, *, device: str | None = None) -> Any:
+    def predictor(self, *, device: str | None = None, progress: bool = False) -> Any:
         from .predict import Predictor
 
         return Predictor.from_pretrained(
@@ -592,5 +594,7 @@ class ModelSpec:
             channels_last=self.channels_last,
             categories=list(self.categories) if self.categories else None,
             image_size=self.image_size,
-            progress=False,
+            calibration_dir=self.calibration_dir,
+            progress=progress,
+            threads=self.threads,
         )

@@ -80,6 +80,11 @@ class ExportConfig:
     threads: int | None = None
     features: bool = False  # also expose the pooled penultimate features as a second output named "features"
 
+    @property
+    def size(self) -> int:
+        """The input size, once resolved (``export_model`` fills ``image_size`` from the source)."""
+        return self.image_size or 224
+
 
 @dataclass
 class Parity:
@@ -206,7 +211,7 @@ def _metadata(config: ExportConfig, source: ModelSource, precision: str) -> dict
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
         "outputs": [OUTPUT_NAME, FEATURES_NAME] if config.features else [OUTPUT_NAME],
-        "preprocessing": eval_preset(config.image_size).describe(),
+        "preprocessing": eval_preset(config.size).describe(),
         "torch": torch.__version__,
     }
 
@@ -214,7 +219,7 @@ def _metadata(config: ExportConfig, source: ModelSource, precision: str) -> dict
 def _example(config: ExportConfig) -> tuple[Tensor, dict[str, Any] | None]:
     """Example input and dynamic-shape spec. The example batch is 2 where allowed: exporters specialise 0/1."""
     low, high = config.batch_range
-    size = config.image_size
+    size = config.size
     if low == high:
         return torch.randn(low, 3, size, size), None
     batch = torch.export.Dim("batch", min=low, max=high)
@@ -224,7 +229,7 @@ def _example(config: ExportConfig) -> tuple[Tensor, dict[str, Any] | None]:
 class WithFeatures(torch.nn.Module):
     """``x -> (logits, pooled features)``: what files exported with ``features=True`` compute."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: Any) -> None:  # a registry ResNet: forward_features/forward_head/get_classifier
         super().__init__()
         self.model = model
 
@@ -374,7 +379,7 @@ def write_tensorrt(
     if precision == "fp16":
         builder_config.set_flag(trt.BuilderFlag.FP16)
     low, high = config.batch_range
-    shape = (3, config.image_size, config.image_size)
+    shape = (3, config.size, config.size)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, (low, *shape), (high, *shape), (high, *shape))
     builder_config.add_optimization_profile(profile)
@@ -525,9 +530,9 @@ def export_model(config: ExportConfig, model: ModelSource | torch.nn.Module | No
         calib_paths, _ = _spread(calib_paths, None, config.calibration_count)
         if not calib_paths:
             raise ResnextError(f"no images found in --calibration-dir {config.calibration_dir}")
-        calibration = preprocess(calib_paths, config.image_size)
+        calibration = preprocess(calib_paths, config.size)
     if precision != "fp32" and (config.eval_dir or config.calibration_dir):
-        paths, eval_labels, note = labelled_images(config.eval_dir or config.calibration_dir, num_classes)
+        paths, eval_labels, note = labelled_images(str(config.eval_dir or config.calibration_dir), num_classes)
         eval_paths, eval_labels = _spread(paths, eval_labels, max(config.calibration_count, 512))
         notes += [note] if note else []
 
@@ -548,7 +553,8 @@ def export_model(config: ExportConfig, model: ModelSource | torch.nn.Module | No
             calibration=calibration,
         )
         if precision == "int8":
-            notes.append(f"int8 calibrated on {calibration.shape[0]} images from {config.calibration_dir}")
+            count = 0 if calibration is None else calibration.shape[0]
+            notes.append(f"int8 calibrated on {count} images from {config.calibration_dir}")
         if config.format == "onnx" and precision == "fp32":
             notes.append("weights stored " + ("as external data in " + files[-1].name if len(files) > 1 else "inline"))
 
@@ -583,7 +589,8 @@ def export_model(config: ExportConfig, model: ModelSource | torch.nn.Module | No
     )
     if precision == "bf16" and getattr(runtime, "precision", "bf16") != "bf16":
         result.notes.append(
-            f"this CPU has no native bf16: OpenVINO ran {runtime.precision}; bf16 applies on CPUs with it"
+            f"this CPU has no native bf16: OpenVINO ran {getattr(runtime, 'precision', 'fp32')}; bf16 applies on "
+            "CPUs with it"
         )
     return result
 
@@ -618,10 +625,10 @@ def _reason(exc: Exception, folder: Path) -> str:
 
 
 def check_features(
-    model: torch.nn.Module, runtime: Any, config: ExportConfig, precision: str, image_paths: Sequence[str]
+    model: Any, runtime: Any, config: ExportConfig, precision: str, image_paths: Sequence[str]
 ) -> Parity:
     """The exported ``features`` output against ``forward_head(forward_features(x), pre_logits=True)``."""
-    x = preprocess(image_paths, config.image_size)
+    x = preprocess(image_paths, config.size)
     with torch.inference_mode():
         reference = model.forward_head(model.forward_features(x), pre_logits=True)
     result = compare(
@@ -652,7 +659,7 @@ def check_parity(
     less than ``config.min_agreement``.
     """
     generator = torch.Generator().manual_seed(0)
-    size = config.image_size
+    size = config.size
     step = config.batch_range[1]
     factor = config.tolerance if precision == "fp32" else None
     images = preprocess(image_paths, size)

@@ -205,6 +205,7 @@ def walk_images(root: str | os.PathLike) -> list[str]:
     (classify, training, evaluation): a symlinked folder is followed only when it points inside ``root`` to a
     folder not visited yet, so discovery never leaves ``root`` and never visits a folder twice
     (``train/a/up -> ..`` is not followed). Symlinked files are kept."""
+    root = os.fspath(root)
     top = os.path.realpath(root)
     seen = {top}
     found: list[str] = []
@@ -269,7 +270,7 @@ def collate_images(
 ) -> tuple[list[int], Tensor | None, list[tuple[int, str]]]:
     """Stack the decodable items: ``(their indices, batch | None, [(index, reason), ...] of the others)``."""
     ok = [(i, t) for i, t, _ in items if t is not None]
-    errors = [(i, e) for i, t, e in items if t is None]
+    errors = [(i, e or "unreadable") for i, t, e in items if t is None]
     batch = torch.stack([t for _, t in ok]) if ok else None
     return [i for i, _ in ok], batch, errors
 

@@ -184,7 +184,7 @@ class Predictor:
         ``model.forward_head(model.forward_features(x), pre_logits=True)`` on the eager model, or the ``features``
         output of an exported file written with them. ``normalize`` scales each row to unit L2 norm."""
         if getattr(self.backend, "has_features", False):
-            out = self.backend.features(batch)
+            out = self.backend.features(batch)  # type: ignore[attr-defined]
         elif self.model is not None and hasattr(self.model, "forward_features"):
             out = _torch_features(self.model, self.backend, batch)
         else:
@@ -316,7 +316,7 @@ def embed_sources(
 
 def decoded_batches(
     predictor: Predictor,
-    sources: Sequence[str],
+    sources: Sequence[ImageSource],
     *,
     batch_size: int,
     workers: int,
@@ -349,4 +349,4 @@ def _torch_features(model: torch.nn.Module, backend: Any, batch: Tensor) -> Tens
     memory_format = getattr(backend, "memory_format", torch.contiguous_format)
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         x = batch.to(device, memory_format=memory_format, non_blocking=True)
-        return model.forward_head(model.forward_features(x), pre_logits=True).float().cpu()
+        return model.forward_head(model.forward_features(x), pre_logits=True).float().cpu()  # type: ignore[operator]

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import ResnextError
-from .common import add_model_args, add_runtime_args
+from .common import add_model_args, add_runtime_args, model_spec
 from .embed import add_bulk_args, run_bulk
 
 
@@ -93,7 +93,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from ..bulk import list_inputs
     from ..images import sample_images
     from ..labels import read_label_file
-    from ..predict import Predictor, classify_sources
+    from ..predict import classify_sources
     from ..report import format_json, format_table, plot_predictions, printable
 
     if args.output or args.engine == "ray":
@@ -110,21 +110,10 @@ def run_classify(args: argparse.Namespace) -> int:
     if not sources:
         raise ResnextError(f"no images found in {', '.join(args.inputs)}")
     categories = read_label_file(args.labels) if args.labels else None
-    predictor = Predictor.from_pretrained(
-        args.arch,
-        weights=args.weights,
-        backend=args.backend,
-        model_file=args.model_file,
-        device=args.device,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        categories=categories,
-        image_size=args.image_size,
-        **({"threads": args.threads} if args.threads and (args.backend or args.model_file) else {}),
-    )
+    predictor = model_spec(args, categories=categories).predictor(progress=True)
     if args.explain:
         _check_explain(args.explain, predictor)
-    results, failed, overlays = [], 0, set()
+    results, failed, overlays = [], 0, set[str]()
     for result in classify_sources(
         predictor, sources, topk=args.topk, batch_size=args.batch_size, workers=args.workers
     ):

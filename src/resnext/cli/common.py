@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..models import list_models
 from ..runtimes import AUTO, RUNTIMES
@@ -25,6 +26,25 @@ def add_model_args(parser: argparse.ArgumentParser, *, arch_default: str | None 
         metavar="NAME|FILE|URL",
         help="published weights name, checkpoint file or URL, or 'random'; default: %(default)s, the published NGC "
         "weights (cached in $TORCH_HOME/hub/checkpoints)",
+    )
+
+
+def model_spec(args: argparse.Namespace, *, categories: list[str] | None = None) -> Any:
+    """The model the command's flags describe (source, runtime, precision, ...): one place for every command."""
+    from ..bulk import ModelSpec
+
+    return ModelSpec(
+        arch=args.arch,
+        weights=args.weights,
+        backend=args.backend,
+        model_file=args.model_file,
+        device=getattr(args, "device", "auto"),
+        precision=getattr(args, "precision", None),
+        channels_last=getattr(args, "channels_last", False),
+        image_size=getattr(args, "image_size", None),
+        categories=tuple(categories) if categories else None,
+        calibration_dir=getattr(args, "calibration_dir", None),
+        threads=getattr(args, "threads", None),
     )
 
 

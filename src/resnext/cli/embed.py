@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from ..errors import ResnextError
-from .common import add_model_args, add_runtime_args
+from .common import add_model_args, add_runtime_args, model_spec
 
 
 def add_bulk_args(p: argparse.ArgumentParser) -> None:
@@ -72,7 +72,7 @@ def add_embed_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_bulk(args: argparse.Namespace, task: str) -> int:
     """``classify``/``embed`` over a collection into ``--output``, on the local or the Ray engine."""
-    from ..bulk import BulkJob, ModelSpec, list_inputs, run_local
+    from ..bulk import BulkJob, list_inputs, run_local
     from ..images import sample_images
     from ..labels import read_label_file
     from ..runtimes import require
@@ -85,17 +85,7 @@ def run_bulk(args: argparse.Namespace, task: str) -> int:
     if not sources:
         raise ResnextError("no images found in the inputs given")
     categories = read_label_file(args.labels) if getattr(args, "labels", None) else None
-    spec = ModelSpec(
-        arch=args.arch,
-        weights=args.weights,
-        backend=args.backend,
-        model_file=args.model_file,
-        device=args.device,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        image_size=args.image_size,
-        categories=tuple(categories) if categories else None,
-    )
+    spec = model_spec(args, categories=categories)
     job = BulkJob(
         task,
         sources,

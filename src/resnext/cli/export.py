@@ -54,6 +54,11 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         metavar="FRACTION",
         help="bf16/fp16/int8: fail when top-1 agreement with fp32 is below this (e.g. 0.99)",
     )
+    p.add_argument(
+        "--features",
+        action="store_true",
+        help="also output the pooled penultimate features as a second output named 'features' (for resnext embed)",
+    )
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=run_export)
 
@@ -77,6 +82,7 @@ def run_export(args: argparse.Namespace) -> int:
         opset=args.opset,
         tolerance=args.tolerance,
         min_agreement=args.min_agreement,
+        features=args.features,
     )
     result = export_model(config)
     print(json.dumps(result.to_dict(), indent=1) if args.json else "\n".join(result.summary()))

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import ResnextError
-from .common import add_model_args, add_runtime_args
+from .common import add_model_args, add_runtime_args, model_spec
 
 
 def _int_list(text: str) -> list[int]:
@@ -64,7 +64,6 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..serve.tritonserver import require_serving
 
     require_serving()  # before loading any model: a missing extra is one line
-    from ..predict import Predictor
     from ..serve.server import ResnextServer, ServeConfig
 
     config = ServeConfig(
@@ -80,15 +79,7 @@ def run_serve(args: argparse.Namespace) -> int:
         name=args.name,
     )
     config.check()
-    predictor = Predictor.from_pretrained(
-        args.arch,
-        weights=args.weights,
-        backend=args.backend,
-        model_file=args.model_file,
-        device=args.device,
-        precision=args.precision,
-        image_size=args.image_size,
-    )
+    predictor = model_spec(args).predictor(progress=True)
     server = ResnextServer(predictor, config)
     server.start()
     print("\n".join(server.describe()), flush=True)
