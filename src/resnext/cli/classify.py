@@ -25,13 +25,6 @@ def add_classify_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument(
-        "--precision",
-        default=None,
-        choices=["fp32", "bf16", "fp16", "int8"],
-        help="default: fp32, or the precision an exported file was written in",
-    )
     p.add_argument("--channels-last", action="store_true", help="run the model in NHWC memory format")
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
     p.add_argument("--plot", metavar="OUT.png", help="also write one PNG: each image beside a bar chart of its top-k")

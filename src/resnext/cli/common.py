@@ -59,6 +59,13 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
         "and reused; with --precision bf16|int8 the approximate runtimes (agreement is reported)",
     )
     parser.add_argument("--model-file", metavar="PATH", help="exported model (see `resnext export`)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16", "fp16", "int8"],
+        help="default: fp32, or the precision an exported file was written in; bf16/int8 opt into approximate runtimes",
+    )
     parser.add_argument(
         "--calibration-dir",
         metavar="DIR",

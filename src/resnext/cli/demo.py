@@ -23,13 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="address to bind; 0.0.0.0 exposes the page to the network (default: %(default)s)",
     )
     p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument(
-        "--precision",
-        default=None,
-        choices=["fp32", "bf16", "fp16", "int8"],
-        help="default: fp32, or the precision an exported file was written in",
-    )
     p.add_argument(
         "--triton-url",
         metavar="HOST:PORT",

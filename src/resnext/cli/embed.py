@@ -56,13 +56,6 @@ def add_embed_parser(sub: argparse._SubParsersAction) -> None:
     add_runtime_args(p)
     p.add_argument("--normalize", action="store_true", help="scale each vector to unit L2 norm")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument(
-        "--precision",
-        default=None,
-        choices=["fp32", "bf16", "fp16", "int8"],
-        help="default: fp32, or the precision an exported file was written in",
-    )
     p.add_argument("--channels-last", action="store_true", help="run the model in NHWC memory format")
     p.add_argument("--image-size", type=int, default=None, help="center-crop size (default: the model's own)")
     p.add_argument("--workers", type=int, default=2, help="background decoding processes (default: %(default)s)")
@@ -142,7 +135,6 @@ def add_benchmark_bulk_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", default="resnext101_32x4d", choices=list_models(), help="(default: %(default)s)")
     p.add_argument("--weights", default=None, metavar="FILE|URL", help="default: random weights")
     add_runtime_args(p)
-    p.add_argument("--precision", default=None, help="default: fp32, or an exported file's own")
     p.add_argument("--image-size", type=int, default=None, help="center-crop size (default: the model's own)")
     p.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="local engine decoding processes (default: %(default)s)")

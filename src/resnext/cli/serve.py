@@ -26,13 +26,6 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     add_runtime_args(p)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument(
-        "--precision",
-        default=None,
-        choices=["fp32", "bf16", "fp16", "int8"],
-        help="default: fp32, or the precision an exported file was written in",
-    )
     p.add_argument("--image-size", type=int, default=None, help="crop size (default: the model's own)")
     p.add_argument("--name", help="model name (default: the architecture)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; 0.0.0.0 exposes it)")
@@ -210,7 +203,6 @@ def add_benchmark_serving_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", default="resnext101_32x4d", help="(default: %(default)s)")
     p.add_argument("--weights", default="random", help="(default: %(default)s)")
     add_runtime_args(p)
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "int8"])
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--max-batch-size", type=int, default=64, help="for the server started here (default: %(default)s)")
     p.add_argument("--max-queue-delay-us", type=int, default=2000, help="(default: %(default)s)")
