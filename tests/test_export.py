@@ -15,7 +15,8 @@ from conftest import load_labelled, make_image_folder, tiny_classes, train_tiny
 
 from resnext.cli import main
 from resnext.errors import ResnextError
-from resnext.export import ExportConfig, export_model, parse_batch_range
+from resnext.export import ExportConfig, export_model
+from resnext.export_config import parse_batch_range
 from resnext.models import create_model
 
 CLASSES = tiny_classes(4)  # the shared tiny dataset's classes, in label order

@@ -30,16 +30,12 @@ Formats and precisions:
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import logging
 import math
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +44,18 @@ from torch import Tensor
 
 from .backends import FEATURES_NAME, require_tensorrt
 from .errors import ResnextError
+from .export_config import ExportConfig, ExportResult, Parity
+from .export_writers import (
+    WithFeatures,
+    quantize_onnx,
+    write_onnx,
+    write_openvino,
+    write_program,
+    write_tensorrt,
+    write_torchscript,
+)
 from .images import find_images, load_image, sample_images
-from .runtimes import EXPORT_FORMATS, INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, create_backend, require
+from .runtimes import EXPORT_FORMATS, INPUT_NAME, OUTPUT_NAME, create_backend
 from .sources import ModelSource, load_source, source_from_model
 from .transforms import eval_preset
 from .util import check_writable
@@ -58,91 +64,8 @@ logger = logging.getLogger(__name__)
 
 #: format -> supported precisions (the first is the default), derived from the runtime registry.
 FORMATS: dict[str, tuple[str, ...]] = {name: r.precisions for name, r in EXPORT_FORMATS.items()}
-ONNX_OPSET = 18
-INLINE_LIMIT_BYTES = int(1.8 * 2**30)
-
-
-@dataclass
-class ExportConfig:
-    format: str
-    output: str
-    arch: str | None = None  # default: the checkpoint's own architecture, else resnext101_32x4d
-    weights: Any = "DEFAULT"  # a model source (see resnext.sources): weights name, file, URL, or "random"/None
-    batch_range: tuple[int, int] = (1, 256)
-    precision: str | None = None  # None = the format's default (FORMATS[format][0])
-    calibration_dir: str | None = None
-    eval_dir: str | None = None  # images for the int8/bf16 agreement report; default: the calibration folder
-    image_size: int | None = None  # default: the checkpoint's training size, else 224
-    calibration_count: int = 256  # at most this many calibration images are used
-    tolerance: float = 1e-4  # fp32 parity: max abs diff <= tolerance * max(1, max |logit|)
-    min_agreement: float | None = None  # reduced precision: fail below this top-1 agreement with fp32
-    opset: int = ONNX_OPSET
-    threads: int | None = None
-    features: bool = False  # also expose the pooled penultimate features as a second output named "features"
-
-    @property
-    def size(self) -> int:
-        """The input size, once resolved (``export_model`` fills ``image_size`` from the source)."""
-        return self.image_size or 224
-
-
-@dataclass
-class Parity:
-    """Comparison of the exported file with eager fp32 PyTorch on one set of inputs."""
-
-    inputs: str
-    count: int
-    max_abs_diff: float
-    limit: float | None  # the tolerance it had to meet (fp32), None when only reported
-    top1_agreement: float
-
-    def line(self) -> str:
-        check = f" (limit {self.limit:.2e})" if self.limit is not None else ""
-        return (
-            f"{self.inputs}: {self.count} images, max abs diff {self.max_abs_diff:.2e}{check}, "
-            f"top-1 agreement {100 * self.top1_agreement:.1f}%"
-        )
-
-
-@dataclass
-class ExportResult:
-    format: str
-    precision: str
-    path: str
-    files: list[str]
-    metadata: dict[str, Any]
-    parity: list[Parity] = field(default_factory=list)
-    accuracy: dict[str, float] | None = None  # {"fp32": .., "<precision>": ..} on a labelled folder
-    notes: list[str] = field(default_factory=list)
-
-    def summary(self) -> list[str]:
-        sizes = ", ".join(f"{Path(f).name} ({Path(f).stat().st_size / 2**20:.1f} MiB)" for f in self.files)
-        lines = [f"wrote {self.format} {self.precision}: {sizes}"]
-        lines += [f"  parity vs PyTorch fp32, {p.line()}" for p in self.parity]
-        if self.accuracy:
-            lines.append("  labelled accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in self.accuracy.items()))
-        lines += [f"  note: {n}" for n in self.notes]
-        return lines
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Inputs
-
-
-def parse_batch_range(text: str) -> tuple[int, int]:
-    """``"1:256"`` -> ``(1, 256)``; ``"8"`` -> ``(8, 8)`` (a static batch)."""
-    try:
-        parts = [int(p) for p in str(text).split(":")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or not 1 <= parts[0] <= parts[1]:
-        raise ResnextError(f"--batch-size-range must look like MIN:MAX with 1 <= MIN <= MAX, got {text!r}")
-    return parts[0], parts[1]
 
 
 def preprocess(paths: Sequence[str], image_size: int) -> Tensor:
@@ -214,199 +137,6 @@ def _metadata(config: ExportConfig, source: ModelSource, precision: str) -> dict
         "preprocessing": eval_preset(config.size).describe(),
         "torch": torch.__version__,
     }
-
-
-def _example(config: ExportConfig) -> tuple[Tensor, dict[str, Any] | None]:
-    """Example input and dynamic-shape spec. The example batch is 2 where allowed: exporters specialise 0/1."""
-    low, high = config.batch_range
-    size = config.size
-    if low == high:
-        return torch.randn(low, 3, size, size), None
-    batch = torch.export.Dim("batch", min=low, max=high)
-    return torch.randn(min(max(2, low), high), 3, size, size), {"x": {0: batch}}
-
-
-class WithFeatures(torch.nn.Module):
-    """``x -> (logits, pooled features)``: what files exported with ``features=True`` compute."""
-
-    def __init__(self, model: Any) -> None:  # a registry ResNet: forward_features/forward_head/get_classifier
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        return self.model.get_classifier()(features), features
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Writers
-
-
-def write_onnx(model: torch.nn.Module, path: Path, config: ExportConfig, metadata: dict[str, Any]) -> list[Path]:
-    """fp32 ONNX, named ``input``/``logits``, dynamic batch axis; returns the files written."""
-    require("onnx", "onnx")
-    require("onnxscript", "onnx")
-    import onnx
-
-    if config.opset < 17:
-        raise ResnextError(f"ONNX opset {config.opset} is too old: use 17 or newer")
-    example, dynamic = _example(config)
-    external = sum(p.numel() * p.element_size() for p in model.state_dict().values()) > INLINE_LIMIT_BYTES
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet():
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=metadata.get("outputs", [OUTPUT_NAME]),
-            dynamic_shapes=dynamic,
-            opset_version=config.opset,
-            dynamo=True,
-            external_data=external,
-            verbose=False,
-        )
-    _set_onnx_metadata(path, metadata, external)
-    onnx.checker.check_model(str(path), full_check=True)
-    return [p for p in (path, path.with_name(path.name + ".data")) if p.is_file()]
-
-
-def _set_onnx_metadata(path: Path, metadata: dict[str, Any], external: bool = False) -> None:
-    import onnx
-
-    proto = onnx.load(str(path))
-    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != METADATA_KEY]
-    del proto.metadata_props[:]
-    for key, value in [*kept, (METADATA_KEY, json.dumps(metadata))]:
-        proto.metadata_props.add(key=key, value=value)
-    proto.producer_name = "resnext"
-    onnx.save(proto, str(path), save_as_external_data=external, location=path.name + ".data")
-
-
-class _Calibration:
-    """ONNX Runtime calibration reader over preprocessed images (``onnxruntime.quantization`` protocol)."""
-
-    def __init__(self, images: Tensor, batch_size: int = 8) -> None:
-        self.batches = iter([b.numpy() for b in _batches(images, batch_size)])
-
-    def get_next(self) -> dict[str, Any] | None:
-        batch = next(self.batches, None)
-        return None if batch is None else {INPUT_NAME: batch}
-
-    def rewind(self) -> None:  # pragma: no cover - not used by MinMax
-        pass
-
-
-def quantize_onnx(fp32_path: Path, path: Path, calibration: Tensor, metadata: dict[str, Any]) -> list[Path]:
-    """Static int8 post-training quantization of an fp32 ONNX file (QDQ, per-channel weights)."""
-    require("onnxruntime", "onnx")
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
-        quantize_static(
-            str(prepared),
-            str(path),
-            _Calibration(calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-    _set_onnx_metadata(path, metadata)
-    return [path]
-
-
-def write_openvino(onnx_path: Path, path: Path, metadata: dict[str, Any]) -> list[Path]:
-    """OpenVINO IR from an (fp32 or QDQ int8) ONNX file; weights kept in fp32 (no silent fp16 compression)."""
-    ov = require("openvino", "openvino")
-    if path.suffix != ".xml":
-        raise ResnextError(f"an OpenVINO IR is an .xml file (plus its .bin); got --output {path}")
-    model = ov.convert_model(str(onnx_path))
-    model.set_rt_info(json.dumps(metadata), METADATA_KEY)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, str(path), compress_to_fp16=False)
-    return [path, path.with_suffix(".bin")]
-
-
-def write_program(model: torch.nn.Module, path: Path, config: ExportConfig, metadata: dict[str, Any]) -> list[Path]:
-    """``torch.export`` program (``.pt2``) with a dynamic batch dimension bounded by the batch range."""
-    example, dynamic = _example(config)
-    program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    extra = {METADATA_FILE: json.dumps(metadata)}
-    _save_through_python(lambda f: torch.export.save(program, f, extra_files=extra), path)
-    return [path]
-
-
-def _save_through_python(save: Callable[[io.BytesIO], None], path: Path) -> None:
-    """Serialise into memory, then write the bytes from Python: PyTorch's C++ file writer aborts the whole
-    process (exit 134, no cleanup) on a full disk, where Python raises an ``OSError`` we can report."""
-    buffer = io.BytesIO()
-    save(buffer)
-    with open(path, "wb") as f:
-        f.write(buffer.getbuffer())
-
-
-def write_torchscript(model: torch.nn.Module, path: Path, config: ExportConfig, metadata: dict[str, Any]) -> list[Path]:
-    """Traced and frozen TorchScript (deprecated upstream; kept for Triton's ``pytorch_libtorch`` backend)."""
-    example, _ = _example(config)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TorchScript's own deprecation notices: documented in the module docstring
-        scripted = torch.jit.freeze(torch.jit.trace(model, example))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        extra = {METADATA_FILE: json.dumps(metadata)}
-        _save_through_python(lambda f: torch.jit.save(scripted, f, _extra_files=extra), path)
-    return [path]
-
-
-def write_tensorrt(
-    onnx_path: Path, path: Path, config: ExportConfig, precision: str, metadata: dict[str, Any]
-) -> list[Path]:
-    """Serialized TensorRT engine with one optimisation profile (min, opt = max, max) over the batch range."""
-    trt = require_tensorrt()
-    log = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(log)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, log)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ResnextError(f"TensorRT could not parse the ONNX export: {errors[:300]}")
-    builder_config = builder.create_builder_config()
-    if precision == "fp16":
-        builder_config.set_flag(trt.BuilderFlag.FP16)
-    low, high = config.batch_range
-    shape = (3, config.size, config.size)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, (low, *shape), (high, *shape), (high, *shape))
-    builder_config.add_optimization_profile(profile)
-    engine = builder.build_serialized_network(network, builder_config)
-    if engine is None:
-        raise ResnextError("TensorRT failed to build the engine (see the TensorRT messages above)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(bytes(engine))
-    sidecar = path.with_suffix(path.suffix + ".json")
-    sidecar.write_text(json.dumps(metadata, indent=1))
-    return [path, sidecar]
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep the exporters' progress prints, INFO logs and warnings out of the command's output."""
-    loggers = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "onnxruntime", "torch.onnx", "torch.export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -491,6 +221,65 @@ def write_model(
 def export_model(config: ExportConfig, model: ModelSource | torch.nn.Module | None = None) -> ExportResult:
     """Write ``config.output`` in ``config.format``, reload it and check it against the PyTorch fp32 model
     (``model``, else the source ``config.weights`` resolves to)."""
+    precision = _check_config(config)
+    path = check_writable(config.output, "--output")  # a folder or a read-only place: one line, before any work
+    if model is None:
+        source = load_source(config.weights, arch=config.arch)
+    elif isinstance(model, ModelSource):
+        source = model
+    else:
+        source = source_from_model(model, arch=config.arch, image_size=config.image_size or 224)
+    config.arch = source.arch
+    config.image_size = config.image_size or source.image_size
+    assert source.model is not None
+    model = source.model.eval().float()
+    metadata = _metadata(config, source, precision)
+    # Inputs for calibration and for the agreement report, loaded before writing anything.
+    calibration, eval_paths, eval_labels, notes = _check_images(config, metadata["num_classes"], precision)
+
+    # Everything is written into a staging folder beside the output and moved into place only after the parity
+    # check passed: a failed export leaves no file behind, and no half-written file ever has the final name.
+    final = path
+    stage = _staging_folder(final)
+    try:
+        path = stage / final.name
+        logger.info("writing %s %s (%s, %d px)...", config.format, precision, source.arch, config.image_size)
+        exported = WithFeatures(model).eval() if config.features else model
+        files = write_model(
+            exported, config, precision, path, metadata, workdir=stage / "intermediate", calibration=calibration
+        )
+        if precision == "int8":
+            count = 0 if calibration is None else calibration.shape[0]
+            notes.append(f"int8 calibrated on {count} images from {config.calibration_dir}")
+        if config.format == "onnx" and precision == "fp32":
+            notes.append("weights stored " + ("as external data in " + files[-1].name if len(files) > 1 else "inline"))
+        runtime_name = EXPORT_FORMATS[config.format].name
+        logger.info("reloading %s in %s and checking it against PyTorch fp32...", final.name, runtime_name)
+        runtime = create_backend(runtime_name, model_file=str(path), precision=precision, threads=config.threads)
+        parity, acc = check_parity(model, runtime, config, precision, eval_paths, eval_labels)
+        if config.features:
+            parity.append(check_features(model, runtime, config, precision, eval_paths))
+        for f in files:
+            os.replace(f, final.parent / f.name)
+    except ResnextError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) or _disk_full(final.parent):  # full disk: some writers wrap the OSError
+            raise ResnextError(f"cannot write {final}: {_reason(exc, final.parent)}") from None
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    if precision == "bf16" and getattr(runtime, "precision", "bf16") != "bf16":
+        ran = getattr(runtime, "precision", "fp32")
+        notes.append(f"this CPU has no native bf16: OpenVINO ran {ran}; bf16 applies on CPUs with it")
+    files_written = [str(final.parent / f.name) for f in files]
+    return ExportResult(
+        config.format, precision, str(final), files_written, metadata, parity=parity, accuracy=acc, notes=notes
+    )
+
+
+def _check_config(config: ExportConfig) -> str:
+    """Everything about the request that can be refused before any work; returns the precision to write."""
     if config.format not in FORMATS:
         raise ResnextError(f"unknown export format {config.format!r}; choose one of {', '.join(FORMATS)}")
     precision = config.precision or FORMATS[config.format][0]
@@ -508,21 +297,13 @@ def export_model(config: ExportConfig, model: ModelSource | torch.nn.Module | No
         raise ResnextError(f"ONNX opset {config.opset} is too old: use 17 or newer")
     if config.image_size is not None and config.image_size < 32:
         raise ResnextError(f"--image-size must be at least 32, got {config.image_size}")
-    path = check_writable(config.output, "--output")  # a folder or a read-only place: one line, before any work
-    if model is None:
-        source = load_source(config.weights, arch=config.arch)
-    elif isinstance(model, ModelSource):
-        source = model
-    else:
-        source = source_from_model(model, arch=config.arch, image_size=config.image_size or 224)
-    config.arch = source.arch
-    config.image_size = config.image_size or source.image_size
-    assert source.model is not None
-    model = source.model.eval().float()
-    metadata = _metadata(config, source, precision)
-    num_classes = metadata["num_classes"]
+    return precision
 
-    # Inputs for calibration and for the agreement report, loaded before writing anything.
+
+def _check_images(
+    config: ExportConfig, num_classes: int, precision: str
+) -> tuple[Tensor | None, list[str], list[int] | None, list[str]]:
+    """Calibration batch (int8), and the images (with labels when the folder has classes) of the agreement report."""
     eval_paths, eval_labels, notes = sample_images(), None, []
     calibration = None
     if config.calibration_dir:
@@ -535,64 +316,7 @@ def export_model(config: ExportConfig, model: ModelSource | torch.nn.Module | No
         paths, eval_labels, note = labelled_images(str(config.eval_dir or config.calibration_dir), num_classes)
         eval_paths, eval_labels = _spread(paths, eval_labels, max(config.calibration_count, 512))
         notes += [note] if note else []
-
-    # Everything is written into a staging folder beside the output and moved into place only after the parity
-    # check passed: a failed export leaves no file behind, and no half-written file ever has the final name.
-    final = path
-    stage = _staging_folder(final)
-    try:
-        path = stage / final.name
-        logger.info("writing %s %s (%s, %d px)...", config.format, precision, source.arch, config.image_size)
-        files = write_model(
-            WithFeatures(model).eval() if config.features else model,
-            config,
-            precision,
-            path,
-            metadata,
-            workdir=stage / "intermediate",
-            calibration=calibration,
-        )
-        if precision == "int8":
-            count = 0 if calibration is None else calibration.shape[0]
-            notes.append(f"int8 calibrated on {count} images from {config.calibration_dir}")
-        if config.format == "onnx" and precision == "fp32":
-            notes.append("weights stored " + ("as external data in " + files[-1].name if len(files) > 1 else "inline"))
-
-        logger.info(
-            "reloading %s in %s and checking it against PyTorch fp32...", final.name, EXPORT_FORMATS[config.format].name
-        )
-        runtime = create_backend(
-            EXPORT_FORMATS[config.format].name, model_file=str(path), precision=precision, threads=config.threads
-        )
-        parity, acc = check_parity(model, runtime, config, precision, eval_paths, eval_labels)
-        if config.features:
-            parity.append(check_features(model, runtime, config, precision, eval_paths))
-        for f in files:
-            os.replace(f, final.parent / f.name)
-    except ResnextError:
-        raise
-    except Exception as exc:
-        if isinstance(exc, OSError) or _disk_full(final.parent):  # full disk: some writers wrap the OSError
-            raise ResnextError(f"cannot write {final}: {_reason(exc, final.parent)}") from None
-        raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    result = ExportResult(
-        config.format,
-        precision,
-        str(final),
-        [str(final.parent / f.name) for f in files],
-        metadata,
-        parity=parity,
-        accuracy=acc,
-        notes=notes,
-    )
-    if precision == "bf16" and getattr(runtime, "precision", "bf16") != "bf16":
-        result.notes.append(
-            f"this CPU has no native bf16: OpenVINO ran {getattr(runtime, 'precision', 'fp32')}; bf16 applies on "
-            "CPUs with it"
-        )
-    return result
+    return calibration, eval_paths, eval_labels, notes
 
 
 #: Staging folders are ``.resnext-export-<pid>-*``: those of processes that no longer run are removed.

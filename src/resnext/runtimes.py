@@ -80,7 +80,7 @@ RUNTIMES: dict[str, Runtime] = {
             module="onnxruntime",
             extra="onnx",
             export_format="onnx",
-            writer="resnext.export:write_onnx",
+            writer="resnext.export_writers:write_onnx",
             exact=True,
         ),
         Runtime(
@@ -91,7 +91,7 @@ RUNTIMES: dict[str, Runtime] = {
             module="openvino",
             extra="openvino",
             export_format="openvino",
-            writer="resnext.export:write_openvino",
+            writer="resnext.export_writers:write_openvino",
             exact=True,
         ),
         Runtime(
@@ -100,7 +100,7 @@ RUNTIMES: dict[str, Runtime] = {
             (".ts", ".torchscript"),
             ("fp32",),
             export_format="torchscript",
-            writer="resnext.export:write_torchscript",
+            writer="resnext.export_writers:write_torchscript",
         ),
         Runtime(
             "torch-export",
@@ -108,7 +108,7 @@ RUNTIMES: dict[str, Runtime] = {
             (".pt2",),
             ("fp32",),
             export_format="export",
-            writer="resnext.export:write_program",
+            writer="resnext.export_writers:write_program",
         ),
         Runtime(
             "tensorrt",
@@ -118,7 +118,7 @@ RUNTIMES: dict[str, Runtime] = {
             module="tensorrt",
             extra="tensorrt",
             export_format="tensorrt",
-            writer="resnext.export:write_tensorrt",
+            writer="resnext.export_writers:write_tensorrt",
             gpu_only=True,
         ),
     )

@@ -66,7 +66,8 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     import json
 
-    from ..export import ExportConfig, export_model, parse_batch_range
+    from ..export import ExportConfig, export_model
+    from ..export_config import parse_batch_range
 
     config = ExportConfig(
         format=args.format,
