@@ -129,3 +129,22 @@ def test_import_resnext_needs_only_the_required_dependencies():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+#: README and design.md: functions of at most ~80 lines, modules of about 450 (a little slack, not a second rule)
+MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 470
+
+
+def test_functions_and_modules_stay_small():
+    too_long = []
+    for path in sorted(SRC.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{path.relative_to(SRC)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name}(): {length} lines")
+    assert not too_long, "\n".join(too_long)
