@@ -62,3 +62,41 @@ def test_http_errors_and_schemes(http_server, tmp_path) -> None:
 def test_fetch_bytes(http_server) -> None:
     base, _ = http_server({"/a": b"abc"})
     assert fetch_bytes(f"{base}/a") == b"abc"
+
+
+def test_a_server_trickling_its_headers_is_cut_at_the_deadline(tmp_path) -> None:
+    """The overall deadline also bounds the status line and headers, not only the body (a byte every 0.2 s
+    never trips a per-read time-out)."""
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = server.accept()
+        with connection:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+                if stop.is_set():
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/slow.bin"
+    started = time.monotonic()
+    try:
+        with pytest.raises(DownloadError, match="did not finish within 1 s"):
+            fetch_bytes(url, deadline=1.0, timeout=30.0)
+        assert time.monotonic() - started < 10
+    finally:
+        stop.set()
+        server.close()
+        thread.join(timeout=5)

@@ -11,11 +11,14 @@ run (a download killed with SIGKILL) are swept before each download into the sam
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import os
+import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -95,18 +98,62 @@ class _Deadline:
             except OSError:
                 pass
 
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end
+
+    def watch(self, connection: http.client.HTTPConnection) -> None:
+        """Shut the connection's socket down when the deadline passes, whatever it is waiting for (a server that
+        trickles its *headers* a byte at a time is otherwise bounded only by the per-read time-out)."""
+
+        def cut() -> None:
+            if connection.sock is not None:
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(max(0.0, self.end - time.monotonic()), cut)
+        timer.daemon = True
+        timer.start()
+
+
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
+    """urllib's opener, with every connection it makes watched by ``deadline``."""
+
+    def watched(connection_class: type[http.client.HTTPConnection]) -> Callable[..., http.client.HTTPConnection]:
+        def make(host: str, **kwargs: Any) -> http.client.HTTPConnection:
+            connection = connection_class(host, **kwargs)
+            connect = connection.connect
+
+            def connect_and_watch() -> None:
+                connect()
+                deadline.watch(connection)
+
+            connection.connect = connect_and_watch  # type: ignore[method-assign]
+            return connection
+
+        return make
+
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(watched(http.client.HTTPConnection), req)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(watched(http.client.HTTPSConnection), req, context=self._context)  # type: ignore[attr-defined]
+
+    return urllib.request.build_opener(Http, Https)
+
 
 def _open(url: str, deadline: _Deadline):
     if not is_url(url):
         raise DownloadError(f"refusing to fetch {url!r}: only http:// and https:// URLs are supported")
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     try:
-        return urllib.request.urlopen(request, timeout=deadline.remaining())  # noqa: S310 - scheme checked above
+        return _opener(deadline).open(request, timeout=deadline.remaining())
     except urllib.error.HTTPError as exc:
         raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+        if deadline.expired() or isinstance(reason, TimeoutError) or "timed out" in str(reason):
             deadline.remaining()  # the deadline's own message when that is what ran out
         raise DownloadError(f"{url}: {reason or type(exc).__name__}") from None
 
@@ -136,8 +183,10 @@ def _stream(response, deadline: _Deadline, max_bytes: int, sink: Callable[[bytes
             deadline.remaining()
             raise DownloadError(f"{url}: no data for {deadline.timeout:g} s after {received} bytes") from None
         except (OSError, ValueError, http.client.HTTPException) as exc:
+            deadline.remaining()  # a socket cut by the deadline's watchdog reports the deadline
             raise DownloadError(f"{url}: connection failed after {received} bytes ({exc!r})") from None
         if not chunk:
+            deadline.remaining()  # an end of data caused by the watchdog is no complete body
             return received
         received += len(chunk)
         if received > max_bytes:
