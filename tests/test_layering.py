@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
         "evaluate",
         "train",
         "bulk",
+        "bulk_io",
         "bulk_ray",
         "demo",
         "serve",

@@ -13,7 +13,7 @@ Pipeline (one Ray Data dataset, streamed):
    when their resources match; it then runs in the actor processes, still before the model);
 3. the model in an actor pool (``map_batches`` with :class:`ModelActor`; each actor builds its predictor once from
    a :class:`resnext.bulk.ModelSpec`, so any runtime of the registry works);
-4. the driver streams the result blocks into the same writers as the local engine (:mod:`resnext.bulk`).
+4. the driver streams the result blocks into the same writers as the local engine (:mod:`resnext.bulk_io`).
 
 Fault tolerance: Ray Data's actor pools restart an actor that dies (``max_restarts=-1``) and retry its batch
 (``max_task_retries=-1``), its defaults, checked by the tests; a block reaches the driver once, and the writer
@@ -32,17 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .bulk import (
-    BulkJob,
-    BulkSummary,
-    ModelSpec,
-    classify_row,
-    embed_row,
-    is_remote,
-    open_writer,
-    rows_to_table,
-    write_rows,
-)
+from .bulk import BulkJob, BulkSummary, ModelSpec, is_remote, write_rows
+from .bulk_io import classify_row, embed_row, open_writer, rows_to_table
 from .download import is_url
 from .errors import ImageError, ResnextError
 from .runtimes import require
