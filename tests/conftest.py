@@ -212,6 +212,26 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
+ISOLATED_ENV = "RESNEXT_TEST_ISOLATED"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Tests marked ``isolated`` run in a child pytest process of their own. The in-process inference benchmark
+    (bf16/int8 kernels on AMX CPUs, torch.compile tracing) leaves the process in a state in which a later fork of
+    DataLoader workers was seen to kill the whole test process with SIGSEGV; a child process keeps that out."""
+    if pyfuncitem.get_closest_marker("isolated") is None or os.environ.get(ISOLATED_ENV):
+        return None
+    import subprocess
+
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", pyfuncitem.nodeid]
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env={**os.environ, ISOLATED_ENV: "1"}, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    return True
+
+
 @pytest.fixture(autouse=True)
 def eager_by_default(monkeypatch, tmp_path_factory) -> None:
     """``--backend auto`` means eager PyTorch in tests (tests/test_auto.py unsets this to test auto itself): the

@@ -73,6 +73,7 @@ def test_measured_peaks_cover_every_precision():
 
 
 @pytest.mark.slow  # six exports and two peak measurements: ~40 s on 2 quiet cores
+@pytest.mark.isolated
 def test_benchmark_rows_have_same_run_reference_own_peak_and_agreement(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")
@@ -192,6 +193,7 @@ def test_cli_benchmark_rejects_unknown_backend(capsys):
 
 
 @pytest.mark.slow  # ~30 s on 2 quiet cores (torch.compile tracing)
+@pytest.mark.isolated
 def test_gpu_check_inference_cpu_smoke(capsys):
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)

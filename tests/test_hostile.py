@@ -564,11 +564,12 @@ def test_torchscript_and_pt2_export_to_a_full_disk(full_disk) -> None:
 def test_export_write_failure_leaves_no_staging_folder(tmp_path, monkeypatch) -> None:
     """The same without root: the write raises ENOSPC."""
     import resnext.export as export
+    import resnext.export_writers as writers
 
     def full(save, path):  # noqa: ANN001
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(export, "_save_through_python", full)
+    monkeypatch.setattr(writers, "_save_through_python", full)
     with pytest.raises(ResnextError, match="cannot write .*m.ts"):
         export.export_model(
             export.ExportConfig(format="torchscript", output=str(tmp_path / "m.ts"), image_size=32, batch_range=(1, 8)),
