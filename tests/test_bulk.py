@@ -74,27 +74,28 @@ def predictor(small_checkpoint) -> Predictor:
     )
 
 
+def model_args(checkpoint) -> list[str]:  # noqa: ANN001
+    """The small model on eager torch, decoded in-process: the flags every bulk command here shares."""
+    return [
+        "--arch",
+        "resnext_test",
+        "--weights",
+        str(checkpoint),
+        "--backend",
+        "torch",
+        "--device",
+        "cpu",
+        "--image-size",
+        str(IMAGE_SIZE),
+        "--workers",
+        "0",
+    ]
+
+
 @pytest.fixture
 def run(small_checkpoint, capsys):
     def run(command: str, *args: str) -> tuple[int, str]:
-        code = cli.main(
-            [
-                command,
-                "--arch",
-                "resnext_test",
-                "--weights",
-                str(small_checkpoint),
-                "--backend",
-                "torch",
-                "--device",
-                "cpu",
-                "--image-size",
-                str(IMAGE_SIZE),
-                "--workers",
-                "0",
-                *args,
-            ]
-        )
+        code = cli.main([command, *model_args(small_checkpoint), *args])
         return code, capsys.readouterr().err
 
     return run
@@ -204,18 +205,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(run, small_checkpoint,
         "resnext",
         "classify",
         str(tmp_path / "imgs"),
-        "--arch",
-        "resnext_test",
-        "--weights",
-        str(small_checkpoint),
-        "--backend",
-        "torch",
-        "--device",
-        "cpu",
-        "--image-size",
-        str(IMAGE_SIZE),
-        "--workers",
-        "0",
+        *model_args(small_checkpoint),
         "--batch-size",
         "2",
         "--output",
