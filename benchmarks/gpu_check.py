@@ -25,7 +25,7 @@ def check_training(cpu_smoke: bool = False) -> bool | None:
 
     import torch
 
-    from resnext.bench.training import SpeedSetting, measure_training_speed
+    from resnext.bench.training import SpeedSetting, Workload, measure_training_speed
 
     print("== training ==", flush=True)
     if not cpu_smoke and not torch.cuda.is_available():
@@ -41,9 +41,7 @@ def check_training(cpu_smoke: bool = False) -> bool | None:
 
     def attempt(setting: SpeedSetting, batch: int) -> dict | None:
         try:
-            r = measure_training_speed(
-                arch, setting, batch_size=batch, image_size=size, warmup=warmup, steps=steps, device=device
-            )
+            r = measure_training_speed(arch, setting, Workload(batch, size, warmup, steps, device))
         except torch.cuda.OutOfMemoryError:
             rows.append((setting.name, batch, "out of memory"))
             r = None

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -113,21 +114,18 @@ def make_image_folder(
     return root
 
 
-def make_tiny_dataset(
-    root: Path,
-    *,
-    num_classes: int = 4,
-    train_per_class: int = 24,
-    val_per_class: int = 8,
-    size: int = 40,
-    seed: int = 0,
-) -> Path:
-    """A training tree ``root/train/<class>/*.png`` + ``root/val/<class>/*.jpg``; returns ``root``."""
-    make_image_folder(root / "train", num_classes=num_classes, per_class=train_per_class, size=size, seed=seed)
-    make_image_folder(
-        root / "val", num_classes=num_classes, per_class=val_per_class, size=size, seed=seed + 1, ext="jpg"
-    )
+def make_tiny_dataset(root: Path, *, train_per_class: int = 24, val_per_class: int = 8, **folder: Any) -> Path:
+    """A training tree ``root/train/<class>/*.png`` + ``root/val/<class>/*.jpg``; returns ``root``. ``folder``:
+    ``num_classes``, ``size`` and ``seed`` of :func:`make_image_folder` (val images use the next seed)."""
+    seed = folder.pop("seed", 0)
+    make_image_folder(root / "train", per_class=train_per_class, seed=seed, **folder)
+    make_image_folder(root / "val", per_class=val_per_class, seed=seed + 1, ext="jpg", **folder)
     return root
+
+
+def small_model_flags(checkpoint: Path, *more: str) -> list[str]:
+    """CLI flags for the small trained model of ``small_checkpoint``, then ``more``."""
+    return ["--arch", "resnext_test", "--weights", str(checkpoint), *more]
 
 
 def load_labelled(root: Path, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import small_model_flags
 
 from resnext import auto
 from resnext.cli import main
@@ -114,21 +115,8 @@ def test_auto_runs_torch_without_runtimes_and_when_pinned(cache, source, monkeyp
 
 
 def test_cli_classify_default_is_auto_and_equals_eager(cache, small_checkpoint, capsys):
-    args = [
-        "classify",
-        *sample_images(),
-        "--arch",
-        "resnext_test",
-        "--weights",
-        str(small_checkpoint),
-        "--json",
-        "--workers",
-        "0",
-        "--image-size",
-        str(SIZE),
-        "--topk",
-        "3",
-    ]
+    flags = small_model_flags(small_checkpoint, "--json", "--workers", "0", "--image-size", str(SIZE), "--topk", "3")
+    args = ["classify", *sample_images(), *flags]
     assert main(args) == 0
     default = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(list(cache.iterdir())) == (1 if any(RUNTIMES[n].installed() for n in auto.EXACT_ORDER) else 0)

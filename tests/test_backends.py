@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,11 @@ def test_every_runtime_in_the_registry_names_a_loadable_backend_class():
     assert {"torch", "onnxruntime", "openvino", "tensorrt", "torchscript", "torch-export"} == set(RUNTIMES)
     for runtime in RUNTIMES.values():
         assert callable(runtime.backend_class())
+        assert runtime.name == "torch" or runtime.backend_class().name == runtime.name
+        if runtime.writer:  # the naming conventions the one-line registry entries rely on
+            module, _, function = runtime.writer.partition(":")
+            assert callable(getattr(importlib.import_module(module), function))
+        assert (runtime.module is None) == (runtime.extra is None)
 
 
 @pytest.mark.parametrize("backend", list(EXTENSIONS))

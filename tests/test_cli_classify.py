@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import NGC_RESNEXT_FILE, SAMPLES
+from conftest import NGC_RESNEXT_FILE, SAMPLES, small_model_flags
 from PIL import Image
 
 from resnext import cli, create_model
@@ -123,7 +123,7 @@ def test_offline_default_weights_is_one_line_exit_2(offline_cache, capsys) -> No
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--topk", "0"], "--topk must be at least 1"),
+        (["--topk", "0"], "--topk: must be an integer >= 1"),
         (["--weights", "/nonexistent/w.pth"], "weights file not found"),
         (["--device", "warp-drive"], "unknown device"),
     ],
@@ -152,22 +152,8 @@ def test_missing_input_is_one_line_and_exit_2_before_any_work(run, tmp_path) -> 
 
 def test_real_subprocess_with_background_decoding(small_checkpoint, tmp_path) -> None:
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home"), "RESNEXT_WEIGHTS_MIRROR": "http://127.0.0.1:9/"}
-    command = [
-        sys.executable,
-        "-m",
-        "resnext",
-        "classify",
-        *map(str, SAMPLES),
-        "--arch",
-        "resnext_test",
-        "--weights",
-        str(small_checkpoint),
-        "--json",
-        "--workers",
-        "2",
-        "--batch-size",
-        "2",
-    ]
+    flags = small_model_flags(small_checkpoint, "--json", "--workers", "2", "--batch-size", "2")
+    command = [sys.executable, "-m", "resnext", "classify", *map(str, SAMPLES), *flags]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["source"] for line in done.stdout.splitlines()] == [str(p) for p in SAMPLES]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLES, randomize_bn
+from conftest import SAMPLES, randomize_bn, small_model_flags
 from PIL import Image
 
 from resnext import create_model
@@ -198,22 +198,8 @@ def test_classify_explain_writes_overlays(tmp_path, small_checkpoint, capsys):
     from resnext.cli import main
 
     out = tmp_path / "cams"
-    code = main(
-        [
-            "classify",
-            *map(str, SAMPLES[:2]),
-            "--arch",
-            "resnext_test",
-            "--weights",
-            str(small_checkpoint),
-            "--backend",
-            "torch",
-            "--explain",
-            str(out),
-            "--workers",
-            "0",
-        ]
-    )
+    flags = small_model_flags(small_checkpoint, "--backend", "torch", "--explain", str(out), "--workers", "0")
+    code = main(["classify", *map(str, SAMPLES[:2]), *flags])
     assert code == 0
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(f"{p.stem}.gradcam.png" for p in SAMPLES[:2])

@@ -24,7 +24,7 @@ tritonclient_http = pytest.importorskip("tritonclient.http")
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 
 from _serve_util import alive, free_ports, triton_processes  # noqa: E402
-from conftest import SAMPLES  # noqa: E402
+from conftest import SAMPLES, small_model_flags  # noqa: E402
 
 from resnext.cli import main  # noqa: E402
 from resnext.predict import Predictor  # noqa: E402
@@ -117,28 +117,8 @@ def test_logits_equal_in_process(served, protocol):
 
 def test_image_model_matches_classify(served, small_checkpoint, capsys):
     server, _ = served
-    assert (
-        main(
-            [
-                "classify",
-                *map(str, SAMPLES),
-                "--arch",
-                "resnext_test",
-                "--weights",
-                str(small_checkpoint),
-                "--backend",
-                "torch",
-                "--image-size",
-                str(SIZE),
-                "--topk",
-                "5",
-                "--json",
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    flags = small_model_flags(small_checkpoint, "--backend", "torch", "--image-size", str(SIZE), "--topk", "5")
+    assert main(["classify", *map(str, SAMPLES), *flags, "--json", "--workers", "0"]) == 0
     expected = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
     for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
         assert main(["client", *map(str, SAMPLES), "--url", url, "--protocol", protocol, "--topk", "5", "--json"]) == 0
@@ -264,6 +244,7 @@ def test_client_reports_refused_image(served, tmp_path, capsys):
 def test_benchmark_serving_measures_a_running_server(served, small_checkpoint):
     """The load test's mechanics (not its speed): requests counted, batches read from the metrics, a reference."""
     from resnext.bench.serving import ServingConfig, run_serving_benchmark
+    from resnext.bulk import ModelSpec
 
     server, _ = served
     result = run_serving_benchmark(
@@ -273,10 +254,7 @@ def test_benchmark_serving_measures_a_running_server(served, small_checkpoint):
             concurrency=[4],
             duration=1.5,
             warmup=0.5,
-            arch="resnext_test",
-            weights=str(small_checkpoint),
-            backend="torch",
-            image_size=SIZE,
+            spec=ModelSpec(arch="resnext_test", weights=str(small_checkpoint), backend="torch", image_size=SIZE),
         )
     )
     (level,) = result.levels

@@ -47,32 +47,17 @@ def test_serve_process_stops_cleanly(sig, tmp_path):
     """SIGTERM: a clean stop (exit 0); SIGINT goes to the whole process group, as Ctrl-C in a terminal does (so
     tritonserver gets it too); SIGKILL: the kernel's parent-death signal still ends tritonserver."""
     pytest.importorskip("pytriton")
+    from resnext.bench.serving import serve_flags
+    from resnext.bulk import ModelSpec
     from resnext.serve.tritonserver import wait_ready
 
     http, grpc, metrics = free_ports(3)
     out = tmp_path / "out.txt"
+    model = ModelSpec("resnext_test", "random", "torch", image_size=32)  # the flags benchmark serving writes
+    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
     with open(out, "w") as stdout:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "resnext",
-                "serve",
-                "--arch",
-                "resnext_test",
-                "--weights",
-                "random",
-                "--backend",
-                "torch",
-                "--image-size",
-                "32",
-                "--http-port",
-                str(http),
-                "--grpc-port",
-                str(grpc),
-                "--metrics-port",
-                str(metrics),
-            ],
+            [sys.executable, "-m", "resnext", "serve", *serve_flags(model), *ports],
             stdout=stdout,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,

@@ -38,6 +38,7 @@ FAST = {
     "seed": 0,
 }
 # one optimizer step on a fixed random batch: for what needs a real run but not real data
+SYNTHETIC_TRAIN = ["train", "--data-backend", "synthetic", "--arch", "resnext_test"]  # argv of a quick run
 SYNTHETIC = {
     "arch": "resnext_test",
     "data_backend": "synthetic",
@@ -240,11 +241,7 @@ def test_last_bn_0_init_zeroes_exactly_each_blocks_bn3_gamma() -> None:
 def test_bad_training_flag_is_one_line_exit_2_before_any_work(flag: str, value: str, tmp_path: Path, capsys) -> None:
     workspace = tmp_path / "ws"
     argv = [
-        "train",
-        "--data-backend",
-        "synthetic",
-        "--arch",
-        "resnext_test",
+        *SYNTHETIC_TRAIN,
         "--num-classes",
         "2",
         "--prof",
@@ -616,11 +613,7 @@ def test_evaluate_gives_the_same_result_from_best_and_from_export_weights(traine
 def test_synthetic_backend_with_mixup_fp16_accumulation_and_ema(tmp_path: Path) -> None:
     args = cli.build_parser().parse_args(
         [
-            "train",
-            "--data-backend",
-            "synthetic",
-            "--arch",
-            "resnext_test",
+            *SYNTHETIC_TRAIN,
             "--num-classes",
             "10",
             "--image-size",

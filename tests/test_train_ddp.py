@@ -146,27 +146,7 @@ def test_ddp_survives_a_process_whose_micro_batch_is_all_unreadable(tmp_path: Pa
     broken.write_bytes(b"not an image")
     workspace = tmp_path / "ws"
     # batch 1 needs 64 px: at 32 px the last stage is 1x1 and BatchNorm cannot train on a single value
-    args = [
-        "--arch",
-        "resnext_test",
-        "--image-size",
-        "64",
-        "--lr",
-        "0.4",
-        "--warmup",
-        "0",
-        "--epochs",
-        "1",
-        "--seed",
-        "3",
-        "-j",
-        "0",
-        "--no-progress",
-        "-b",
-        "1",
-        "--workspace",
-        str(workspace),
-    ]
+    args = [*COMMON, "--image-size", "64", "-b", "1", "--workspace", str(workspace)]  # the last value wins
     proc = torchrun("train", str(root), *args, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert broken.name in proc.stderr

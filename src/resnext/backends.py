@@ -2,7 +2,7 @@
 
 Each backend loads a file written by :mod:`resnext.export` and maps a normalised float batch ``[N, 3, S, S]``
 to float32 CPU logits ``[N, C]``, exactly like :class:`resnext.runtimes.TorchBackend`.
-:data:`resnext.runtimes.RUNTIMES` names each class; nothing is registered by importing this module. The runtimes
+:data:`resnext.runtimes.RUNTIMES` describes each runtime and :data:`BACKENDS` maps its name to the class. The runtimes
 themselves are optional dependencies, imported only when a backend is built.
 
 Every backend checks the input shape before running, so a batch of the wrong image size gives one clear sentence
@@ -16,6 +16,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .errors import ResnextError
-from .runtimes import INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, require
+from .runtimes import INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, RUNTIMES
 
 #: Name of the optional second output (pooled penultimate features) of files exported with ``features=True``.
 FEATURES_NAME = "features"
@@ -38,25 +39,50 @@ def _existing(model_file: str | os.PathLike) -> Path:
     return path
 
 
-class ExportedBackend:
-    """Shared part: input validation, batching to the exported range, metadata."""
+@dataclass(frozen=True)
+class LoadedFile:
+    """What a runtime reads from an exported file: the fixed input and output sizes, and the stored metadata."""
 
-    name = "exported"
+    image_size: int
+    num_classes: int
+    metadata: dict[str, Any]
+    max_batch: int | None = None  # the largest batch the file takes; larger ones are split
+
+
+class ExportedBackend:
+    """Shared part: the loading steps every file goes through, input validation, batching, metadata.
+
+    Subclasses read the file in :meth:`_load`; the constructor around it imports the runtime first (so a missing
+    package is the error even for a missing file), checks the file exists and refuses a precision the file does
+    not store.
+    """
+
+    name = "exported"  # each subclass: the name of its runtime in RUNTIMES
+    #: the precisions a file of this format can store; None where the backend resolves the request itself
+    stored_precisions: tuple[str, ...] | None = ("fp32",)
 
     def __init__(
         self,
-        path: Path,
+        model_file: str | os.PathLike,
         *,
-        image_size: int,
-        num_classes: int,
-        max_batch: int | None = None,
-        metadata: dict[str, Any] | None = None,
+        device: str = "auto",
+        precision: str | None = None,
+        threads: int | None = None,
+        **_: Any,
     ) -> None:
-        self.path = path
-        self.image_size = int(image_size)
-        self.num_classes = int(num_classes)
-        self.max_batch = max_batch
-        self.metadata = metadata or {}
+        runtime = RUNTIMES[self.name].import_runtime()
+        self.path = _existing(model_file)
+        loaded = self._load(runtime, device, precision, threads)
+        if self.stored_precisions is not None:
+            _check_precision(self.name, precision, loaded.metadata, allowed=self.stored_precisions)
+        self.image_size = int(loaded.image_size)
+        self.num_classes = int(loaded.num_classes)
+        self.max_batch = loaded.max_batch
+        self.metadata = loaded.metadata
+
+    def _load(self, runtime: Any, device: str, precision: str | None, threads: int | None) -> LoadedFile:
+        """Read ``self.path`` with ``runtime`` (its third-party module, None for PyTorch); keep what ``run`` needs."""
+        raise NotImplementedError  # pragma: no cover - overridden
 
     def check_input(self, batch: Tensor) -> None:
         s = self.image_size
@@ -123,18 +149,10 @@ class OnnxRuntimeBackend(ExportedBackend):
     """An ``.onnx`` file (fp32 or QDQ int8) on ONNX Runtime's CPU (or CUDA) execution provider."""
 
     name = "onnxruntime"
+    stored_precisions = ("fp32", "int8")
 
-    def __init__(
-        self,
-        model_file: str | os.PathLike,
-        *,
-        device: str = "auto",
-        precision: str | None = None,
-        threads: int | None = None,
-        **_: Any,
-    ) -> None:
-        ort = require("onnxruntime", "onnx")
-        path = _existing(model_file)
+    def _load(self, ort: Any, device: str, precision: str | None, threads: int | None) -> LoadedFile:
+        path = self.path
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
@@ -149,15 +167,12 @@ class OnnxRuntimeBackend(ExportedBackend):
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable or invalid files
             raise ResnextError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        metadata = json.loads(meta) if meta else {}
-        _check_precision(self.name, precision, metadata, allowed=("fp32", "int8"))
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
-        super().__init__(
-            path,
+        return LoadedFile(
             image_size=_static_dim(inp.shape[-1], "image size", path),
             num_classes=_static_dim(out.shape[-1], "class", path),
-            metadata=metadata,
+            metadata=json.loads(meta) if meta else {},
         )
 
     def run(self, batch: Tensor) -> Tensor:
@@ -193,18 +208,10 @@ class OpenVinoBackend(ExportedBackend):
     """
 
     name = "openvino"
+    stored_precisions = None  # a run-time choice here, resolved in _load
 
-    def __init__(
-        self,
-        model_file: str | os.PathLike,
-        *,
-        device: str = "auto",
-        precision: str | None = None,
-        threads: int | None = None,
-        **_: Any,
-    ) -> None:
-        ov = require("openvino", "openvino")
-        path = _existing(model_file)
+    def _load(self, ov: Any, device: str, precision: str | None, threads: int | None) -> LoadedFile:
+        path = self.path
         core = ov.Core()
         try:
             model = core.read_model(str(path))
@@ -242,8 +249,7 @@ class OpenVinoBackend(ExportedBackend):
         self.request = self.compiled.create_infer_request()
         shape = model.inputs[0].get_partial_shape()
         classes = model.outputs[0].get_partial_shape()[-1]
-        super().__init__(
-            path,
+        return LoadedFile(
             image_size=_static_dim(shape[3].get_length() if shape[3].is_static else None, "image size", path),
             num_classes=_static_dim(classes.get_length() if classes.is_static else None, "class", path),
             metadata=metadata,
@@ -281,21 +287,15 @@ class TorchScriptBackend(ExportedBackend):
 
     name = "torchscript"
 
-    def __init__(
-        self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None, **_: Any
-    ) -> None:
-        path = _existing(model_file)
+    def _load(self, runtime: Any, device: str, precision: str | None, threads: int | None) -> LoadedFile:
         self.device = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation: kept for Triton, see export.py
             module, metadata = _archive_metadata(
-                path, lambda f, extra: torch.jit.load(f, map_location=self.device, _extra_files=extra)
+                self.path, lambda f, extra: torch.jit.load(f, map_location=self.device, _extra_files=extra)
             )
-        _check_precision(self.name, precision, metadata, allowed=("fp32",))
         self.module = module.eval()
-        super().__init__(
-            path, image_size=metadata["image_size"], num_classes=metadata["num_classes"], metadata=metadata
-        )
+        return LoadedFile(metadata["image_size"], metadata["num_classes"], metadata)
 
     @torch.inference_mode()
     def run(self, batch: Tensor) -> Tensor:
@@ -311,20 +311,11 @@ class TorchExportBackend(ExportedBackend):
 
     name = "torch-export"
 
-    def __init__(
-        self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None, **_: Any
-    ) -> None:
-        path = _existing(model_file)
-        program, metadata = _archive_metadata(path, lambda f, extra: torch.export.load(f, extra_files=extra))
-        _check_precision(self.name, precision, metadata, allowed=("fp32",))
+    def _load(self, runtime: Any, device: str, precision: str | None, threads: int | None) -> LoadedFile:
+        program, metadata = _archive_metadata(self.path, lambda f, extra: torch.export.load(f, extra_files=extra))
         self.module = program.module()
-        super().__init__(
-            path,
-            image_size=metadata["image_size"],
-            num_classes=metadata["num_classes"],
-            max_batch=metadata.get("batch_range", [1, None])[1],
-            metadata=metadata,
-        )
+        max_batch = metadata.get("batch_range", [1, None])[1]
+        return LoadedFile(metadata["image_size"], metadata["num_classes"], metadata, max_batch=max_batch)
 
     @torch.inference_mode()
     def run(self, batch: Tensor) -> Tensor:
@@ -346,9 +337,7 @@ def _output(out: Any, index: int) -> Tensor:
 
 def require_tensorrt() -> Any:
     """The ``tensorrt`` module, or one clear error on machines without an NVIDIA GPU or the package."""
-    if not torch.cuda.is_available():
-        raise ResnextError("TensorRT needs an NVIDIA GPU with CUDA, and this machine has none")
-    return require("tensorrt", "tensorrt")
+    return RUNTIMES["tensorrt"].import_runtime()
 
 
 class TensorRTBackend(ExportedBackend):
@@ -356,12 +345,10 @@ class TensorRTBackend(ExportedBackend):
 
     name = "tensorrt"
     host_input = False
+    stored_precisions = None  # the engine's precision was fixed when it was built; any request runs it as built
 
-    def __init__(
-        self, model_file: str | os.PathLike, *, device: str = "auto", precision: str | None = None, **_: Any
-    ) -> None:
-        trt = require_tensorrt()
-        path = _existing(model_file)
+    def _load(self, trt: Any, device: str, precision: str | None, threads: int | None) -> LoadedFile:
+        path = self.path
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
@@ -375,13 +362,7 @@ class TensorRTBackend(ExportedBackend):
         self.min_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[0][0])
         sidecar = path.with_suffix(path.suffix + ".json")
         metadata = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        super().__init__(
-            path,
-            image_size=int(max_shape[-1]),
-            num_classes=int(out_shape[-1]),
-            max_batch=int(max_shape[0]),
-            metadata=metadata,
-        )
+        return LoadedFile(int(max_shape[-1]), int(out_shape[-1]), metadata, max_batch=int(max_shape[0]))
 
     def run(self, batch: Tensor) -> Tensor:
         n = batch.shape[0]
@@ -399,3 +380,10 @@ class TensorRTBackend(ExportedBackend):
             raise ResnextError(f"TensorRT failed to run {self.path.name} on a batch of {list(batch.shape)}")
         stream.synchronize()
         return out[:n].cpu()
+
+
+#: runtime name -> backend class, for :meth:`resnext.runtimes.Runtime.backend_class`
+BACKENDS: dict[str, type[ExportedBackend]] = {
+    cls.name: cls
+    for cls in (OnnxRuntimeBackend, OpenVinoBackend, TorchScriptBackend, TorchExportBackend, TensorRTBackend)
+}

@@ -28,12 +28,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
+from .distributed import Distributed
 from .errors import ResnextError
 from .images import IMAGE_EXTENSIONS, ImageDataset, collate_images, find_classes, match_classes, walk_images
 from .transforms import eval_preset, train_preset
 
 if TYPE_CHECKING:
-    from .distributed import Distributed
     from .train_config import TrainConfig
 
 logger = logging.getLogger("resnext")
@@ -188,8 +188,13 @@ def _ignore_sigint(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _loader_kwargs(dataset: ImageFolder, workers: int, pin_memory: bool) -> dict[str, Any]:
+#: the default ``process`` of the loaders: a run of one process on the CPU
+_ONE_PROCESS = Distributed()
+
+
+def _loader_kwargs(dataset: ImageFolder, workers: int, process: Distributed) -> dict[str, Any]:
     collate = functools.partial(collate_labelled, targets=dataset.targets)
+    pin_memory = process.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
     kwargs: dict[str, Any] = {"num_workers": workers, "pin_memory": pin_memory, "collate_fn": collate}
     if workers > 0:
         kwargs.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=_ignore_sigint)
@@ -202,18 +207,20 @@ def train_loader(
     image_size: int,
     batch_size: int,
     workers: int,
-    rank: int = 0,
-    world_size: int = 1,
+    process: Distributed = _ONE_PROCESS,
     accumulation: int = 1,
     seed: int = 0,
-    pin_memory: bool = False,
 ) -> DataLoader:
-    """Loader over ``root`` with NVIDIA's training augmentation; ``loader.sampler`` is the :class:`TrainSampler`."""
+    """Loader over ``root`` with NVIDIA's training augmentation; ``loader.sampler`` is the :class:`TrainSampler`.
+
+    ``process`` is this process's place in the run: its rank picks its share of each batch, and a CUDA device
+    gets pinned memory.
+    """
     dataset = ImageFolder(root, train_preset(image_size))
     sampler = TrainSampler(
-        len(dataset), batch_size, rank=rank, world_size=world_size, accumulation=accumulation, seed=seed
+        len(dataset), batch_size, rank=process.rank, world_size=process.world_size, accumulation=accumulation, seed=seed
     )
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **_loader_kwargs(dataset, workers, pin_memory))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **_loader_kwargs(dataset, workers, process))
 
 
 def eval_loader(
@@ -223,16 +230,14 @@ def eval_loader(
     batch_size: int,
     workers: int,
     classes: Sequence[str] | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    pin_memory: bool = False,
+    process: Distributed = _ONE_PROCESS,
     transforms: Callable[[Any], Tensor] | None = None,
 ) -> DataLoader:
     """Loader over ``root`` with the evaluation preset (``transforms``, default
-    :func:`resnext.transforms.eval_preset` at ``image_size``), unpadded shards."""
+    :func:`resnext.transforms.eval_preset` at ``image_size``), unpadded shards (one per rank of ``process``)."""
     dataset = ImageFolder(root, transforms or eval_preset(image_size), classes=classes)
-    sampler = ShardSampler(len(dataset), rank=rank, world_size=world_size)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **_loader_kwargs(dataset, workers, pin_memory))
+    sampler = ShardSampler(len(dataset), rank=process.rank, world_size=process.world_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **_loader_kwargs(dataset, workers, process))
 
 
 @dataclass
@@ -259,7 +264,7 @@ def build_train_data(cfg: TrainConfig, di: Distributed) -> TrainData:
     if cfg.data_backend == "synthetic":
         classes = [f"class_{i}" for i in range(cfg.num_classes or 1000)]
         return TrainData(classes, cfg.prof or 100, accumulation, per_step * accumulation)
-    data, pin = Path(str(cfg.data)), di.device.type == "cuda"
+    data = Path(str(cfg.data))
     train_dir, val_dir = data / "train", data / "val"
     if not train_dir.is_dir() and not (cfg.evaluate and val_dir.is_dir()):
         raise ResnextError(f"{data} has no train/ folder; expected {data}/train/<class>/* and {data}/val/<class>/*")
@@ -267,30 +272,18 @@ def build_train_data(cfg: TrainConfig, di: Distributed) -> TrainData:
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
         raise ResnextError(f"--num-classes {cfg.num_classes} but {data} has {len(classes)} class folders")
     out = TrainData(classes, 0, accumulation, per_step * accumulation)
+    # both loaders read the same crops, batches and workers, split over this run's processes
+    shared: dict[str, Any] = {
+        "image_size": cfg.image_size,
+        "batch_size": cfg.batch_size,
+        "workers": cfg.workers,
+        "process": di,
+    }
     if not cfg.evaluate:
-        out.loader = train_loader(
-            train_dir,
-            image_size=cfg.image_size,
-            batch_size=cfg.batch_size,
-            workers=cfg.workers,
-            rank=di.rank,
-            world_size=di.world_size,
-            accumulation=accumulation,
-            seed=cfg.seed,
-            pin_memory=pin,
-        )
+        out.loader = train_loader(train_dir, accumulation=accumulation, seed=cfg.seed, **shared)
         out.steps_per_epoch = min(out.loader.sampler.steps_per_epoch, cfg.prof or out.loader.sampler.steps_per_epoch)
     if val_dir.is_dir():
-        out.val_loader = eval_loader(
-            val_dir,
-            image_size=cfg.image_size,
-            batch_size=cfg.batch_size,
-            workers=cfg.workers,
-            classes=classes,
-            rank=di.rank,
-            world_size=di.world_size,
-            pin_memory=pin,
-        )
+        out.val_loader = eval_loader(val_dir, classes=classes, **shared)
     elif cfg.evaluate:
         raise ResnextError(f"--evaluate needs {val_dir}/<class>/* to evaluate on")
     else:

@@ -275,6 +275,19 @@ def build_app(model: DemoModel, *, title: str = "ResNeXt image classifier with G
     return app
 
 
+#: Gradio's launch settings that keep the demo private and local (see the module docstring)
+_LAUNCH_SETTINGS: dict[str, Any] = {
+    "share": False,  # no public gradio.live tunnel, whatever GRADIO_SHARE says
+    "ssr_mode": False,  # no Node server-side rendering process
+    "mcp_server": False,  # no MCP tools for agents, whatever GRADIO_MCP_SERVER says
+    "enable_monitoring": False,  # Gradio serves a /monitoring page unless told not to
+    "pwa": False,  # not an installable web app
+    "footer_links": [],  # the page is the demo only: no links to the API docs or the settings
+    "show_error": True,  # an unexpected failure shows its message, not a bare "Error"
+    "inbrowser": False,  # never open a browser on the machine that serves
+}
+
+
 def launch(
     app: Any,
     *,
@@ -290,23 +303,8 @@ def launch(
     gr = import_gradio()
     theme = gr.themes.Soft(primary_hue="green", font=FONTS, font_mono=["ui-monospace", "monospace"])
     app.queue(default_concurrency_limit=1)  # one model run at a time: predictable memory and latency
-    _, url, _ = app.launch(
-        server_name=host,
-        server_port=port,
-        share=False,
-        prevent_thread_lock=not block,
-        quiet=quiet,
-        max_file_size=max_file_size,
-        show_error=True,
-        ssr_mode=False,
-        mcp_server=False,
-        enable_monitoring=False,
-        pwa=False,
-        footer_links=[],
-        theme=theme,
-        css=CSS,
-        inbrowser=False,
-    )
+    server = {"server_name": host, "server_port": port, "prevent_thread_lock": not block, "quiet": quiet}
+    _, url, _ = app.launch(**server, max_file_size=max_file_size, theme=theme, css=CSS, **_LAUNCH_SETTINGS)
     return url
 
 

@@ -173,9 +173,7 @@ def evaluate_folder(
             batch_size=batch_size,
             workers=workers,
             classes=classes,
-            rank=dist_info.rank,
-            world_size=dist_info.world_size,
-            pin_memory=dist_info.device.type == "cuda",
+            process=dist_info,
             transforms=None if image_size else source.transforms,
         )
         backend = TorchBackend(model, device=str(dist_info.device), precision=precision, channels_last=channels_last)

@@ -48,9 +48,9 @@ from .export_config import ExportConfig, ExportResult, Parity
 from .export_writers import (
     WithFeatures,
     quantize_onnx,
+    write_export,
     write_onnx,
     write_openvino,
-    write_program,
     write_tensorrt,
     write_torchscript,
 )
@@ -210,7 +210,7 @@ def write_model(
     if config.format == "tensorrt":
         return write_tensorrt(onnx_fp32(), path, config, precision, metadata)
     if config.format == "export":
-        return write_program(model, path, config, metadata)
+        return write_export(model, path, config, metadata)
     return write_torchscript(model, path, config, metadata)
 
 

@@ -142,7 +142,7 @@ def write_openvino(onnx_path: Path, path: Path, metadata: dict[str, Any]) -> lis
     return [path, path.with_suffix(".bin")]
 
 
-def write_program(model: torch.nn.Module, path: Path, config: ExportConfig, metadata: dict[str, Any]) -> list[Path]:
+def write_export(model: torch.nn.Module, path: Path, config: ExportConfig, metadata: dict[str, Any]) -> list[Path]:
     """``torch.export`` program (``.pt2``) with a dynamic batch dimension bounded by the batch range."""
     example, dynamic = _example(config)
     program = torch.export.export(model, (example,), dynamic_shapes=dynamic)

@@ -140,8 +140,9 @@ class Predictor:
         5-class predictor with its folder names); ``num_classes``, when given, must agree: inference never
         re-initialises a head. ``image_size`` overrides the crop the model expects.
         """
+        run: dict[str, Any] = {"device": device, "precision": precision, **options}  # for either kind of model
         if model_file is not None:
-            engine = create_backend(backend, model_file=model_file, device=device, precision=precision, **options)
+            engine = create_backend(backend, model_file=model_file, **run)
             meta = getattr(engine, "metadata", {}) or {}
             stored = meta.get("categories")
             if categories is None and isinstance(stored, list) and len(stored) == engine.num_classes:
@@ -152,14 +153,7 @@ class Predictor:
         if num_classes is not None and source.num_classes != num_classes:
             raise ResnextError(f"{source.weights} has {source.num_classes} classes, not the {num_classes} requested")
         return cls.from_source(
-            source,
-            backend=backend,
-            device=device,
-            precision=precision,
-            channels_last=channels_last,
-            categories=categories,
-            image_size=image_size,
-            **options,
+            source, backend=backend, channels_last=channels_last, categories=categories, image_size=image_size, **run
         )
 
     def preprocess(self, source: ImageSource) -> Tensor:

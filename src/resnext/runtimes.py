@@ -1,8 +1,9 @@
 """The runtime registry: every way this package can run a model, in one table.
 
-Each :class:`Runtime` names its backend class, the file suffixes it reads, the precisions it runs, the export
-format (and writer) that produces its files, and the extra that installs it. CLI choices, export formats,
-benchmark rows, file-type inference and "install this extra" errors all derive from :data:`RUNTIMES`.
+Each :class:`Runtime` names the file suffixes it reads, the precisions it runs, the export format (and so the
+writer) that produces its files, and the package that runs it; its backend class goes by the same name. CLI
+choices, export formats, benchmark rows, file-type inference and "install this extra" errors all derive from
+:data:`RUNTIMES`.
 
 A backend maps a normalised float batch ``[N, 3, S, S]`` to float32 CPU logits ``[N, C]``. Backends other than
 ``torch`` live in :mod:`resnext.backends` and are imported by name only when built, so optional runtimes are never
@@ -39,18 +40,31 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class Runtime:
-    """One runtime: how to load it, what files and precisions it takes, and what installs it."""
+    """One runtime: what files and precisions it takes, the export format that writes them, what installs it.
+
+    Naming conventions keep the table to one line a runtime: the backend class is the one whose ``name`` is the
+    runtime's (``TorchBackend`` here, the others in ``resnext.backends.BACKENDS``), the writer of an export format
+    is ``resnext.export_writers.write_<format>``, and the pip extra that installs a third-party runtime is named
+    after the export format it runs.
+    """
 
     name: str
-    loader: str  # "module:Class" of the backend, imported when the backend is built
     suffixes: tuple[str, ...]  # files it reads (lower case); empty for the in-process torch model
     precisions: tuple[str, ...]  # precisions it runs; the first is the default
-    module: str | None = None  # import name of the third-party runtime, None when PyTorch runs it
-    extra: str | None = None  # pip extra that installs ``module``
     export_format: str | None = None  # `resnext export --format` value that writes its files
-    writer: str | None = None  # "module:function" of the writer in resnext.export
+    module: str | None = None  # import name of the third-party runtime, None when PyTorch runs it
     exact: bool = False  # fp32 output equals eager PyTorch within 1e-4 (candidates for --backend auto)
     gpu_only: bool = False
+
+    @property
+    def extra(self) -> str | None:
+        """The pip extra that installs :attr:`module`."""
+        return self.export_format if self.module else None
+
+    @property
+    def writer(self) -> str | None:
+        """``"module:function"`` of the writer in resnext.export_writers that produces its files."""
+        return f"resnext.export_writers:write_{self.export_format}" if self.export_format else None
 
     def installed(self) -> bool:
         """True when the third-party package can be imported (and, for GPU runtimes, a GPU is present)."""
@@ -63,64 +77,28 @@ class Runtime:
             return "TensorRT needs an NVIDIA GPU with CUDA, and this machine has none"
         return f"the {self.name} runtime needs the {self.module} package: pip install 'resnext[{self.extra}]'"
 
+    def import_runtime(self) -> Any:
+        """The third-party runtime module (None when PyTorch runs it), or one error that says what is missing."""
+        if self.gpu_only and not torch.cuda.is_available():
+            raise ResnextError(self.missing_reason())
+        return require(self.module, self.extra or self.module) if self.module else None
+
     def backend_class(self) -> Any:
-        module, _, attr = self.loader.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        if self.name == "torch":
+            return TorchBackend
+        return importlib.import_module("resnext.backends").BACKENDS[self.name]  # by name: it sits above this module
 
 
 RUNTIMES: dict[str, Runtime] = {
     r.name: r
     for r in (
-        Runtime("torch", "resnext.runtimes:TorchBackend", (), ("fp32", "bf16", "fp16"), exact=True),
-        Runtime(
-            "onnxruntime",
-            "resnext.backends:OnnxRuntimeBackend",
-            (".onnx",),
-            ("fp32", "int8"),
-            module="onnxruntime",
-            extra="onnx",
-            export_format="onnx",
-            writer="resnext.export_writers:write_onnx",
-            exact=True,
-        ),
-        Runtime(
-            "openvino",
-            "resnext.backends:OpenVinoBackend",
-            (".xml",),
-            ("fp32", "bf16", "int8"),
-            module="openvino",
-            extra="openvino",
-            export_format="openvino",
-            writer="resnext.export_writers:write_openvino",
-            exact=True,
-        ),
-        Runtime(
-            "torchscript",
-            "resnext.backends:TorchScriptBackend",
-            (".ts", ".torchscript"),
-            ("fp32",),
-            export_format="torchscript",
-            writer="resnext.export_writers:write_torchscript",
-        ),
-        Runtime(
-            "torch-export",
-            "resnext.backends:TorchExportBackend",
-            (".pt2",),
-            ("fp32",),
-            export_format="export",
-            writer="resnext.export_writers:write_program",
-        ),
-        Runtime(
-            "tensorrt",
-            "resnext.backends:TensorRTBackend",
-            (".engine", ".plan"),
-            ("fp16", "fp32"),
-            module="tensorrt",
-            extra="tensorrt",
-            export_format="tensorrt",
-            writer="resnext.export_writers:write_tensorrt",
-            gpu_only=True,
-        ),
+        # name, file suffixes, precisions (the default first), export format, third-party module
+        Runtime("torch", (), ("fp32", "bf16", "fp16"), exact=True),
+        Runtime("onnxruntime", (".onnx",), ("fp32", "int8"), "onnx", "onnxruntime", exact=True),
+        Runtime("openvino", (".xml",), ("fp32", "bf16", "int8"), "openvino", "openvino", exact=True),
+        Runtime("torchscript", (".ts", ".torchscript"), ("fp32",), "torchscript"),
+        Runtime("torch-export", (".pt2",), ("fp32",), "export"),
+        Runtime("tensorrt", (".engine", ".plan"), ("fp16", "fp32"), "tensorrt", "tensorrt", gpu_only=True),
     )
 }
 #: ``--backend auto``: the fastest exact runtime installed, exported once and cached (see resnext.auto)

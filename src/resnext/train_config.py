@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import operator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -126,45 +127,43 @@ def _check_choices(cfg: TrainConfig) -> None:
             raise ResnextError(f"unknown --{name} {value!r}; choose one of {', '.join(a for a in allowed if a)}")
 
 
-# flag -> (lowest, is the lowest allowed, highest, is the highest allowed); None = unbounded on that side
-_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
-    "epochs": (1, True, None, False),
-    "run_epochs": (1, True, None, False),
-    "batch_size": (1, True, None, False),
-    "optimizer_batch_size": (1, True, None, False),
-    "lr": (0, False, None, False),
-    "warmup": (0, True, None, False),
-    "label_smoothing": (0, True, 1, False),
-    "mixup": (0, True, None, False),
-    "momentum": (0, True, 1, False),
-    "weight_decay": (0, True, None, False),
-    "image_size": (32, True, MAX_IMAGE_SIZE, True),
-    "workers": (0, True, None, False),
-    "num_classes": (1, True, None, False),
-    "prof": (1, True, None, False),
-    "keep_last": (0, True, None, False),
-    "print_freq": (1, True, None, False),
-    "use_ema": (0, False, 1, False),
+# interval -> the flags whose values must lie in it; "[" and "]" include a bound, "(" and ")" exclude it
+_RANGES: dict[str, tuple[str, ...]] = {
+    "[1, inf)": ("epochs", "run_epochs", "batch_size", "optimizer_batch_size", "num_classes", "prof", "print_freq"),
+    "[0, inf)": ("warmup", "mixup", "weight_decay", "workers", "keep_last"),
+    "(0, inf)": ("lr",),
+    "[0, 1)": ("label_smoothing", "momentum"),
+    "(0, 1)": ("use_ema",),
+    f"[32, {MAX_IMAGE_SIZE}]": ("image_size",),
 }
 
 
+def _interval_bounds(interval: str) -> list[str]:
+    """``"[0, 1)"`` -> ``[">= 0", "< 1"]``: the conditions a value must meet, an infinite side left out."""
+    low, high = (b.strip() for b in interval[1:-1].split(","))
+    bounds = [f"{'>=' if interval[0] == '[' else '>'} {low}"] if low != "-inf" else []
+    return bounds + ([f"{'<=' if interval[-1] == ']' else '<'} {high}"] if high != "inf" else [])
+
+
+_COMPARISONS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+def _within(value: float, bound: str) -> bool:
+    comparison, limit = bound.split()
+    return bool(_COMPARISONS[comparison](value, float(limit)))
+
+
 def _check_numbers(cfg: TrainConfig) -> None:
-    for name, (low, low_ok, high, high_ok) in _RANGES.items():
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        flag = _flag(name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ResnextError(f"{flag} must be a finite number, not {value}")
-        if (
-            low is not None
-            and (value < low or (value == low and not low_ok))
-            or high is not None
-            and (value > high or (value == high and not high_ok))
-        ):
-            bounds = [f"{'>=' if low_ok else '>'} {low}"] if low is not None else []
-            bounds += [f"{'<=' if high_ok else '<'} {high}"] if high is not None else []
-            raise ResnextError(f"{flag} {value} is out of range: it must be {' and '.join(bounds)}")
+    for interval, names in _RANGES.items():
+        bounds = _interval_bounds(interval)
+        for name in names:
+            value = getattr(cfg, name)
+            if value is None:
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ResnextError(f"{_flag(name)} must be a finite number, not {value}")
+            if not all(_within(value, b) for b in bounds):
+                raise ResnextError(f"{_flag(name)} {value} is out of range: it must be {' and '.join(bounds)}")
 
 
 def _flag(name: str) -> str:

@@ -13,7 +13,6 @@ only, Ray >= 80% of local.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -26,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..bulk import ModelSpec
 from ..errors import ResnextError
 
 ENGINES = ("local", "ray")
@@ -36,19 +36,14 @@ class BulkBenchConfig:
     folder: str
     engines: Sequence[str] = ("local",)
     task: str = "classify"
-    arch: str = "resnext101_32x4d"
-    weights: str | None = None  # None: random weights (speed does not depend on them)
-    backend: str = "torch"
-    model_file: str | None = None
-    precision: str | None = None
-    image_size: int | None = None
+    # random weights by default: speed does not depend on them
+    spec: ModelSpec = field(default_factory=lambda: ModelSpec(arch="resnext101_32x4d", weights=None, backend="torch"))
     batch_size: int = 16
     workers: int = 2
     limit: int | None = None
     actors: int = 1
     cpus_per_actor: float = 1.0
     output_suffix: str = ".parquet"
-    json_path: str | None = None
 
 
 @dataclass
@@ -72,8 +67,8 @@ class BulkBenchResult:
         reference = self.rows[0].rate
         local = next((r.rate for r in self.rows if r.name == "local"), None)
         lines = [
-            f"bulk {self.config.task}: {self.config.arch} on {self.config.backend} "
-            f"{self.config.precision or 'fp32'}, batch {self.config.batch_size}, {self.rows[0].images} images "
+            f"bulk {self.config.task}: {self.config.spec.arch} on {self.config.spec.backend} "
+            f"{self.config.spec.precision or 'fp32'}, batch {self.config.batch_size}, {self.rows[0].images} images "
             f"from {self.config.folder}; {self.machine.get('cpu', '?')}, "
             f"{self.machine.get('threads')} torch threads",
             f"{'row':<14}{'images':>8}{'seconds':>10}{'img/s':>10}{'vs model':>10}{'vs local':>10}",
@@ -124,7 +119,7 @@ def model_only(predictor: Any, sources: Sequence[str], task: str, batch_size: in
 
 
 def run_bulk_benchmark(config: BulkBenchConfig) -> BulkBenchResult:
-    from ..bulk import BulkJob, ModelSpec, list_inputs, run_local
+    from ..bulk import BulkJob, list_inputs, run_local
 
     unknown = set(config.engines) - set(ENGINES)
     if unknown:
@@ -132,17 +127,9 @@ def run_bulk_benchmark(config: BulkBenchConfig) -> BulkBenchResult:
     sources = list_inputs([config.folder])[: config.limit]
     if not sources:
         raise ResnextError(f"no images found in {config.folder}")
-    spec = ModelSpec(
-        arch=config.arch,
-        weights=config.weights or "random",
-        backend=config.backend,
-        model_file=config.model_file,
-        device="cpu",
-        precision=config.precision,
-        image_size=config.image_size,
-    )
-    if config.weights is None:
-        torch.manual_seed(0)
+    spec = config.spec
+    if spec.weights in (None, "random"):
+        torch.manual_seed(0)  # the same random model in every run
     predictor = spec.predictor()
     machine = {
         "cpu": _cpu_name(),
@@ -168,8 +155,6 @@ def run_bulk_benchmark(config: BulkBenchConfig) -> BulkBenchResult:
             result.rows.append(BulkRow("local", summary.written, summary.seconds))
         if "ray" in config.engines:
             result.rows.append(_ray_row(job("ray"), spec, config))
-    if config.json_path:
-        Path(config.json_path).write_text(json.dumps(result.to_dict(), indent=1))
     return result
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResnextError
+from ..util import call_with
 
 logger = logging.getLogger(__name__)
 
@@ -59,22 +60,7 @@ class ReportConfig:
     def from_args(cls, args: Any) -> ReportConfig:
         from .inference import parse_list
 
-        config = cls(
-            data=args.data,
-            weights=args.weights,
-            arch=args.arch,
-            image_size=args.image_size,
-            backends=parse_list(args.backends),
-            precisions=parse_list(args.precision),
-            batch_sizes=args.batch_sizes,
-            threads=args.threads,
-            warmup=args.warmup,
-            min_iters=args.min_iters,
-            min_time=args.min_time,
-            calibration_dir=args.calibration_dir,
-            training_steps=args.training_steps,
-            quick=args.quick,
-        )
+        config = call_with(cls, args, backends=parse_list(args.backends), precisions=parse_list(args.precision))
         if args.quick:  # the harness on a small model: minutes become seconds; recorded as such
             config.arch = config.arch or "resnext_test"
             config.image_size = 64 if args.image_size == 224 else args.image_size
@@ -180,21 +166,13 @@ def make_record(config: ReportConfig) -> dict[str, Any]:
 
         set_bn_statistics(model, preprocess(sample_images(), config.image_size))
     accuracy = folder_accuracy(model, source, config.data, config.image_size) if config.data else None
-    bench = BenchConfig(
+    bench = call_with(
+        BenchConfig,
+        config,
         arch=source.arch,
-        weights=config.weights,
-        backends=config.backends,
-        precisions=config.precisions,
-        batch_sizes=config.batch_sizes,
-        image_size=config.image_size,
-        threads=config.threads,
-        warmup=config.warmup,
-        min_iters=config.min_iters,
-        min_time=config.min_time,
         calibration_dir=config.calibration_dir or config.data,
         agreement_dir=config.data,
         agreement_count=512,
-        peak_size=config.peak_size,
     )
     result = run_inference_benchmark(bench, model=model)
     training = []

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..bulk import ModelSpec
 from ..errors import ResnextError
 from ..images import sample_images
 from ..predict import Predictor
@@ -44,12 +45,9 @@ class ServingConfig:
     warmup: float = 2.0
     input: str = "tensor"  # tensor | image
     model: str | None = None  # default: <arch> or <arch>_image
-    arch: str | None = "resnext101_32x4d"
-    weights: Any = "random"
-    backend: str | None = None
-    model_file: str | None = None
-    precision: str | None = None
-    image_size: int | None = None
+    # the model both the server started here and the in-process reference run (random weights: speed does not
+    # depend on them)
+    spec: ModelSpec = field(default_factory=lambda: ModelSpec(arch="resnext101_32x4d", weights="random"))
     max_batch_size: int = 64
     max_queue_delay_us: int = 2000
     instances: int = 1
@@ -208,6 +206,15 @@ def request_maker(config: ServingConfig, url: str, model: str, payload: np.ndarr
     return make
 
 
+def serve_flags(spec: ModelSpec) -> list[str]:
+    """The ``resnext serve`` flags that build ``spec``'s model (a flag is named after its field)."""
+    flags = []
+    for name, value in asdict(spec).items():
+        if value is not None and name not in ("categories", "channels_last", "threads"):
+            flags += ["--" + name.replace("_", "-"), str(value)]
+    return flags
+
+
 def start_server(config: ServingConfig, model: str) -> tuple[subprocess.Popen, str, str]:
     """``resnext serve`` in a child process on free loopback ports; returns (process, http url, metrics url)."""
     from ..serve.tritonserver import wait_ready
@@ -218,8 +225,6 @@ def start_server(config: ServingConfig, model: str) -> tuple[subprocess.Popen, s
         "-m",
         "resnext",
         "serve",
-        "--weights",
-        str(config.weights),
         "--http-port",
         str(http),
         "--grpc-port",
@@ -232,16 +237,8 @@ def start_server(config: ServingConfig, model: str) -> tuple[subprocess.Popen, s
         str(config.max_queue_delay_us),
         "--instances",
         str(config.instances),
+        *serve_flags(config.spec),
     ]
-    for flag, value in (
-        ("--arch", config.arch),
-        ("--backend", config.backend),
-        ("--model-file", config.model_file),
-        ("--precision", config.precision),
-        ("--image-size", config.image_size),
-    ):
-        if value is not None:
-            args += [flag, str(value)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     url = f"127.0.0.1:{http}"
     try:
@@ -304,15 +301,7 @@ def run_serving_benchmark(config: ServingConfig, progress: Callable[[str], None]
     if not config.concurrency or min(config.concurrency) < 1 or config.duration <= 0:
         raise ResnextError("--concurrency needs positive integers and --duration a positive number of seconds")
     say = progress or (lambda _: None)
-    predictor = Predictor.from_pretrained(
-        config.arch,
-        weights=config.weights,
-        backend=config.backend,
-        model_file=config.model_file,
-        precision=config.precision,
-        image_size=config.image_size,
-        progress=False,
-    )
+    predictor = config.spec.predictor()
     name = config.model or (predictor.arch or "resnext") + ("_image" if config.input == "image" else "")
     image = Path(sample_images()[0]).read_bytes() if config.input == "image" else None
     size = predictor.image_size

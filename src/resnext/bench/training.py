@@ -26,7 +26,14 @@ from ..util import autocast_dtype, resolve_device
 
 logger = logging.getLogger("resnext")
 
-__all__ = ["SpeedSetting", "DEFAULT_SETTINGS", "measure_training_speed", "benchmark_training", "format_speed_table"]
+__all__ = [
+    "SpeedSetting",
+    "DEFAULT_SETTINGS",
+    "Workload",
+    "measure_training_speed",
+    "benchmark_training",
+    "format_speed_table",
+]
 
 
 @dataclass(frozen=True)
@@ -50,26 +57,29 @@ def _criterion(logits: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(logits, target, label_smoothing=0.1)
 
 
-def measure_training_speed(
-    arch: str,
-    setting: SpeedSetting,
-    *,
-    batch_size: int,
-    image_size: int = 224,
-    warmup: int = 2,
-    steps: int = 5,
-    device: str = "auto",
-    num_classes: int = 1000,
-) -> dict[str, Any]:
-    """Training img/s of one setting on a fixed synthetic batch (SGD step included); raises on OOM/errors."""
-    dev = resolve_device(device)
+@dataclass(frozen=True)
+class Workload:
+    """What every setting of one benchmark trains: a fixed synthetic batch, some warm-up steps, the timed steps."""
+
+    batch_size: int
+    image_size: int = 224
+    warmup: int = 2
+    steps: int = 5
+    device: str = "auto"
+    num_classes: int = 1000
+
+
+def measure_training_speed(arch: str, setting: SpeedSetting, workload: Workload) -> dict[str, Any]:
+    """Training img/s of one setting on ``workload`` (SGD step included); raises on OOM/errors."""
+    batch_size, image_size, steps = workload.batch_size, workload.image_size, workload.steps
+    dev = resolve_device(workload.device)
     torch.manual_seed(0)
     memory_format = torch.channels_last if setting.memory_format == "nhwc" else torch.contiguous_format
-    model = create_model(arch, num_classes=num_classes).to(dev).to(memory_format=memory_format).train()
+    model = create_model(arch, num_classes=workload.num_classes).to(dev).to(memory_format=memory_format).train()
     optimizer = torch.optim.SGD(parameter_groups(model, 1 / 16384), lr=0.01, momentum=0.875)
     scaler = torch.amp.GradScaler(dev.type, init_scale=128.0, enabled=setting.precision == "fp16")
     net = cast(nn.Module, torch.compile(model)) if setting.compile else model
-    data = SyntheticData(batch_size, image_size, num_classes, 1)
+    data = SyntheticData(batch_size, image_size, workload.num_classes, 1)
     images = data.images.to(dev, memory_format=memory_format)
     labels = data.labels.to(dev)
     amp_dtype = autocast_dtype(setting.precision)
@@ -87,7 +97,7 @@ def measure_training_speed(
 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    _, warmup_s = run(warmup)
+    _, warmup_s = run(workload.warmup)
     loss, elapsed = run(steps)
     result = {
         "setting": setting.name,
@@ -120,12 +130,11 @@ def benchmark_training(
 ) -> list[dict[str, Any]]:
     """Measure each setting in the same run; the first is the reference row for the ``ratio`` column."""
     rows: list[dict[str, Any]] = []
+    workload = Workload(batch_size, image_size, warmup, steps, device)
     for setting in settings:
         logger.info("measuring %s (%d warm-up + %d timed steps)...", setting.name, warmup, steps)
         try:
-            row = measure_training_speed(
-                arch, setting, batch_size=batch_size, image_size=image_size, warmup=warmup, steps=steps, device=device
-            )
+            row = measure_training_speed(arch, setting, workload)
         except Exception as exc:  # noqa: BLE001 - one failing setting (e.g. compile without a compiler) must not hide the rest
             row = {
                 "setting": setting.name,

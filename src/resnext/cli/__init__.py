@@ -3,7 +3,7 @@
 User mistakes (bad paths, unreachable weights, corrupt images, ...) raise :class:`resnext.errors.ResnextError`;
 ``main`` prints its message as one line on stderr and exits with status 2, without a traceback. Any other
 exception is a bug: one line naming the file holding its traceback, exit status 3 (table: ``EXIT_*`` below).
-Each command lives in a module of this package with a ``register(subparsers)`` function.
+Each command lives in a module of this package whose ``PARSERS`` add its subcommands.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ COMMANDS = ("classify", "embed", "train", "export", "benchmark", "models", "demo
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
+    from .common import one_line_errors
 
     parser = argparse.ArgumentParser(
         prog="resnext", description="Classify, train, evaluate, export and benchmark NVIDIA's ResNeXt101-32x4d family."
@@ -30,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}").register(sub)
+        for add_parser in importlib.import_module(f"{__name__}.{name}").PARSERS:
+            add_parser(sub)
     _accept_verbose_everywhere(sub)
+    one_line_errors(parser)
     return parser
 
 
@@ -79,7 +82,10 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse already printed in one line
+        return exc.code if isinstance(exc.code, int) else EXIT_OK if exc.code is None else EXIT_USAGE
     _configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)

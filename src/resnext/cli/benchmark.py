@@ -1,4 +1,4 @@
-"""`resnext benchmark inference|training|report|compare`.
+"""`resnext benchmark inference|training|report|compare|serving|bulk`.
 
 Every benchmark prints a table (or, with ``--json``, one JSON document on stdout) and can also write its JSON to
 a file (``--json-file``/``-o``). Numbers are checked when the command line is parsed: a bad value is one line on
@@ -8,84 +8,30 @@ stderr and exit status 2, before anything is measured. Each row logs its progres
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import types
-from collections.abc import Callable
-from typing import Any, NoReturn
 
-from ..models import list_models
-from .common import DEFAULT_ARCH
+from .common import (
+    DEFAULT_ARCH,
+    add_command,
+    add_flags,
+    add_model_args,
+    add_runtime_args,
+    check_output,
+    emit,
+    model_spec,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    positive_int_list,
+    say,
+)
 
-# ---------------------------------------------------------------------------------------------------------------
-# Parse-time validation
-
-
-def _one_line_error(self: argparse.ArgumentParser, message: str) -> NoReturn:
-    """argparse's error without the usage block: one line, exit 2 (the CLI's rule for user mistakes)."""
-    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _number(kind: type, low: float, what: str) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not value >= low:  # also rejects NaN
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-        return value
-
-    return parse
-
-
-positive_int = _number(int, 1, "an integer >= 1")
-non_negative_int = _number(int, 0, "an integer >= 0")
-non_negative_float = _number(float, 0.0, "a number >= 0")
-
-
-def positive_int_list(text: str) -> list[int]:
-    """``"1,16,64"`` -> ``[1, 16, 64]``, each at least 1."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers >= 1, got {text!r}")
-    return [positive_int(t) for t in items]
-
-
-def add_output_args(p: argparse.ArgumentParser) -> None:
-    """``--json`` (JSON on stdout instead of the table) and ``--json-file``/``-o`` (also write it to a file)."""
-    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout instead of the table")
-    p.add_argument("-o", "--json-file", metavar="PATH", help="also write the result as JSON to PATH")
-
-
-def emit(args: argparse.Namespace, document: Any, table: str) -> None:
-    """Print the table or the JSON document, and write the JSON file when asked (atomically)."""
-    from ..util import atomic_open
-
-    text = json.dumps(document, indent=1, default=str)
-    print(text if args.json else table)
-    if args.json_file:
-        with atomic_open(args.json_file, "w") as f:
-            f.write(text + "\n")
-        print(f"resnext: wrote {args.json_file}", file=sys.stderr)
-
-
-def check_output(args: argparse.Namespace) -> None:
-    """Fail before minutes of measuring when the JSON file cannot be written."""
-    if getattr(args, "json_file", None):
-        from ..util import check_writable
-
-        check_writable(args.json_file, "--json-file")
-
-
-def _kind_parser(kinds: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-    p = kinds.add_parser(name, **kwargs)
-    p.error = types.MethodType(_one_line_error, p)  # type: ignore[method-assign]
-    return p
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Commands
+_TRAINING_STEPS_HELP = "timed training steps per setting; 0 skips training rows (default: %(default)s)"
+_QUICK_HELP = (
+    "resnext_test at 64 px unless --arch/--image-size say otherwise: checks the harness, not the model (recorded as "
+    "such)"
+)
 
 
 def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
@@ -95,17 +41,21 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
         add(kinds)
 
 
-def add_inference_args(p: argparse.ArgumentParser) -> None:
+def add_inference_args(p: argparse.ArgumentParser, *, precisions: str, batch_sizes: list[int]) -> None:
     """The measurement settings shared by ``inference`` and ``report``."""
+    p.add_argument("--backends", default="torch,onnxruntime,openvino", help="comma-separated (default: %(default)s)")
     p.add_argument(
-        "--image-size", type=_number(int, 32, "an integer >= 32"), default=224, help="(default: %(default)s)"
+        "--precision", default=precisions, help="comma-separated: fp32,bf16,fp16,int8 (default: %(default)s)"
     )
     p.add_argument(
-        "--threads",
-        type=positive_int,
-        help="threads for every runtime and the peak GEMMs (default: PyTorch's setting, one per core)",
+        "--batch-sizes",
+        type=positive_int_list,
+        default=batch_sizes,
+        metavar="N,N,...",
+        help=f"(default: {','.join(map(str, batch_sizes))})",
     )
-    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls per row (default: %(default)s)")
+    add_flags(p, "warmup", "calibration_dir", "json", "json_file", image_size=224)
+    add_flags(p, threads={"help": "threads for every runtime and the peak GEMMs"})
     p.add_argument(
         "--min-iters", type=positive_int, default=3, help="timed calls per row, at least (default: %(default)s)"
     )
@@ -115,107 +65,60 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
         default=2.0,
         help="timed seconds per row, at least (default: %(default)s)",
     )
-    p.add_argument("--calibration-dir", metavar="DIR", help="int8 calibration images (default: the packaged samples)")
 
 
 def add_benchmark_inference_parser(kinds: argparse._SubParsersAction) -> None:
     from ..bench.inference import SUPPORTED
 
-    p = _kind_parser(
-        kinds,
-        "inference",
-        help="latency and img/s per backend, precision and batch size vs PyTorch eager fp32",
-        description="Backends: " + "; ".join(f"{b} ({', '.join(p)})" for b, p in SUPPORTED.items()) + ". "
-        "About 2 minutes per backend and precision for resnext101_32x4d on 2 cores at the default batch sizes.",
-    )
-    p.add_argument("--arch", default=DEFAULT_ARCH, choices=list_models(), help="architecture (default: %(default)s)")
-    p.add_argument(
-        "--weights",
-        default=None,
-        metavar="FILE|URL",
-        help="checkpoint (default: random weights; speed does not depend on them, agreement does)",
-    )
-    p.add_argument("--backends", default="torch,onnxruntime,openvino", help="comma-separated (default: %(default)s)")
-    p.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16,fp16,int8 (default: %(default)s)")
-    p.add_argument(
-        "--batch-sizes",
-        type=positive_int_list,
-        default=[1, 16, 64],
-        metavar="N,N,...",
-        help="comma-separated (default: 1,16,64)",
-    )
-    add_inference_args(p)
+    p = add_command(kinds, "inference", run_benchmark_inference)
+    p.description += " Backends: " + "; ".join(f"{b} ({', '.join(ps)})" for b, ps in SUPPORTED.items()) + "."
+    add_model_args(p, arch=DEFAULT_ARCH, weights=None)
+    add_inference_args(p, precisions="fp32", batch_sizes=[1, 16, 64])
     p.add_argument(
         "--agreement-dir",
         metavar="DIR",
         help="images for the agreement column; a labelled folder "
         "(class sub-folders) adds accuracy (default: the packaged samples)",
     )
-    add_output_args(p)
-    p.set_defaults(func=run_benchmark_inference)
 
 
 def run_benchmark_inference(args: argparse.Namespace) -> int:
+    """Latency and img/s per backend, precision and batch size vs PyTorch eager fp32.
+
+    About 2 minutes per backend and precision for resnext101_32x4d on 2 cores at the default batch sizes.
+    """
     from ..bench import BenchConfig, parse_list, run_inference_benchmark
+    from ..util import call_with
 
     check_output(args)
-    config = BenchConfig(
-        arch=args.arch,
-        weights=args.weights,
-        backends=parse_list(args.backends),
-        precisions=parse_list(args.precision),
-        batch_sizes=args.batch_sizes,
-        image_size=args.image_size,
-        threads=args.threads,
-        warmup=args.warmup,
-        min_iters=args.min_iters,
-        min_time=args.min_time,
-        calibration_dir=args.calibration_dir,
-        agreement_dir=args.agreement_dir,
-    )
+    config = call_with(BenchConfig, args, backends=parse_list(args.backends), precisions=parse_list(args.precision))
     result = run_inference_benchmark(config)
     emit(args, result.to_dict(), result.table())
     return 0
 
 
 def add_benchmark_training_parser(kinds: argparse._SubParsersAction) -> None:
-    p = _kind_parser(kinds, "training", help="training img/s: fp32 NCHW reference vs NHWC, bf16, torch.compile")
-    p.add_argument("--arch", default=DEFAULT_ARCH, choices=list_models(), help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="(default: %(default)s)")
-    p.add_argument(
-        "--image-size", type=_number(int, 32, "an integer >= 32"), default=224, help="(default: %(default)s)"
-    )
-    p.add_argument(
-        "--warmup", type=non_negative_int, default=2, help="untimed steps per setting (default: %(default)s)"
-    )
+    p = add_command(kinds, "training", run_benchmark_training)
+    add_flags(p, "batch_size", "device", "json", "json_file", arch=DEFAULT_ARCH, image_size=224)
+    add_flags(p, warmup={"help": "untimed steps per setting"})
     p.add_argument("--steps", type=positive_int, default=5, help="timed steps per setting (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile settings")
     p.add_argument(
         "--precisions",
         default="fp32,bf16",
         help="comma-separated precisions to measure; the fp32 NCHW reference row always runs (default: %(default)s)",
     )
-    add_output_args(p)
-    p.set_defaults(func=run_benchmark_training)
 
 
 def run_benchmark_training(args: argparse.Namespace) -> int:
+    """Training img/s: fp32 NCHW reference vs NHWC, bf16, torch.compile."""
     from ..bench.report import training_rows
     from ..bench.training import format_speed_table
+    from ..util import call_with
 
     check_output(args)
     precisions = {p.strip() for p in args.precisions.split(",") if p.strip()}
-    rows = training_rows(
-        args.arch,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        warmup=args.warmup,
-        steps=args.steps,
-        precisions=precisions,
-        compile=not args.no_compile,
-        device=args.device,
-    )
+    rows = call_with(training_rows, args, precisions=precisions, compile=not args.no_compile)
     header = (
         f"training speed: {args.arch}, batch {args.batch_size}, {args.image_size} px, synthetic data, "
         f"{args.steps} timed steps after {args.warmup} warm-up"
@@ -227,45 +130,25 @@ def run_benchmark_training(args: argparse.Namespace) -> int:
 def add_benchmark_report_parser(kinds: argparse._SubParsersAction) -> None:
     from ..bench.report import DEFAULT_HISTORY
 
-    p = _kind_parser(
-        kinds,
-        "report",
-        help="one regression record (versions, machine, accuracy, inference and training rows), "
-        "appended to the history",
-        description="About 10 minutes with the defaults on 2 cores (--quick: ~1 minute).",
-    )
+    p = add_command(kinds, "report", run_benchmark_report)
     p.add_argument(
         "--data",
         metavar="LABELLED_DIR",
         help="labelled images (class sub-folders): top-1/top-5 accuracy, and agreement of every runtime",
     )
-    p.add_argument("--weights", default=None, metavar="SRC", help="model source (default: random weights)")
-    p.add_argument(
-        "--arch", default=None, choices=list_models(), help=f"(default: the checkpoint's, else {DEFAULT_ARCH})"
-    )
+    add_model_args(p, weights=None)
     p.add_argument("--history", default=DEFAULT_HISTORY, metavar="FILE.jsonl", help="(default: %(default)s)")
-    p.add_argument("--backends", default="torch,onnxruntime,openvino", help="comma-separated (default: %(default)s)")
-    p.add_argument("--precision", default="fp32,bf16,int8", help="comma-separated (default: %(default)s)")
-    p.add_argument("--batch-sizes", type=positive_int_list, default=[1, 16], metavar="N,N,...", help="(default: 1,16)")
-    add_inference_args(p)
-    p.add_argument(
-        "--training-steps",
-        type=non_negative_int,
-        default=3,
-        help="timed training steps per setting; 0 skips training rows (default: %(default)s)",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="resnext_test at 64 px unless --arch/--image-size say "
-        "otherwise: checks the harness, not the model (recorded as such)",
-    )
+    add_inference_args(p, precisions="fp32,bf16,int8", batch_sizes=[1, 16])
+    p.add_argument("--training-steps", type=non_negative_int, default=3, help=_TRAINING_STEPS_HELP)
+    p.add_argument("--quick", action="store_true", help=_QUICK_HELP)
     p.add_argument("--no-append", action="store_true", help="print the record without appending it to the history")
-    add_output_args(p)
-    p.set_defaults(func=run_benchmark_report)
 
 
 def run_benchmark_report(args: argparse.Namespace) -> int:
+    """One regression record (versions, machine, accuracy, inference and training rows), appended to the history.
+
+    About 10 minutes with the defaults on 2 cores (--quick: ~1 minute).
+    """
     from ..bench.report import ReportConfig, append_record, format_record, make_record
 
     check_output(args)
@@ -281,23 +164,23 @@ def run_benchmark_report(args: argparse.Namespace) -> int:
 def add_benchmark_compare_parser(kinds: argparse._SubParsersAction) -> None:
     from ..bench.report import ACCURACY_DROP, DEFAULT_HISTORY, DEFAULT_PLOT, RATIO_DROP
 
-    p = _kind_parser(
-        kinds,
-        "compare",
-        help="the latest record vs the last comparable one; exit 1 on a regression",
-        description=f"Regression: top-1/top-5 accuracy down more than {100 * ACCURACY_DROP:.1f} point, or a speed "
-        f"ratio (vs the same run's eager fp32) down more than {100 * RATIO_DROP:.0f}%. Comparable: same machine "
-        "class (CPU model and flags, or GPU), architecture, image size and data.",
+    p = add_command(kinds, "compare", run_benchmark_compare)
+    p.description += (
+        f" Regression: top-1/top-5 accuracy down more than {100 * ACCURACY_DROP:.1f} point, or a speed ratio (vs "
+        f"the same run's eager fp32) down more than {100 * RATIO_DROP:.0f}%."
     )
     p.add_argument("--history", default=DEFAULT_HISTORY, metavar="FILE.jsonl", help="(default: %(default)s)")
     p.add_argument(
         "--plot", default=DEFAULT_PLOT, metavar="PNG", help="history plot (default: %(default)s; '' to skip)"
     )
-    add_output_args(p)
-    p.set_defaults(func=run_benchmark_compare)
+    add_flags(p, "json", "json_file")
 
 
 def run_benchmark_compare(args: argparse.Namespace) -> int:
+    """The latest record vs the last comparable one; exit 1 on a regression.
+
+    Comparable: same machine class (CPU model and flags, or GPU), architecture, image size and data.
+    """
     from ..bench.report import compare_latest, plot_history
 
     check_output(args)
@@ -309,18 +192,74 @@ def run_benchmark_compare(args: argparse.Namespace) -> int:
     return 1 if comparison.regressions else 0
 
 
-from .embed import add_benchmark_bulk_parser  # noqa: E402 - `resnext benchmark bulk` lives beside `resnext embed`
-from .serve import add_benchmark_serving_parser  # noqa: E402 - `resnext benchmark serving` lives with serve
+def add_benchmark_bulk_parser(kinds: argparse._SubParsersAction) -> None:
+    p = add_command(kinds, "bulk", run_benchmark_bulk)
+    p.add_argument("folder", metavar="DIR", help="images to run over")
+    p.add_argument("--engine", default="local", help="comma-separated: local,ray (default: %(default)s)")
+    p.add_argument("--task", choices=["classify", "embed"], default="classify", help="(default: %(default)s)")
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
+    add_model_args(p, arch=DEFAULT_ARCH, weights=None)
+    add_runtime_args(p)
+    add_flags(p, "image_size", "batch_size", "workers", "json", "json_file", actors=1, cpus_per_actor=1.0)
 
-BENCHMARK_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
+
+def run_benchmark_bulk(args: argparse.Namespace) -> int:
+    """End-to-end img/s of the local and Ray engines vs model-only throughput.
+
+    Read -> decode -> model -> write over DIR, for each engine, against the model alone on the same runtime and
+    precision (same run). Goals: local >= 90% of model only, Ray >= 80% of local.
+    """
+    from ..bench.bulk import BulkBenchConfig, run_bulk_benchmark
+    from ..util import call_with
+
+    check_output(args)
+    engines = [e.strip() for e in args.engine.split(",") if e.strip()]
+    result = run_bulk_benchmark(call_with(BulkBenchConfig, args, engines=engines, spec=model_spec(args)))
+    emit(args, result.to_dict(), result.table())
+    return 0
+
+
+def add_benchmark_serving_parser(kinds: argparse._SubParsersAction) -> None:
+    p = add_command(kinds, "serving", run_benchmark_serving)
+    p.add_argument("--url", help="host:port of a running server's HTTP (or gRPC) endpoint (default: start one)")
+    p.add_argument("--metrics-url", help="Prometheus endpoint (default: http://<host>:8002/metrics)")
+    p.add_argument("--concurrency", type=positive_int_list, default=[1, 2, 4, 8, 16], help="(default: 1,2,4,8,16)")
+    p.add_argument(
+        "--duration", type=positive_float, default=10.0, help="measured seconds per level (default: %(default)s)"
+    )
+    p.add_argument("--input", default="tensor", choices=["tensor", "image"], help="(default: %(default)s)")
+    p.add_argument("--model", help="model name on the server (default: <arch> or <arch>_image)")
+    add_model_args(p, arch=DEFAULT_ARCH, weights="random")
+    add_runtime_args(p)
+    add_flags(p, "protocol", "image_size", "max_batch_size", "max_queue_delay_us", "instances", "json", "json_file")
+    add_flags(
+        p, warmup={"type": non_negative_float, "default": 2.0, "metavar": "S", "help": "unmeasured seconds per level"}
+    )
+
+
+def run_benchmark_serving(args: argparse.Namespace) -> int:
+    """Triton load test: req/s and p50/p95/p99 per concurrency vs the same model in-process.
+
+    Without --url, starts `resnext serve` on free loopback ports with the model arguments below; the in-process
+    reference always uses them (random weights by default: speed does not depend on them).
+    """
+    from ..bench.serving import ServingConfig, run_serving_benchmark
+    from ..serve.tritonserver import require_serving
+    from ..util import call_with
+
+    require_serving()
+    check_output(args)
+    result = run_serving_benchmark(call_with(ServingConfig, args, spec=model_spec(args)), progress=say)
+    emit(args, result.to_dict(), result.table())
+    return 0
+
+
+BENCHMARK_PARSERS = (
     add_benchmark_inference_parser,
     add_benchmark_training_parser,
     add_benchmark_report_parser,
     add_benchmark_compare_parser,
     add_benchmark_serving_parser,
     add_benchmark_bulk_parser,
-]
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    add_benchmark_parser(sub)
+)
+PARSERS = (add_benchmark_parser,)

@@ -6,52 +6,25 @@ import argparse
 import sys
 
 from ..errors import ResnextError
-from .common import add_model_args, add_runtime_args, model_spec
+from .common import add_command, add_flags, add_model_args, add_runtime_args, model_spec
 from .embed import add_bulk_args, run_bulk
 
 
 def add_classify_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "classify",
-        help="classify images, folders of images or image URLs",
-        description="Print the top-k ImageNet classes of each input. Exit status 1 if any input could not be read.",
-    )
-    p.add_argument(
-        "inputs",
-        nargs="*",
-        metavar="PATH|URL|DIR",
-        help="image files, folders (searched recursively) or http(s) URLs; default: the bundled sample photos",
-    )
+    p = add_command(sub, "classify", run_classify)
+    add_flags(p, "inputs")
     add_model_args(p)
-    p.add_argument("--topk", type=int, default=5, help="classes shown per image (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--channels-last", action="store_true", help="run the model in NHWC memory format")
-    p.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
+    add_runtime_args(p)
+    add_flags(p, "topk", "batch_size", "channels_last", "image_size", "workers", "threads")
+    add_flags(p, json={"help": "print one JSON object per image instead of a table"})
     p.add_argument("--plot", metavar="OUT.png", help="also write one PNG: each image beside a bar chart of its top-k")
     p.add_argument(
         "--explain",
         metavar="DIR",
         help="also write a Grad-CAM overlay PNG of the top class per image into DIR (torch backend)",
     )
-    add_runtime_args(p)
-    p.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="center-crop size the model was trained at (default: an exported file's input size, else 224)",
-    )
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (for fine-tuned models)")
-    p.add_argument(
-        "--workers", type=int, default=2, help="background processes decoding images; 0 = none (default: %(default)s)"
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for the model (default: one per physical core; use 1 on a busy machine for steady latency)",
-    )
     add_bulk_args(p)
-    p.set_defaults(func=run_classify)
 
 
 def check_classify_inputs(args: argparse.Namespace) -> None:
@@ -61,17 +34,12 @@ def check_classify_inputs(args: argparse.Namespace) -> None:
     from ..download import is_url
     from ..util import check_writable
 
-    missing = [item for item in args.inputs if not is_url(item) and not Path(item).exists()]
+    # globs are expanded (and an empty match refused) by the input listing
+    missing = [i for i in args.inputs if not (is_url(i) or Path(i).exists() or any(c in i for c in "*?["))]
     if missing:
         raise ResnextError(
             f"no such file or folder: {missing[0]}" + (f" (+{len(missing) - 1} more)" if missing[1:] else "")
         )
-    for name in ("topk", "batch_size", "threads"):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise ResnextError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.workers < 0:
-        raise ResnextError(f"--workers must be 0 or more, got {args.workers}")
     if args.plot:
         import importlib.util
 
@@ -81,6 +49,10 @@ def check_classify_inputs(args: argparse.Namespace) -> None:
 
 
 def run_classify(args: argparse.Namespace) -> int:
+    """Classify images, folders of images or image URLs.
+
+    Print the top-k ImageNet classes of each input. Exit status 1 if any input could not be read.
+    """
     from tqdm.auto import tqdm
 
     from ..bulk import list_inputs
@@ -150,5 +122,4 @@ def _write_explanation(predictor, result, folder: str, taken: set[str]) -> None:
     tqdm.write(f"resnext: wrote {path}", file=sys.stderr)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    add_classify_parser(sub)
+PARSERS = (add_classify_parser,)

@@ -5,31 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_args, add_runtime_args
+from .common import add_command, add_flags, add_model_args, add_runtime_args, port
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="web page: drop an image, see its top-5 classes and a Grad-CAM heat-map",
-        description="Serve a Gradio page on HOST:PORT (loopback by default, no share link, no analytics). "
-        "Needs the demo extra: pip install 'resnext[demo]'.",
-    )
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "demo", run_demo)
     add_model_args(p)
     add_runtime_args(p)
-    p.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to bind; 0.0.0.0 exposes the page to the network (default: %(default)s)",
-    )
-    p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    add_flags(p, "host")
+    p.add_argument("--port", type=port, default=7860, help="(default: %(default)s)")
     p.add_argument(
         "--triton-url",
         metavar="HOST:PORT",
         help="classify on a running `resnext serve` (HTTP endpoint); Grad-CAM still runs in-process from --weights",
     )
     p.add_argument("--no-explain", action="store_true", help="hide Grad-CAM heat-maps (faster on small CPUs)")
-    p.set_defaults(func=run_demo)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -46,26 +36,21 @@ def _check_port(host: str, port: int) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """Web page: drop an image, see its top-5 classes and a Grad-CAM heat-map.
+
+    Serve a Gradio page on HOST:PORT (loopback by default, no share link, no analytics). Needs the demo extra:
+    pip install 'resnext[demo]'.
+    """
     from ..demo import build_app, create_demo_model, import_gradio, launch, remove_uploads
     from ..errors import ResnextError
+    from ..util import call_with
 
-    if not 0 < args.port < 65536:
-        raise ResnextError(f"--port must be between 1 and 65535, got {args.port}")
     import_gradio()  # a missing extra fails here, before the model is loaded
     _check_port(args.host, args.port)
     app = None
     try:
-        model = create_demo_model(
-            args.arch,
-            weights=args.weights,
-            model_file=args.model_file,
-            backend=args.backend,
-            device=args.device,
-            precision=args.precision,
-            triton_url=args.triton_url,
-            explain=not args.no_explain,
-            **({"calibration_dir": args.calibration_dir} if getattr(args, "calibration_dir", None) else {}),
-        )
+        explain = not args.no_explain
+        model = call_with(create_demo_model, args, explain=explain, calibration_dir=args.calibration_dir)
         app = build_app(model)
         print(f"resnext: serving the demo on http://{args.host}:{args.port} (Ctrl+C stops it)", file=sys.stderr)
         launch(app, host=args.host, port=args.port, block=True, quiet=True)
@@ -76,3 +61,6 @@ def run_demo(args: argparse.Namespace) -> int:
             app.close()
         remove_uploads()
     return 0
+
+
+PARSERS = (add_demo_parser,)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args
+from .common import add_command, add_flags, add_model_args, positive_float, positive_int
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
     from ..export import FORMATS
 
-    p = sub.add_parser(
-        "export",
-        help="export to ONNX, torch.export, TorchScript, OpenVINO or TensorRT, parity-checked vs PyTorch",
-        description="Write an exported model, reload it in its runtime and compare it with PyTorch fp32. "
-        "Precisions per format: " + "; ".join(f"{f}: {', '.join(p)}" for f, p in FORMATS.items()) + ".",
-    )
+    p = add_command(sub, "export", run_export)
+    p.description += " Precisions per format: " + "; ".join(f"{f}: {', '.join(ps)}" for f, ps in FORMATS.items())
     p.add_argument(
         "--format",
         required=True,
@@ -24,27 +20,23 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output", required=True, metavar="PATH", help="file to write")
     add_model_args(p)
+    add_flags(
+        p, "image_size", "calibration_dir", precision={"help": "numeric precision (default: fp32; fp16 for tensorrt)"}
+    )
+    add_flags(p, json={"help": "print the export report as JSON"})
     p.add_argument(
         "--batch-size-range", default="1:256", metavar="MIN:MAX", help="dynamic batch range (default: %(default)s)"
-    )
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], help="default: fp32 (fp16 for tensorrt)")
-    p.add_argument(
-        "--calibration-dir", metavar="DIR", help="images for int8 calibration (class sub-folders: accuracy too)"
     )
     p.add_argument(
         "--eval-dir", metavar="DIR", help="images for the agreement/accuracy report (default: calibration dir)"
     )
-    p.add_argument("--calibration-count", type=int, default=256, help="max calibration images (default: %(default)s)")
     p.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="input crop size (default: the checkpoint's training size, else 224)",
+        "--calibration-count", type=positive_int, default=256, help="max calibration images (default: %(default)s)"
     )
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default: %(default)s)")
     p.add_argument(
         "--tolerance",
-        type=float,
+        type=positive_float,
         default=1e-4,
         help="fp32 parity: max abs diff <= TOL x max(1, max |logit|) (default: %(default)s)",
     )
@@ -59,36 +51,23 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also output the pooled penultimate features as a second output named 'features' (for resnext embed)",
     )
-    p.add_argument("--json", action="store_true", help="print the export report as JSON")
-    p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """Export to ONNX, torch.export, TorchScript, OpenVINO or TensorRT, parity-checked vs PyTorch.
+
+    Write an exported model, reload it in its runtime and compare it with PyTorch fp32.
+    """
     import json
 
     from ..export import ExportConfig, export_model
     from ..export_config import parse_batch_range
+    from ..util import call_with
 
-    config = ExportConfig(
-        format=args.format,
-        output=args.output,
-        arch=args.arch,
-        weights=args.weights,
-        batch_range=parse_batch_range(args.batch_size_range),
-        precision=args.precision,
-        calibration_dir=args.calibration_dir,
-        eval_dir=args.eval_dir,
-        calibration_count=args.calibration_count,
-        image_size=args.image_size,
-        opset=args.opset,
-        tolerance=args.tolerance,
-        min_agreement=args.min_agreement,
-        features=args.features,
-    )
+    config = call_with(ExportConfig, args, batch_range=parse_batch_range(args.batch_size_range))
     result = export_model(config)
     print(json.dumps(result.to_dict(), indent=1) if args.json else "\n".join(result.summary()))
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    add_export_parser(sub)
+PARSERS = (add_export_parser,)

@@ -6,11 +6,11 @@ import argparse
 import json
 from typing import Any
 
+from .common import add_command, add_flags
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list architectures, published weights and the runtimes installed here")
-    p.add_argument("--json", action="store_true", help="print JSON on stdout instead of tables")
-    p.set_defaults(func=run_models)
+
+def add_models_parser(sub: argparse._SubParsersAction) -> None:
+    add_flags(add_command(sub, "models", run_models), "json")
 
 
 def describe() -> dict[str, Any]:
@@ -56,6 +56,7 @@ def describe() -> dict[str, Any]:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    """List architectures, published weights and the runtimes installed here."""
     info = describe()
     if args.json:
         print(json.dumps(info, indent=1))
@@ -75,3 +76,6 @@ def run_models(args: argparse.Namespace) -> int:
         state = "installed" if r["installed"] else f"not installed: {r['install']}"
         print(f"  {r['name']:<13} {', '.join(r['precisions']):<16} {state}")
     return 0
+
+
+PARSERS = (add_models_parser,)

@@ -145,25 +145,14 @@ class ResnextServer:
         self.config = config or ServeConfig()
         self.config.check()
         self.name = self.config.name or predictor.arch or "resnext"
+        self.image_name = f"{self.name}_image"
+        # clients take host:port for HTTP and gRPC; Prometheus scrapes a full URL
+        host = self.config.host
+        self.http_url, self.grpc_url = f"{host}:{self.config.http_port}", f"{host}:{self.config.grpc_port}"
+        self.metrics_url = f"http://{host}:{self.config.metrics_port}/metrics"
         self.triton: Any = None
         self._workspace: Path | None = None
         self._stop = threading.Event()
-
-    @property
-    def image_name(self) -> str:
-        return f"{self.name}_image"
-
-    @property
-    def http_url(self) -> str:
-        return f"{self.config.host}:{self.config.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self.config.host}:{self.config.grpc_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.config.host}:{self.config.metrics_port}/metrics"
 
     def _triton_config(self) -> Any:
         from pytriton.triton import TritonConfig
