@@ -30,6 +30,7 @@ from resnext.cli import main  # noqa: E402
 from resnext.predict import Predictor  # noqa: E402
 from resnext.serve.client import TritonClient  # noqa: E402
 from resnext.serve.server import ResnextServer, ServeConfig  # noqa: E402
+from resnext.serve.tritonserver import processes_started_from  # noqa: E402
 
 SIZE = 64
 MAX_BATCH = 8
@@ -57,13 +58,16 @@ def served(small_checkpoint):
     server = ResnextServer(predictor, config)
     try:
         server.start()
+        workspace = server._workspace
         started = list(triton_processes(os.getpid()))
         assert started, "tritonserver should run as a child of this process"
         yield server, predictor
+        started += triton_processes(os.getpid())  # the stubs start as models load: list them again at the end
     finally:
         server.stop()
     assert not alive(started), f"processes left after stop: {triton_processes(os.getpid())}"
     assert not triton_processes(os.getpid())
+    assert not processes_started_from(f"{workspace}{os.sep}"), "a stub outlived its server (orphaned)"
 
 
 def tensor_input(module, array: np.ndarray, name: str = "input", datatype: str = "FP32"):

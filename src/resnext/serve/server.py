@@ -36,7 +36,7 @@ from ..errors import ImageError, ResnextError
 from ..images import MAX_IMAGE_PIXELS, load_image
 from ..predict import Predictor, top_k
 from ..util import sweep_stale_temporaries
-from .tritonserver import require_serving, server_environment
+from .tritonserver import reap_orphans, reap_workspace, require_serving, server_environment
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +213,7 @@ class ResnextServer:
         # PyTriton starts tritonserver with a copy of os.environ: the stub must find this interpreter's libpython.
         os.environ["LD_LIBRARY_PATH"] = server_environment()["LD_LIBRARY_PATH"]
         # A copy of the server (~30 MB) lives in the workspace: sweep those of servers that were killed (SIGKILL).
+        reap_orphans("resnext-serve-")
         sweep_stale_temporaries(tempfile.gettempdir(), prefix="resnext-serve-")
         self._workspace = Path(tempfile.mkdtemp(prefix=f"resnext-serve-{os.getpid()}-"))
         try:
@@ -248,6 +249,7 @@ class ResnextServer:
             triton, self.triton = self.triton, None
             triton.stop()
         if self._workspace is not None:
+            reap_workspace(self._workspace)
             shutil.rmtree(self._workspace, ignore_errors=True)
             self._workspace = None
 

@@ -76,6 +76,59 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def processes_started_from(prefix: str) -> dict[int, str]:
+    """Processes (any owner we can see) whose executable path starts with ``prefix``: pid -> that path.
+
+    Triton's Python-backend stubs run from the server's copy in its workspace, so a workspace path names them.
+    """
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+            if argv0.startswith(prefix):
+                found[int(entry.name)] = argv0
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def kill_processes(pids: Sequence[int], grace_s: float = 2.0) -> None:
+    """SIGTERM, then SIGKILL what still runs after ``grace_s`` (the stubs ignore SIGTERM while they wait for
+    their server, so without this an orphaned stub would hold its shared memory forever)."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        pids = [pid for pid in pids if _running(pid)]
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + wait
+        while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def reap_workspace(workspace: Path) -> None:
+    """Stop every process started from ``workspace``: PyTriton's stop (and a SIGKILLed tritonserver) can leave
+    Python-backend stubs running after the server is gone."""
+    kill_processes(list(processes_started_from(f"{workspace}{os.sep}")))
+
+
+def reap_orphans(prefix: str) -> None:
+    """Stop processes started from ``<tmp>/<prefix><pid>-*`` workspaces whose owner ``pid`` no longer runs."""
+    start = os.path.join(tempfile.gettempdir(), prefix)
+    owners = {pid: argv0[len(start) :].split("-", 1)[0] for pid, argv0 in processes_started_from(start).items()}
+    kill_processes([pid for pid, owner in owners.items() if owner.isdigit() and not _running(int(owner))])
+
+
 def wait_ready(url: str, timeout: float, process: subprocess.Popen | None = None, models: Sequence[str] = ()) -> None:
     """Poll Triton's readiness (``/v2/health/ready``, then ``/v2/models/<name>/ready`` for each of ``models``:
     models loaded after start-up, as PyTriton does, are not covered by the server's own readiness) until all
@@ -133,6 +186,7 @@ class TritonProcess:
     def start(self, timeout: float = 120.0) -> TritonProcess:
         require_serving()
         binary, libs, _ = bundled_paths()
+        reap_orphans("resnext-triton-")
         sweep_stale_temporaries(tempfile.gettempdir(), prefix="resnext-triton-")
         self.workdir = Path(tempfile.mkdtemp(prefix=f"resnext-triton-{os.getpid()}-"))
         env = server_environment()
@@ -187,6 +241,7 @@ class TritonProcess:
                 self.process.kill()
                 self.process.wait(10)
         if self.workdir is not None:
+            reap_workspace(self.workdir)
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
