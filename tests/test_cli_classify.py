@@ -136,6 +136,14 @@ def test_bad_options_are_one_line_errors(run, args, match) -> None:
     )
 
 
+def test_quoted_glob_is_expanded_and_an_empty_one_refused(run, tmp_path) -> None:
+    code, out, _ = run(str(SAMPLES[0].parent / "c*.jpg"), "--json")
+    assert code == 0
+    assert [json.loads(line)["source"] for line in out.splitlines()] == [str(p) for p in SAMPLES if p.name[0] == "c"]
+    code, out, err = run(str(tmp_path / "*.png"))
+    assert code == 2 and out == "" and f"no files match '{tmp_path / '*.png'}'" in err
+
+
 def test_unreadable_input_is_reported_and_exit_1(run, tmp_path) -> None:
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image at all")

@@ -55,6 +55,11 @@ def is_remote(source: str) -> bool:
     return is_url(source) or "://" in source
 
 
+def is_glob(item: str) -> bool:
+    """Whether ``item`` is a pattern for :func:`list_inputs` to expand (``*``, ``?`` or ``[``)."""
+    return any(c in item for c in "*?[")
+
+
 def list_inputs(inputs: Iterable[str], *, from_list: str | os.PathLike[str] | None = None) -> list[str]:
     """Expand folders (recursively) and quoted globs (``**`` allowed) into files, append the lines of
     ``from_list``; remote URIs and plain paths are kept as given. Duplicates are dropped (first one kept),
@@ -62,7 +67,7 @@ def list_inputs(inputs: Iterable[str], *, from_list: str | os.PathLike[str] | No
     items = [str(i) for i in inputs] + (read_list_file(from_list) if from_list is not None else [])
     found: list[str] = []
     for item in items:
-        if not is_remote(item) and not Path(item).exists() and any(c in item for c in "*?["):
+        if not is_remote(item) and not Path(item).exists() and is_glob(item):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
                 raise ResnextError(f"no files match {item!r}")

@@ -31,11 +31,12 @@ def check_classify_inputs(args: argparse.Namespace) -> None:
     """Everything that can be checked without the model, so a typo fails in a second, not after loading it."""
     from pathlib import Path
 
+    from ..bulk import is_glob
     from ..download import is_url
     from ..util import check_writable
 
     # globs are expanded (and an empty match refused) by the input listing
-    missing = [i for i in args.inputs if not (is_url(i) or Path(i).exists() or any(c in i for c in "*?["))]
+    missing = [i for i in args.inputs if not (is_url(i) or Path(i).exists() or is_glob(i))]
     if missing:
         raise ResnextError(
             f"no such file or folder: {missing[0]}" + (f" (+{len(missing) - 1} more)" if missing[1:] else "")

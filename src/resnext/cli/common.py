@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from ..models import list_models
 from ..runtimes import AUTO, RUNTIMES
 from ..sources import DEFAULT_ARCH
+from ..train_config import MAX_IMAGE_SIZE
 
 __all__ = ["DEFAULT_ARCH", "FLAGS", "add_flags", "add_model_args", "add_runtime_args", "model_spec"]
 
@@ -26,13 +27,13 @@ __all__ = ["DEFAULT_ARCH", "FLAGS", "add_flags", "add_model_args", "add_runtime_
 # Values checked at parse time
 
 
-def _number(kind: type, low: float, what: str) -> Callable[[str], Any]:
+def _number(kind: type, low: float, what: str, *, strict: bool = False) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not value >= low:  # also rejects NaN
+        if not (value > low if strict else value >= low):  # also rejects NaN
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value
 
@@ -42,7 +43,7 @@ def _number(kind: type, low: float, what: str) -> Callable[[str], Any]:
 positive_int = _number(int, 1, "an integer >= 1")
 non_negative_int = _number(int, 0, "an integer >= 0")
 non_negative_float = _number(float, 0.0, "a number >= 0")
-positive_float = _number(float, 1e-9, "a number > 0")
+positive_float = _number(float, 0.0, "a number > 0", strict=True)
 
 
 def _bounded(low: int, high: int) -> Callable[[str], int]:
@@ -58,8 +59,8 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-#: a crop of 32 to 1024 px: smaller breaks the network's strides, larger only costs memory
-crop_size = _bounded(32, 1024)
+#: a crop of at least 32 px (smaller breaks the network's strides), at most the largest training/evaluation crop
+crop_size = _bounded(32, MAX_IMAGE_SIZE)
 port = _bounded(1, 65535)
 
 
