@@ -79,9 +79,9 @@ class Runtime:
 
     def import_runtime(self) -> Any:
         """The third-party runtime module (None when PyTorch runs it), or one error that says what is missing."""
-        if self.gpu_only and not torch.cuda.is_available():
+        if not self.installed():
             raise ResnextError(self.missing_reason())
-        return require(self.module, self.extra or self.module) if self.module else None
+        return importlib.import_module(self.module) if self.module else None
 
     def backend_class(self) -> Any:
         if self.name == "torch":
@@ -192,12 +192,5 @@ def create_backend(
         return TorchBackend(model, device=device, precision=precision or "fp32", channels_last=channels_last)
     if model_file is None:
         raise ResnextError(f"the {name} backend needs --model-file (an exported model; see `resnext export`)")
-    if not Path(model_file).is_file():
-        raise ResnextError(f"model file not found: {model_file}")
-    if not runtime.installed():
-        raise ResnextError(runtime.missing_reason())
     return runtime.backend_class()(model_file, device=device, precision=precision, **options)
 
-
-def installed_runtimes() -> list[Runtime]:
-    return [r for r in RUNTIMES.values() if r.installed()]
