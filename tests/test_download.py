@@ -20,6 +20,15 @@ def test_download_file_writes_atomically_and_checks_sha256(tmp_path, http_server
     assert read_source_record(path) == {"url": f"{base}/w.bin", "sha256": good, "bytes": len(BODY)}
 
 
+def test_downloaded_file_gets_the_permissions_of_a_plain_write(tmp_path, http_server) -> None:
+    """Other users of a shared cache can read it: not the 0600 of the temporary file it was written through."""
+    base, _ = http_server({"/w.bin": BODY})
+    path = download_file(f"{base}/w.bin", tmp_path / "w.bin", progress=False)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 != 0o600
+
+
 def test_sha256_mismatch_is_refused_and_leaves_nothing(tmp_path, http_server) -> None:
     base, _ = http_server({"/w.bin": BODY})
     with pytest.raises(DownloadError, match="sha256 .* does not match"):

@@ -21,7 +21,6 @@ incomplete entry is rebuilt, never used.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -37,7 +36,7 @@ import torch
 
 from .errors import ResnextError
 from .runtimes import RUNTIMES, Backend, Runtime, TorchBackend, create_backend
-from .util import TMP_PREFIX, resolve_device
+from .util import TMP_PREFIX, resolve_device, sweep_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -182,17 +181,6 @@ def _valid_entry(entry: Path) -> dict[str, Any] | None:
         return None
 
 
-def _sweep_stale_builds(root: Path) -> None:
-    """Remove staging folders of builds whose process died (a kill during an export)."""
-    from .util import _alive
-
-    with contextlib.suppress(OSError):
-        for entry in root.iterdir():
-            pid = entry.name[len(TMP_PREFIX) :].split("-", 1)[0] if entry.name.startswith(TMP_PREFIX) else ""
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(entry, ignore_errors=True)
-
-
 def _build_entry(
     entry: Path, source: Any, runtime: Runtime, precision: str, calibration_dir: str | None, threads: int | None
 ) -> dict[str, Any]:
@@ -201,7 +189,7 @@ def _build_entry(
     from .images import sample_images
 
     entry.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale_builds(entry.parent)
+    sweep_stale_temporaries(entry.parent)  # staging folders of builds whose process died during an export
     stage = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-"))
     try:
         calibration = calibration_dir or (str(Path(sample_images()[0]).parent) if precision == "int8" else None)

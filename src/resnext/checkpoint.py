@@ -26,7 +26,7 @@ import torch
 
 from .errors import ResnextError
 from .sources import checkpoint_metadata, with_metadata
-from .util import _alive, atomic_path, check_writable, sweep_stale_temporaries
+from .util import _alive, atomic_open, atomic_path, check_writable, sweep_stale_temporaries
 from .weights import extract_state_dict, read_checkpoint, remap_state_dict
 
 logger = logging.getLogger("resnext")
@@ -92,13 +92,11 @@ def _sweep_legacy_temporaries(folder: Path) -> list[Path]:
 
 def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` through a temporary file, flushed to disk, then renamed over ``path``."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         try:
             torch.save(obj, f)
         except RuntimeError as exc:  # torch's zip writer reports a full disk as RuntimeError: make it an OSError
             raise OSError(str(exc).strip().splitlines()[0] if str(exc).strip() else "write failed") from None
-        f.flush()
-        os.fsync(f.fileno())
     return Path(path)
 
 

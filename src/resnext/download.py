@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 import urllib.error
@@ -226,21 +225,18 @@ def download_file(
     ``verify(tmp_path)`` may raise to refuse the complete body before it is renamed into place (a
     :class:`~resnext.errors.ResnextError` passes through; other exceptions become a :class:`DownloadError`).
     """
-    from .util import TMP_PREFIX, sweep_stale_temporaries
+    from .util import sweep_stale_temporaries, temporary_beside
 
     destination = Path(destination)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_temporaries(destination.parent)
-        fd, tmp_name = tempfile.mkstemp(
-            dir=destination.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=f"-{destination.name}.partial"
-        )
+        tmp = temporary_beside(destination, ".partial")
     except OSError as exc:
         raise DownloadError(f"cannot write into {destination.parent}: {exc.strerror or exc}") from None
     limit = _Deadline(url, deadline or deadline_s(WEIGHTS_DEADLINE_S), timeout)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with open(tmp, "wb") as out:
             digest = _download_into(out, url, destination.name, limit, max_bytes, progress)
             out.flush()
             os.fsync(out.fileno())

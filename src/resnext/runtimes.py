@@ -193,4 +193,3 @@ def create_backend(
     if model_file is None:
         raise ResnextError(f"the {name} backend needs --model-file (an exported model; see `resnext export`)")
     return runtime.backend_class()(model_file, device=device, precision=precision, **options)
-

@@ -61,20 +61,25 @@ def check_writable(path: str | os.PathLike[str], what: str = "output") -> Path:
     return path
 
 
+def temporary_beside(path: Path, suffix: str = "") -> Path:
+    """A new empty file ``<TMP_PREFIX><pid>-*`` in ``path``'s folder (created if needed), with the permissions a
+    plain ``open()`` would give ``path`` (mkstemp makes 0600), ready to be renamed over it. Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=f"-{path.name}{suffix}")
+    os.close(fd)
+    os.chmod(name, 0o666 & ~_UMASK)
+    return Path(name)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step, on any failure it is
     removed. Readers never see a half-written file, and a failed write leaves the old file intact."""
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=parent, prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=f"-{path.name}")
+        tmp = temporary_beside(path)
     except OSError as exc:
         raise ResnextError(f"cannot write {path}: {exc.strerror or exc}") from None
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the final file gets the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
