@@ -378,3 +378,38 @@ def test_ray_decode_step_reads_uris_through_the_one_decoder_and_turns_failures_i
     assert list(out["error"][:2]) == ["", ""]
     assert out["error"][2].startswith("nosuchscheme://bucket/x.jpg: cannot read")
     assert out["error"][3].startswith(images[0]) and not out["pixels"][3].any()
+
+
+def test_ray_model_step_reports_non_finite_scores_as_the_local_engine_does(images, small_checkpoint) -> None:
+    """The model step of the Ray pipeline (no Ray needed) shares the local engine's top-k and its NaN check."""
+    from resnext.bulk import ModelSpec
+    from resnext.bulk_ray import ModelActor, decode_batch
+    from resnext.predict import NON_FINITE, classify_sources
+
+    spec = ModelSpec("resnext_test", str(small_checkpoint), "torch", device="cpu", image_size=IMAGE_SIZE)
+    actor = ModelActor(spec, "classify", topk=3, normalize=False, threads=None)
+    real = actor.predictor.backend
+
+    def damaged(batch: torch.Tensor) -> torch.Tensor:  # the second image's scores overflow
+        logits = real(batch).clone()
+        logits[1] = float("nan")
+        return logits
+
+    actor.predictor.backend = damaged
+    good = [p for p in images if "bad" not in p][:3]
+    table = actor(decode_batch({"path": np.array(good, dtype=object)}, actor.predictor.transforms)).to_pylist()
+    local = list(classify_sources(actor.predictor, good, topk=3, batch_size=3, workers=0, progress=False))
+    assert [row["error"] for row in table] == [None, f"{good[1]}: {NON_FINITE}", None] == [r.error for r in local]
+    assert [row["labels"] for row in table] == [[p.label for p in r.predictions] if r.ok else [] for r in local]
+
+
+def test_a_random_spec_builds_the_same_model_wherever_it_is_built() -> None:
+    """Ray replicas, the Ray driver and benchmark reruns all build ``--weights random`` from one ModelSpec."""
+    from resnext.bulk import ModelSpec
+
+    spec = ModelSpec("resnext_test", "random", "torch", device="cpu", image_size=IMAGE_SIZE)
+    first = spec.predictor()
+    torch.rand(1000)  # whatever ran in between
+    second = spec.predictor()
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    torch.testing.assert_close(first.backend(x), second.backend(x), rtol=0, atol=0)

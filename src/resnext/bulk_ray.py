@@ -129,15 +129,13 @@ class ModelActor:
 
         if threads:
             torch.set_num_threads(threads)
-        if spec.weights in (None, "random"):
-            torch.manual_seed(0)  # every replica must hold the same random weights
         self.predictor = spec.predictor()
         self.task, self.topk, self.normalize = task, topk, normalize
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         import torch
 
-        from .predict import top_k
+        from .predict import NON_FINITE
 
         paths, errors = [str(p) for p in batch["path"]], [str(e) or None for e in batch["error"]]
         ok = [i for i, e in enumerate(errors) if e is None]
@@ -145,7 +143,10 @@ class ModelActor:
         if ok:
             x = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
             if self.task == "classify":
-                outputs = top_k(self.predictor.backend(x), self.topk, self.predictor.categories, from_logits=True)
+                outputs = self.predictor.top_k_batch(x, self.topk)
+                for i, predictions in zip(ok, outputs):
+                    if predictions is None:
+                        errors[i] = f"{paths[i]}: {NON_FINITE}"
             else:
                 outputs = list(self.predictor.embed(x, normalize=self.normalize).numpy())
             results = dict(zip(ok, outputs))

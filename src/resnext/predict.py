@@ -163,6 +163,14 @@ class Predictor:
         """Class probabilities ``[N, C]`` for a preprocessed batch."""
         return torch.softmax(self.backend(batch), dim=-1)
 
+    def top_k_batch(self, batch: Tensor, topk: int) -> list[list[Prediction] | None]:
+        """The top-k of each image of a preprocessed batch; None for an image whose scores are not finite
+        (see :data:`NON_FINITE`): every engine (local, Ray) reports those the same way."""
+        logits = self.backend(batch)
+        finite = torch.isfinite(logits).all(dim=-1).tolist()
+        ranked = top_k(logits, topk, self.categories, from_logits=True)
+        return [predictions if ok else None for ok, predictions in zip(finite, ranked)]
+
     def classify(self, sources: Sequence[ImageSource], *, topk: int = 5, batch_size: int = 16) -> list[ClassifyResult]:
         """One :class:`ClassifyResult` per source, in order, batched ``batch_size`` at a time.
 
@@ -266,12 +274,10 @@ def classify_sources(
     ):
         outcome: dict[int, ClassifyResult] = {i: ClassifyResult(_name(sources[i]), error=e) for i, e in errors}
         if batch is not None:
-            logits = predictor.backend(batch)
-            finite = torch.isfinite(logits).all(dim=-1).tolist()
-            for i, ok, predictions in zip(indices, finite, top_k(logits, topk, predictor.categories, from_logits=True)):
+            for i, predictions in zip(indices, predictor.top_k_batch(batch, topk)):
                 outcome[i] = (
                     ClassifyResult(_name(sources[i]), predictions=predictions)
-                    if ok
+                    if predictions is not None
                     else ClassifyResult(_name(sources[i]), error=f"{_name(sources[i])}: {NON_FINITE}")
                 )
         for i in sorted(outcome):

@@ -128,8 +128,6 @@ def run_bulk_benchmark(config: BulkBenchConfig) -> BulkBenchResult:
     if not sources:
         raise ResnextError(f"no images found in {config.folder}")
     spec = config.spec
-    if spec.weights in (None, "random"):
-        torch.manual_seed(0)  # the same random model in every run
     predictor = spec.predictor()
     machine = {
         "cpu": _cpu_name(),
