@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -291,9 +291,3 @@ def auto_backend(
     )
     (logger.info if approximate or not reused else logger.debug)(backend.auto.line())
     return backend
-
-
-def describe(backend: Any) -> dict[str, Any] | None:
-    """The :class:`AutoChoice` of a backend built by :func:`auto_backend`, as a dict (None for others)."""
-    choice = getattr(backend, "auto", None)
-    return asdict(choice) if isinstance(choice, AutoChoice) else None

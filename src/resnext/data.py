@@ -76,13 +76,12 @@ class ImageFolder(ImageDataset):
         samples = [(path, index[name]) for name in found for path in walk_images(self.root / name)]
         if not samples:
             raise ResnextError(f"no images found under {root} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
-        self.paths = [path for path, _ in samples]
-        super().__init__(self.paths, transform)
+        super().__init__([path for path, _ in samples], transform)
         self.targets = [label for _, label in samples]
 
     @property
     def samples(self) -> list[tuple[str, int]]:
-        return list(zip(self.paths, self.targets))
+        return [(str(path), target) for path, target in zip(self.sources, self.targets)]
 
 
 def collate_labelled(

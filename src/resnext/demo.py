@@ -122,7 +122,7 @@ class DemoModel:
 # HTML fragments (class names are escaped: a fine-tuned model's folder names are user data)
 
 
-def predictions_html(analysis: Analysis, description: str = "") -> str:
+def predictions_html(analysis: Analysis) -> str:
     rows = []
     for p in analysis.predictions:
         pct = f"{p.probability * 100:.1f}"
@@ -135,11 +135,10 @@ def predictions_html(analysis: Analysis, description: str = "") -> str:
     timing = f"model {analysis.model_ms:.1f} ms"
     if analysis.explain_ms is not None:
         timing += f" · Grad-CAM {analysis.explain_ms:.1f} ms"
-    meta = " · ".join(x for x in (timing, html.escape(description)) if x)
     note = f'<div class="rx-meta">{html.escape(analysis.note)}</div>' if analysis.note else ""
     return (
         f'<div class="rx-card" id="rx-predictions">{"".join(rows)}'
-        f'<div class="rx-meta" id="rx-time">{meta}</div>{note}</div>'
+        f'<div class="rx-meta" id="rx-time">{timing}</div>{note}</div>'
     )
 
 

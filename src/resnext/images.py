@@ -44,9 +44,6 @@ def describe_source(source: ImageSource) -> str:
     return str(source)
 
 
-_describe = describe_source  # the older private name
-
-
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB: 16/32-bit greyscale is rescaled, transparency is composited on white."""
     if image.mode == "RGB":

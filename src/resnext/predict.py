@@ -249,10 +249,6 @@ class ClassifyResult:
 NON_FINITE = "the model's outputs are not finite (NaN or inf): its weights are damaged, or the precision overflows"
 
 
-def _name(source: ImageSource) -> str:
-    return source if isinstance(source, str) else describe_source(source)
-
-
 def classify_sources(
     predictor: Predictor,
     sources: Sequence[ImageSource],
@@ -272,13 +268,17 @@ def classify_sources(
     for indices, batch, errors in decoded_batches(
         predictor, sources, batch_size=batch_size, workers=workers, progress=progress, desc="classifying"
     ):
-        outcome: dict[int, ClassifyResult] = {i: ClassifyResult(_name(sources[i]), error=e) for i, e in errors}
+        outcome: dict[int, ClassifyResult] = {
+            i: ClassifyResult(describe_source(sources[i]), error=e) for i, e in errors
+        }
         if batch is not None:
             for i, predictions in zip(indices, predictor.top_k_batch(batch, topk)):
                 outcome[i] = (
-                    ClassifyResult(_name(sources[i]), predictions=predictions)
+                    ClassifyResult(describe_source(sources[i]), predictions=predictions)
                     if predictions is not None
-                    else ClassifyResult(_name(sources[i]), error=f"{_name(sources[i])}: {NON_FINITE}")
+                    else ClassifyResult(
+                        describe_source(sources[i]), error=f"{describe_source(sources[i])}: {NON_FINITE}"
+                    )
                 )
         for i in sorted(outcome):
             yield outcome[i]

@@ -110,11 +110,6 @@ class TrainState:
     best_top1: float = -1.0
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
-
-
 class Trainer:
     """One training run: ``resume()``, then ``run()`` (``train_epoch`` / ``validate`` / ``save`` per epoch)."""
 
@@ -232,7 +227,7 @@ class Trainer:
         self.train_model.train()
         if cfg.freeze_backbone:  # frozen BN layers keep their running statistics
             self.train_model.eval()
-            cast(nn.Module, _unwrap(self.train_model).fc).train()
+            cast(nn.Module, self.model.fc).train()  # the wrappers share this module
         batches = self._batches()
         self.bar = tqdm(
             total=d.steps_per_epoch,
