@@ -247,3 +247,18 @@ def test_tensorrt_fp16_engine_matches_pytorch(tmp_path):
         x = torch.randn(n, 3, 64, 64)
         ref = _reference(model, x)
         assert (engine(x) - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
+def test_calibration_batch_is_capped_and_spread_over_the_classes(tmp_path) -> None:
+    """What int8 export and the int8 benchmark rows calibrate on: at most calibration_count images, every class."""
+    from resnext.export import calibration_batch
+
+    root = make_image_folder(tmp_path / "calib", num_classes=4, per_class=5, size=40)
+    config = ExportConfig("onnx", "x.onnx", image_size=32, calibration_dir=str(root), calibration_count=4)
+    batch = calibration_batch(config, num_classes=4)
+    assert batch is not None and batch.shape == (4, 3, 32, 32)
+    assert calibration_batch(ExportConfig("onnx", "x.onnx"), num_classes=4) is None
+    full = calibration_batch(ExportConfig("onnx", "x.onnx", image_size=32, calibration_dir=str(root)), num_classes=4)
+    assert full is not None and full.shape[0] == 20
+    # spread over the folder, not its first four: the first and the last image are both in
+    assert all(any(torch.equal(b, full[i]) for b in batch) for i in (0, 19))

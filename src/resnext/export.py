@@ -256,9 +256,10 @@ def export_model(config: ExportConfig, model: ModelSource | torch.nn.Module | No
         runtime_name = EXPORT_FORMATS[config.format].name
         logger.info("reloading %s in %s and checking it against PyTorch fp32...", final.name, runtime_name)
         runtime = create_backend(runtime_name, model_file=str(path), precision=precision, threads=config.threads)
-        parity, acc = check_parity(model, runtime, config, precision, eval_paths, eval_labels)
+        images = preprocess(eval_paths, config.size)  # decoded once for both checks
+        parity, acc = check_parity(model, runtime, config, precision, images, eval_labels)
         if config.features:
-            parity.append(check_features(model, runtime, config, precision, eval_paths))
+            parity.append(check_features(model, runtime, config, precision, images))
         for f in files:
             os.replace(f, final.parent / f.name)
     except ResnextError:
@@ -300,18 +301,24 @@ def _check_config(config: ExportConfig) -> str:
     return precision
 
 
+def calibration_batch(config: ExportConfig, num_classes: int) -> Tensor | None:
+    """The int8 calibration images of ``config.calibration_dir``, preprocessed: at most ``calibration_count``,
+    spread over the folder (None without a folder)."""
+    if not config.calibration_dir:
+        return None
+    paths, _, _ = labelled_images(config.calibration_dir, num_classes)
+    paths, _ = _spread(paths, None, config.calibration_count)
+    if not paths:
+        raise ResnextError(f"no images found in --calibration-dir {config.calibration_dir}")
+    return preprocess(paths, config.size)
+
+
 def _check_images(
     config: ExportConfig, num_classes: int, precision: str
 ) -> tuple[Tensor | None, list[str], list[int] | None, list[str]]:
     """Calibration batch (int8), and the images (with labels when the folder has classes) of the agreement report."""
     eval_paths, eval_labels, notes = sample_images(), None, []
-    calibration = None
-    if config.calibration_dir:
-        calib_paths, _, _ = labelled_images(config.calibration_dir, num_classes)
-        calib_paths, _ = _spread(calib_paths, None, config.calibration_count)
-        if not calib_paths:
-            raise ResnextError(f"no images found in --calibration-dir {config.calibration_dir}")
-        calibration = preprocess(calib_paths, config.size)
+    calibration = calibration_batch(config, num_classes)
     if precision != "fp32" and (config.eval_dir or config.calibration_dir):
         paths, eval_labels, note = labelled_images(str(config.eval_dir or config.calibration_dir), num_classes)
         eval_paths, eval_labels = _spread(paths, eval_labels, max(config.calibration_count, 512))
@@ -348,16 +355,15 @@ def _reason(exc: Exception, folder: Path) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def check_features(
-    model: Any, runtime: Any, config: ExportConfig, precision: str, image_paths: Sequence[str]
-) -> Parity:
-    """The exported ``features`` output against ``forward_head(forward_features(x), pre_logits=True)``."""
-    x = preprocess(image_paths, config.size)
+def check_features(model: Any, runtime: Any, config: ExportConfig, precision: str, images: Tensor) -> Parity:
+    """The exported ``features`` output against ``forward_head(forward_features(x), pre_logits=True)`` on the
+    preprocessed ``images``."""
+    step = config.batch_range[1]
     with torch.inference_mode():
-        reference = model.forward_head(model.forward_features(x), pre_logits=True)
+        reference = _logits(lambda b: model.forward_head(model.forward_features(b), pre_logits=True), images, step)
     result = compare(
         reference,
-        _logits(runtime.features, x, config.batch_range[1]),
+        _logits(runtime.features, images, step),
         "features of real images",
         config.tolerance if precision == "fp32" else None,
     )
@@ -374,10 +380,11 @@ def check_parity(
     runtime: Callable[[Tensor], Tensor],
     config: ExportConfig,
     precision: str,
-    image_paths: Sequence[str],
+    images: Tensor,
     labels: Sequence[int] | None = None,
 ) -> tuple[list[Parity], dict[str, float] | None]:
-    """Compare ``runtime`` with ``model`` (fp32 eager) on random batches of 7 and 1 and on real images.
+    """Compare ``runtime`` with ``model`` (fp32 eager) on random batches of 7 and 1 and on the preprocessed real
+    ``images``.
 
     Raises :class:`ResnextError` when an fp32 export differs beyond tolerance or a reduced-precision one agrees
     less than ``config.min_agreement``.
@@ -386,7 +393,6 @@ def check_parity(
     size = config.size
     step = config.batch_range[1]
     factor = config.tolerance if precision == "fp32" else None
-    images = preprocess(image_paths, size)
     results, acc = [], None
     reference_images = _logits(model, images, step)
     candidate_images = _logits(runtime, images, step)

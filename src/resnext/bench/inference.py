@@ -237,7 +237,8 @@ def make_runner(
         compiled = torch.compile(copy.deepcopy(model), options={"freezing": True})
         runner = TorchBackend(compiled, device="cpu", precision=precision, channels_last=True)  # type: ignore[arg-type]
         settings = export.ExportConfig("torch-compile", "", image_size=config.image_size, batch_range=(1, 1024))
-        parity, _ = export.check_parity(model, runner, settings, precision, export.sample_images())
+        images = export.preprocess(export.sample_images(), settings.size)
+        parity, _ = export.check_parity(model, runner, settings, precision, images)
         logger.info("%s %s parity: %s", backend, precision, parity[-1].line())
         return runner
 
@@ -250,18 +251,14 @@ def make_runner(
         batch_range=(low, high),
         precision=precision,
         image_size=config.image_size,
-        calibration_dir=config.calibration_dir,
+        # int8 calibrates on the packaged samples unless a folder is given (as `--backend auto` does)
+        calibration_dir=config.calibration_dir or str(Path(export.sample_images()[0]).parent),
         threads=config.threads,
     )
     metadata = export._metadata(
         settings, source_from_model(model, arch=config.arch, image_size=config.image_size), precision
     )
-    calibration = None
-    if precision == "int8":
-        calibration = export.preprocess(
-            export.find_images([config.calibration_dir]) if config.calibration_dir else export.sample_images(),
-            config.image_size,
-        )
+    calibration = export.calibration_batch(settings, metadata["num_classes"]) if precision == "int8" else None
     file_name = {
         "onnxruntime": f"model{'-int8' if precision == 'int8' else ''}.onnx",  # = the shared ONNX intermediates
         "openvino": f"model-{precision}.xml",
@@ -274,7 +271,8 @@ def make_runner(
         model, settings, precision, path, metadata, workdir=workdir, calibration=calibration, cache=cache
     )
     runtime = create_backend(backend, model_file=str(path), precision=precision, threads=config.threads)
-    parity, _ = export.check_parity(model, runtime, settings, precision, export.sample_images())
+    images = export.preprocess(export.sample_images(), settings.size)
+    parity, _ = export.check_parity(model, runtime, settings, precision, images)
     logger.info("%s %s parity: %s", backend, precision, parity[-1].line())
     return runtime
 
