@@ -120,15 +120,12 @@ def evaluate(
 
 def check_evaluate_options(*, batch_size: int, workers: int, image_size: int | None, precision: str) -> None:
     """One-line errors for values that cannot work, before any model is loaded."""
-    from .train_config import MAX_IMAGE_SIZE
+    from .train_config import CROP_SIZES, Interval, check_range
     from .util import autocast_dtype
 
-    if batch_size < 1:
-        raise ResnextError(f"--batch-size {batch_size} is out of range: it must be >= 1")
-    if workers < 0:
-        raise ResnextError(f"--workers {workers} is out of range: it must be >= 0")
-    if image_size is not None and not 32 <= image_size <= MAX_IMAGE_SIZE:
-        raise ResnextError(f"--image-size {image_size} is out of range: it must be >= 32 and <= {MAX_IMAGE_SIZE}")
+    check_range("batch_size", batch_size, Interval(1))
+    check_range("workers", workers, Interval(0))
+    check_range("image_size", image_size, CROP_SIZES)
     autocast_dtype(precision)
 
 

@@ -45,6 +45,7 @@ RECIPES["nvidia-250e"] = {**RECIPES["nvidia-90e"], "epochs": 250, "mixup": 0.2}
 PRECISIONS = tuple(AUTOCAST_DTYPES)  # fp32, tf32, bf16, fp16: the package's one precision table
 #: Largest training/evaluation crop accepted: 1024 px already needs ~21x the activations of 224 px.
 MAX_IMAGE_SIZE = 1024
+MIN_IMAGE_SIZE = 32  # smaller crops break the network's strides
 
 
 @dataclass
@@ -127,43 +128,51 @@ def _check_choices(cfg: TrainConfig) -> None:
             raise ResnextError(f"unknown --{name} {value!r}; choose one of {', '.join(a for a in allowed if a)}")
 
 
-# interval -> the flags whose values must lie in it; "[" and "]" include a bound, "(" and ")" exclude it
-_RANGES: dict[str, tuple[str, ...]] = {
-    "[1, inf)": ("epochs", "run_epochs", "batch_size", "optimizer_batch_size", "num_classes", "prof", "print_freq"),
-    "[0, inf)": ("warmup", "mixup", "weight_decay", "workers", "keep_last"),
-    "(0, inf)": ("lr",),
-    "[0, 1)": ("label_smoothing", "momentum"),
-    "(0, 1)": ("use_ema",),
-    f"[32, {MAX_IMAGE_SIZE}]": ("image_size",),
-}
+@dataclass(frozen=True)
+class Interval:
+    """Where a flag's value must lie; ``None`` leaves that side open."""
 
+    low: float | None
+    high: float | None = None
+    low_included: bool = True
+    high_included: bool = False
 
-def _interval_bounds(interval: str) -> list[str]:
-    """``"[0, 1)"`` -> ``[">= 0", "< 1"]``: the conditions a value must meet, an infinite side left out."""
-    low, high = (b.strip() for b in interval[1:-1].split(","))
-    bounds = [f"{'>=' if interval[0] == '[' else '>'} {low}"] if low != "-inf" else []
-    return bounds + ([f"{'<=' if interval[-1] == ']' else '<'} {high}"] if high != "inf" else [])
+    def conditions(self) -> list[tuple[str, float]]:
+        """``[(">=", 0), ("<", 1)]``: what a value must meet (the error message lists the same)."""
+        low = [(">=" if self.low_included else ">", self.low)] if self.low is not None else []
+        return low + ([("<=" if self.high_included else "<", self.high)] if self.high is not None else [])
 
 
 _COMPARISONS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+CROP_SIZES = Interval(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, high_included=True)
+
+#: interval -> the flags whose values must lie in it
+_RANGES: dict[Interval, tuple[str, ...]] = {
+    Interval(1): ("epochs", "run_epochs", "batch_size", "optimizer_batch_size", "num_classes", "prof", "print_freq"),
+    Interval(0): ("warmup", "mixup", "weight_decay", "workers", "keep_last"),
+    Interval(0, low_included=False): ("lr",),
+    Interval(0, 1): ("label_smoothing", "momentum"),
+    Interval(0, 1, low_included=False): ("use_ema",),
+    CROP_SIZES: ("image_size",),
+}
 
 
-def _within(value: float, bound: str) -> bool:
-    comparison, limit = bound.split()
-    return bool(_COMPARISONS[comparison](value, float(limit)))
+def check_range(name: str, value: float | None, interval: Interval) -> None:
+    """One line naming the flag when ``value`` (None: not given) is not a finite number inside ``interval``."""
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ResnextError(f"{_flag(name)} must be a finite number, not {value}")
+    conditions = interval.conditions()
+    if not all(_COMPARISONS[op](value, limit) for op, limit in conditions):
+        bounds = " and ".join(f"{op} {limit}" for op, limit in conditions)
+        raise ResnextError(f"{_flag(name)} {value} is out of range: it must be {bounds}")
 
 
 def _check_numbers(cfg: TrainConfig) -> None:
     for interval, names in _RANGES.items():
-        bounds = _interval_bounds(interval)
         for name in names:
-            value = getattr(cfg, name)
-            if value is None:
-                continue
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ResnextError(f"{_flag(name)} must be a finite number, not {value}")
-            if not all(_within(value, b) for b in bounds):
-                raise ResnextError(f"{_flag(name)} {value} is out of range: it must be {' and '.join(bounds)}")
+            check_range(name, getattr(cfg, name), interval)
 
 
 def _flag(name: str) -> str:

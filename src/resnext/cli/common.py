@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from ..models import list_models
 from ..runtimes import AUTO, RUNTIMES
 from ..sources import DEFAULT_ARCH
-from ..train_config import MAX_IMAGE_SIZE
+from ..train_config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 __all__ = ["DEFAULT_ARCH", "FLAGS", "add_flags", "add_model_args", "add_runtime_args", "model_spec"]
 
@@ -59,8 +59,7 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-#: a crop of at least 32 px (smaller breaks the network's strides), at most the largest training/evaluation crop
-crop_size = _bounded(32, MAX_IMAGE_SIZE)
+crop_size = _bounded(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
 port = _bounded(1, 65535)
 
 
