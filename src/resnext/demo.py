@@ -96,7 +96,7 @@ class DemoModel:
     def classify(self, source: Any) -> tuple[Any, list[Prediction], float]:
         """Decode (bounded), preprocess, run and rank: ``(image, top-5, milliseconds in the model)``."""
         image = load_image(source)
-        batch = self.predictor.preprocess(image)[None]
+        batch = self.predictor.transforms(image)[None]  # already decoded: no second load_image
         start = time.perf_counter()
         logits = self.predictor.backend(batch)
         elapsed = (time.perf_counter() - start) * 1000
@@ -324,16 +324,13 @@ class TritonLogits:
         self.info = self.client.info(self.model_name)
         if self.info.input_type != "FP32":
             raise ResnextError(f"{self.model_name} on {url} takes {self.info.input_type}, not an FP32 image batch")
-        config = self.client.client.get_model_config(self.model_name)
-        self.num_classes = int(config["output"][0]["dims"][-1])
+        self.num_classes = self.info.output_dims[-1]
 
     def __call__(self, batch: Any) -> Any:
         import torch
 
         data = batch.detach().float().cpu().numpy()
-        request = self.client.module.InferInput(self.info.input_name, list(data.shape), "FP32")
-        request.set_data_from_numpy(data)
-        reply = self.client.infer(self.model_name, [request])
+        reply = self.client.infer(self.model_name, [self.client.input(self.info.input_name, data, "FP32")])
         return torch.from_numpy(reply.as_numpy(self.info.output_names[0]).copy()).float()
 
 

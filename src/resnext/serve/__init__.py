@@ -12,3 +12,4 @@ Nothing here is imported by ``import resnext``; PyTriton and tritonclient come w
 """
 
 SERVE_EXTRA = "serve"
+LABELS_FILE = "labels.txt"  # class names beside a model, one per line (the classification extension reads them)

@@ -59,6 +59,7 @@ class ModelInfo:
     input_type: str
     input_dims: list[int]
     output_names: list[str]
+    output_dims: list[int]  # of the first output: [-1, classes] for a tensor model
 
 
 class TritonClient:
@@ -127,16 +128,18 @@ class TritonClient:
             from google.protobuf import json_format
 
             meta = json_format.MessageToDict(meta, preserving_proto_field_name=True)
-        first = meta["inputs"][0]
+        first, output = meta["inputs"][0], meta["outputs"][0]
         return ModelInfo(
             name,
             first["name"],
             first["datatype"],
             [int(d) for d in first["shape"]],
             [o["name"] for o in meta["outputs"]],
+            [int(d) for d in output["shape"]],
         )
 
-    def _input(self, name: str, array: np.ndarray, datatype: str) -> Any:
+    def input(self, name: str, array: np.ndarray, datatype: str) -> Any:
+        """A request input holding ``array``."""
         item = self.module.InferInput(name, list(array.shape), datatype)
         item.set_data_from_numpy(array)
         return item
@@ -151,7 +154,7 @@ class TritonClient:
         """``<arch>_image``: encoded images -> the server's top-k."""
         array = np.array([[d] for d in data], dtype=np.object_)
         outputs = [self.module.InferRequestedOutput(n) for n in ("labels", "probabilities", "indices")]
-        result = self.infer(info.name, [self._input(info.input_name, array, "BYTES")], outputs)
+        result = self.infer(info.name, [self.input(info.input_name, array, "BYTES")], outputs)
         labels, probs, indices = (result.as_numpy(n) for n in ("labels", "probabilities", "indices"))
         return [
             [
@@ -163,15 +166,9 @@ class TritonClient:
 
     def logits_with_names(self, info: ModelInfo, batch: np.ndarray) -> tuple[torch.Tensor, list[str]]:
         """A tensor model's logits ``[N, C]`` and class names: the classification extension over all classes."""
-        classes = self.client.get_model_config(info.name)
-        config = (
-            classes
-            if isinstance(classes, dict)
-            else {"output": [{"dims": list(o.dims)} for o in classes.config.output]}
-        )
-        num_classes = int(config["output"][0]["dims"][-1])
+        num_classes = info.output_dims[-1]
         out = self.module.InferRequestedOutput(info.output_names[0], class_count=num_classes)
-        result = self.infer(info.name, [self._input(info.input_name, batch, "FP32")], [out])
+        result = self.infer(info.name, [self.input(info.input_name, batch, "FP32")], [out])
         rows = result.as_numpy(info.output_names[0]).reshape(batch.shape[0], -1)
         logits = torch.full((batch.shape[0], num_classes), float("-inf"))
         names = display_names(num_classes)

@@ -31,9 +31,8 @@ from typing import Any
 from ..errors import ResnextError
 from ..runtimes import require
 from ..sources import ModelSource, load_source
-from . import SERVE_EXTRA
+from . import LABELS_FILE, SERVE_EXTRA
 
-LABELS_FILE = "labels.txt"
 FORMATS = ("onnx", "torchscript", "tensorrt", "python")
 PYTHON_RUNTIMES = {"onnxruntime": ("onnx", "model.onnx"), "openvino": ("openvino", "model.xml")}
 #: format -> (config field, value, model file, input name, output name)

@@ -35,14 +35,14 @@ from ..download import MAX_IMAGE_BYTES
 from ..errors import ImageError, ResnextError
 from ..images import MAX_IMAGE_PIXELS, load_image
 from ..predict import Predictor, top_k
+from ..runtimes import INPUT_NAME, OUTPUT_NAME
 from ..util import sweep_stale_temporaries
+from . import LABELS_FILE
 from .tritonserver import reap_orphans, reap_workspace, require_serving, server_environment
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 IMAGE_INPUT, LABELS_OUTPUT, PROBS_OUTPUT, INDEX_OUTPUT = "image", "labels", "probabilities", "indices"
-LABELS_FILE = "labels.txt"
 
 
 @dataclass
