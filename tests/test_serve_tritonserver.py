@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from resnext.serve.tritonserver import processes_started_from, reap_orphans, reap_workspace
+from resnext.serve.tritonserver import processes_started_from, reap_orphans, remove_workspace
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Triton runs on Linux)")
 
@@ -42,13 +42,13 @@ def dead_pid() -> int:
     return process.pid
 
 
-def test_reap_workspace_stops_a_stub_that_ignores_sigterm(tmp_path):
+def test_remove_workspace_stops_a_stub_that_ignores_sigterm(tmp_path):
     process = start_stub(tmp_path / "ws" / "backends" / "python")
     try:
         process.send_signal(signal.SIGTERM)
         with pytest.raises(subprocess.TimeoutExpired):
             process.wait(0.5)  # it really ignores SIGTERM
-        reap_workspace(tmp_path / "ws")
+        remove_workspace(tmp_path / "ws")
         assert process.wait(10) == -signal.SIGKILL
         assert processes_started_from(f"{tmp_path / 'ws'}{os.sep}") == {}
     finally:
@@ -56,11 +56,11 @@ def test_reap_workspace_stops_a_stub_that_ignores_sigterm(tmp_path):
         process.wait()
 
 
-def test_reap_workspace_leaves_other_folders_alone(tmp_path):
+def test_remove_workspace_leaves_other_folders_alone(tmp_path):
     process = start_stub(tmp_path / "other")
     try:
-        reap_workspace(tmp_path / "ws")
-        reap_workspace(tmp_path / "oth")  # a prefix of the folder name, not the folder
+        remove_workspace(tmp_path / "ws")
+        remove_workspace(tmp_path / "oth")  # a prefix of the folder name, not the folder
         assert process.poll() is None
     finally:
         process.kill()

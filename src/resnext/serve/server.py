@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,9 +34,8 @@ from ..errors import ImageError, ResnextError
 from ..images import MAX_IMAGE_PIXELS, load_image
 from ..predict import Predictor, top_k
 from ..runtimes import INPUT_NAME, OUTPUT_NAME
-from ..util import sweep_stale_temporaries
 from . import LABELS_FILE
-from .tritonserver import reap_orphans, reap_workspace, require_serving, server_environment
+from .tritonserver import new_workspace, remove_workspace, require_serving, server_environment
 
 logger = logging.getLogger(__name__)
 
@@ -212,10 +209,7 @@ class ResnextServer:
         logging.getLogger("pytriton.proxy.inference").setLevel(logging.ERROR)
         # PyTriton starts tritonserver with a copy of os.environ: the stub must find this interpreter's libpython.
         os.environ["LD_LIBRARY_PATH"] = server_environment()["LD_LIBRARY_PATH"]
-        # A copy of the server (~30 MB) lives in the workspace: sweep those of servers that were killed (SIGKILL).
-        reap_orphans("resnext-serve-")
-        sweep_stale_temporaries(tempfile.gettempdir(), prefix="resnext-serve-")
-        self._workspace = Path(tempfile.mkdtemp(prefix=f"resnext-serve-{os.getpid()}-"))
+        self._workspace = new_workspace("resnext-serve-")
         try:
             self.triton = Triton(config=self._triton_config(), workspace=self._workspace / "pytriton")
             self._bind(self.triton)
@@ -249,8 +243,7 @@ class ResnextServer:
             triton, self.triton = self.triton, None
             triton.stop()
         if self._workspace is not None:
-            reap_workspace(self._workspace)
-            shutil.rmtree(self._workspace, ignore_errors=True)
+            remove_workspace(self._workspace)
             self._workspace = None
 
     def serve_forever(self, poll_s: float = 1.0) -> None:

@@ -116,10 +116,19 @@ def kill_processes(pids: Sequence[int], grace_s: float = 2.0) -> None:
             time.sleep(0.05)
 
 
-def reap_workspace(workspace: Path) -> None:
-    """Stop every process started from ``workspace``: PyTriton's stop (and a SIGKILLed tritonserver) can leave
-    Python-backend stubs running after the server is gone."""
+def new_workspace(prefix: str) -> Path:
+    """A fresh ``<tmp>/<prefix><pid>-*`` folder for a server's copy of Triton (~30 MB), after stopping the stubs
+    and removing the folders of servers that no longer run (killed with SIGKILL)."""
+    reap_orphans(prefix)
+    sweep_stale_temporaries(tempfile.gettempdir(), prefix=prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+
+
+def remove_workspace(workspace: Path) -> None:
+    """Stop every process started from ``workspace``, then delete it: PyTriton's stop (and a SIGKILLed
+    tritonserver) can leave Python-backend stubs running after the server is gone."""
     kill_processes(list(processes_started_from(f"{workspace}{os.sep}")))
+    shutil.rmtree(workspace, ignore_errors=True)
 
 
 def reap_orphans(prefix: str) -> None:
@@ -186,9 +195,7 @@ class TritonProcess:
     def start(self, timeout: float = 120.0) -> TritonProcess:
         require_serving()
         binary, libs, _ = bundled_paths()
-        reap_orphans("resnext-triton-")
-        sweep_stale_temporaries(tempfile.gettempdir(), prefix="resnext-triton-")
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"resnext-triton-{os.getpid()}-"))
+        self.workdir = new_workspace("resnext-triton-")
         env = server_environment()
         env["LD_LIBRARY_PATH"] += f":{libs}"
         args = [
@@ -241,8 +248,7 @@ class TritonProcess:
                 self.process.kill()
                 self.process.wait(10)
         if self.workdir is not None:
-            reap_workspace(self.workdir)
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            remove_workspace(self.workdir)
             self.workdir = None
 
     def __enter__(self) -> TritonProcess:
