@@ -58,8 +58,9 @@ class ExportedBackend:
     """
 
     name = "exported"  # each subclass: the name of its runtime in RUNTIMES
-    #: the precisions a file of this format can store; None where the backend resolves the request itself
-    stored_precisions: tuple[str, ...] | None = ("fp32",)
+    #: whether the file fixes its precision (the runtime's precisions in RUNTIMES), so that a request for another
+    #: one is refused; False where the backend resolves the request itself
+    precision_in_file = True
 
     def __init__(
         self,
@@ -73,8 +74,8 @@ class ExportedBackend:
         runtime = RUNTIMES[self.name].import_runtime()
         self.path = _existing(model_file)
         loaded = self._load(runtime, device, precision, threads)
-        if self.stored_precisions is not None:
-            _check_precision(self.name, precision, loaded.metadata, allowed=self.stored_precisions)
+        if self.precision_in_file:
+            _check_precision(self.name, precision, loaded.metadata, allowed=RUNTIMES[self.name].precisions)
         self.image_size = int(loaded.image_size)
         self.num_classes = int(loaded.num_classes)
         self.max_batch = loaded.max_batch
@@ -149,7 +150,6 @@ class OnnxRuntimeBackend(ExportedBackend):
     """An ``.onnx`` file (fp32 or QDQ int8) on ONNX Runtime's CPU (or CUDA) execution provider."""
 
     name = "onnxruntime"
-    stored_precisions = ("fp32", "int8")
 
     def _load(self, ort: Any, device: str, precision: str | None, threads: int | None) -> LoadedFile:
         path = self.path
@@ -208,7 +208,7 @@ class OpenVinoBackend(ExportedBackend):
     """
 
     name = "openvino"
-    stored_precisions = None  # a run-time choice here, resolved in _load
+    precision_in_file = False  # a run-time choice here, resolved in _load
 
     def _load(self, ov: Any, device: str, precision: str | None, threads: int | None) -> LoadedFile:
         path = self.path
@@ -345,7 +345,7 @@ class TensorRTBackend(ExportedBackend):
 
     name = "tensorrt"
     host_input = False
-    stored_precisions = None  # the engine's precision was fixed when it was built; any request runs it as built
+    precision_in_file = False  # fixed when the engine was built; any request runs it as built
 
     def _load(self, trt: Any, device: str, precision: str | None, threads: int | None) -> LoadedFile:
         path = self.path
@@ -357,9 +357,9 @@ class TensorRTBackend(ExportedBackend):
         self.context = self.engine.create_execution_context()
         self.input_name = INPUT_NAME
         self.output_name = OUTPUT_NAME
-        _, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        min_shape, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
         out_shape = self.engine.get_tensor_shape(self.output_name)
-        self.min_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[0][0])
+        self.min_batch = int(min_shape[0])
         sidecar = path.with_suffix(path.suffix + ".json")
         metadata = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
         return LoadedFile(int(max_shape[-1]), int(out_shape[-1]), metadata, max_batch=int(max_shape[0]))

@@ -140,11 +140,11 @@ class LineWriter(OutputWriter):
     file: Any = None
 
     def read_done(self) -> Iterator[str]:
-        good = _truncate_partial_line(self.path)
+        _truncate_partial_line(self.path)
         with open(self.path, encoding="utf-8", newline="") as f:
-            yield from self.parse(f, good)
+            yield from self.parse(f)
 
-    def parse(self, f: Any, size: int) -> Iterator[str]:  # pragma: no cover - overridden
+    def parse(self, f: Any) -> Iterator[str]:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def append(self, rows: Sequence[Row]) -> None:
@@ -191,7 +191,7 @@ def _truncate_partial_line(path: Path) -> int:
 
 
 class JsonlWriter(LineWriter):
-    def parse(self, f: Any, size: int) -> Iterator[str]:
+    def parse(self, f: Any) -> Iterator[str]:
         key = "embedding" if self.task == "embed" else "indices"
         for number, line in enumerate(f, 1):
             try:
@@ -217,7 +217,7 @@ class CsvWriter(LineWriter):
             f"{c}_{i}" for i in range(1, self.topk + 1) for c in ("label", "index", "probability")
         ]
 
-    def parse(self, f: Any, size: int) -> Iterator[str]:
+    def parse(self, f: Any) -> Iterator[str]:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is not None and header != self.columns():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
@@ -23,10 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..bulk import ModelSpec
 from ..errors import ResnextError
+from .peak import machine_info
 
 ENGINES = ("local", "ray")
 
@@ -90,16 +88,6 @@ class BulkBenchResult:
         }
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def model_only(predictor: Any, sources: Sequence[str], task: str, batch_size: int) -> BulkRow:
     """The backend alone on one decoded batch, as many batches as the engines run (one warm-up call first)."""
     from ..images import ImageDataset, collate_images
@@ -129,13 +117,8 @@ def run_bulk_benchmark(config: BulkBenchConfig) -> BulkBenchResult:
         raise ResnextError(f"no images found in {config.folder}")
     spec = config.spec
     predictor = spec.predictor()
-    machine = {
-        "cpu": _cpu_name(),
-        "logical_cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
-    result = BulkBenchResult(config, [model_only(predictor, sources, config.task, config.batch_size)], machine)
+    rows = [model_only(predictor, sources, config.task, config.batch_size)]
+    result = BulkBenchResult(config, rows, machine_info())
     with tempfile.TemporaryDirectory() as tmp:
 
         def job(name: str) -> BulkJob:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResnextError
-from ..runtimes import require
+from ..runtimes import RUNTIMES, require
 from ..sources import ModelSource, load_source
 from . import LABELS_FILE, SERVE_EXTRA
 
@@ -201,14 +201,7 @@ def write_repository(config: RepoConfig, source: ModelSource | None = None) -> R
     config.check()
     from google.protobuf import text_format
 
-    if config.format == "tensorrt":
-        from ..backends import require_tensorrt
-
-        try:
-            require_tensorrt()
-            gpu_here = True
-        except ResnextError:
-            gpu_here = False
+    gpu_here = config.format == "tensorrt" and RUNTIMES["tensorrt"].installed()  # else: config + build command
     source = source or load_source(config.weights, arch=config.arch)
     name = config.name or source.arch
     image_size = config.image_size or source.image_size
@@ -223,7 +216,7 @@ def write_repository(config: RepoConfig, source: ModelSource | None = None) -> R
         version = folder / "1"
         version.mkdir(parents=True)
         (folder / LABELS_FILE).write_text("\n".join(source.categories) + "\n", encoding="utf-8")
-        if config.format == "tensorrt" and gpu_here:
+        if gpu_here:
             notes = _export(config, source, "tensorrt", version / "model.plan")
         else:
             notes = _write_model_files(config, source, version, image_size)
