@@ -173,7 +173,7 @@ def run_ray(job: BulkJob, spec: ModelSpec, options: RayOptions = RayOptions()) -
     transforms = spec.predictor(device="cpu").transforms if pending else None
     started = not ray.is_initialized()
     if started:
-        _init_private(ray, options)
+        init_ray(ray, options)
     try:
         rows = _stream(job, spec, options, pending, transforms) if pending else iter(())
         return write_rows(job, writer, rows, skipped=len(job.sources) - len(pending), total=len(job.sources))
@@ -182,7 +182,8 @@ def run_ray(job: BulkJob, spec: ModelSpec, options: RayOptions = RayOptions()) -
             ray.shutdown()
 
 
-def _init_private(ray: Any, options: RayOptions) -> None:
+def init_ray(ray: Any, options: RayOptions) -> None:
+    """Join ``options.address``, or start a private Ray instance on this machine sized for the actor pool."""
     if options.address is not None:
         ray.init(address=options.address, log_to_driver=False)
         return

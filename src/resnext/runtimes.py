@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -193,3 +194,13 @@ def create_backend(
     if model_file is None:
         raise ResnextError(f"the {name} backend needs --model-file (an exported model; see `resnext export`)")
     return runtime.backend_class()(model_file, device=device, precision=precision, **options)
+
+
+def run_merged(backend: Backend, batches: Sequence[Any]) -> list[Any]:
+    """Several requests' batches (numpy ``[n_i, 3, S, S]``) as one backend call; each request's logits back, in
+    order. Triton's dynamic batcher hands a model all the requests it merged: this is what makes that pay."""
+    import numpy as np
+
+    sizes = np.cumsum([b.shape[0] for b in batches])[:-1]
+    merged = np.concatenate(batches).astype(np.float32, copy=False)
+    return np.split(backend(torch.from_numpy(merged)).numpy(), sizes)

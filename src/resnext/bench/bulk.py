@@ -142,16 +142,12 @@ def run_bulk_benchmark(config: BulkBenchConfig) -> BulkBenchResult:
 def _ray_row(job: Any, spec: Any, config: BulkBenchConfig) -> BulkRow:
     """Ray's own start-up is outside the clock (a cluster is already running); the actors' start is inside."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from ..bulk_ray import RayOptions, run_ray
+    from ..bulk_ray import RayOptions, init_ray, run_ray
     from ..runtimes import require
 
     ray = require("ray", "ray")
     options = RayOptions(actors=config.actors, cpus_per_actor=config.cpus_per_actor)
-    ray.init(
-        num_cpus=max(os.cpu_count() or 1, int(config.actors * config.cpus_per_actor) + 2),
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    init_ray(ray, options)  # as the engine starts its private instance
     try:
         start = time.perf_counter()
         summary = run_ray(job, spec, options)

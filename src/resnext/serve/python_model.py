@@ -9,11 +9,9 @@ backend call.
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]  # provided by Triton
 
-from resnext.runtimes import create_backend
+from resnext.runtimes import create_backend, run_merged
 
 
 class TritonPythonModel:
@@ -30,9 +28,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
-        sizes = np.cumsum([a.shape[0] for a in arrays])[:-1]
-        logits = self.backend(torch.from_numpy(np.concatenate(arrays).astype(np.float32, copy=False))).numpy()
         return [
             pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
-            for part in np.split(logits, sizes)
+            for part in run_merged(self.backend, arrays)
         ]

@@ -33,7 +33,7 @@ from ..download import MAX_IMAGE_BYTES
 from ..errors import ImageError, ResnextError
 from ..images import MAX_IMAGE_PIXELS, load_image
 from ..predict import Predictor, top_k
-from ..runtimes import INPUT_NAME, OUTPUT_NAME
+from ..runtimes import INPUT_NAME, OUTPUT_NAME, run_merged
 from . import LABELS_FILE
 from .tritonserver import new_workspace, remove_workspace, require_serving, server_environment
 
@@ -82,10 +82,8 @@ class TensorModel:
         self.predictor = predictor
 
     def __call__(self, requests: list) -> list[dict[str, np.ndarray]]:
-        arrays = [np.asarray(r[INPUT_NAME], dtype=np.float32) for r in requests]
-        sizes = np.cumsum([a.shape[0] for a in arrays])[:-1]
-        logits = self.predictor.backend(torch.from_numpy(np.concatenate(arrays))).numpy()
-        return [{OUTPUT_NAME: part} for part in np.split(logits, sizes)]
+        parts = run_merged(self.predictor.backend, [np.asarray(r[INPUT_NAME]) for r in requests])
+        return [{OUTPUT_NAME: part} for part in parts]
 
 
 class ImageModel:
