@@ -45,14 +45,13 @@ def cache_path_for(url: str) -> Path:
     so a file downloaded by hand is found); any other URL gets :func:`~resnext.download.url_cache_name`, a name
     that includes a hash of the full URL: no URL can replace a published file or share a file with another URL.
     """
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    if url in _published_urls():
-        return checkpoints / url_file_name(url)
-    return checkpoints / url_cache_name(url)
+    published = _published(url)
+    return published.cache_path if published else Path(torch.hub.get_dir()) / "checkpoints" / url_cache_name(url)
 
 
-def _published_urls() -> set[str]:
-    return {member.value.url for enum in WEIGHTS_BY_MODEL.values() for member in enum}
+def _published(url: str) -> Weights | None:
+    """The published checkpoint whose URL this is, if any."""
+    return next((m.value for enum in WEIGHTS_BY_MODEL.values() for m in enum if m.value.url == url), None)
 
 
 @dataclass(frozen=True)
@@ -219,10 +218,9 @@ def read_checkpoint(source: str | os.PathLike[str], *, progress: bool = True) ->
 
 
 def _fetch_url(url: str, *, progress: bool) -> Path:
-    for enum in WEIGHTS_BY_MODEL.values():
-        for member in enum:
-            if member.value.url == url:
-                return member.value.fetch(progress=progress)  # published: its own cache file, checksum, mirror
+    published = _published(url)
+    if published is not None:
+        return published.fetch(progress=progress)  # its own cache file, checksum and mirror
     try:
         path = cache_path_for(url)
         if not path.is_file():
