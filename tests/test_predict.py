@@ -115,6 +115,10 @@ def test_missing_file_and_oversized_file(tmp_path) -> None:
         load_image(tmp_path / "absent.jpg")
     with pytest.raises(ImageError, match="larger than"):
         load_image(SAMPLES[0], max_bytes=1000)
+    data = SAMPLES[0].read_bytes()  # bytes get the same bound as files, before any decoding
+    with pytest.raises(ImageError, match=f"<{len(data)} bytes>: image is larger than the limit of 1000 bytes"):
+        load_image(data, max_bytes=1000)
+    assert load_image(data).size == load_image(SAMPLES[0]).size
 
 
 def test_url_inputs_via_loopback(http_server) -> None:

@@ -101,11 +101,16 @@ def load_image(
 def _open_data(source: str | os.PathLike | bytes, name: str, max_bytes: int) -> tuple[Any, bytes | None]:
     """What ``Image.open`` reads (a path or a buffer) and the raw bytes when they are already in memory."""
     if isinstance(source, bytes):
+        if len(source) > max_bytes:
+            raise ImageError(f"{name}: image is larger than the limit of {max_bytes} bytes")
         return io.BytesIO(source), source
     if is_url(source):
         raw = fetch_bytes(str(source), max_bytes=max_bytes)
         return io.BytesIO(raw), raw
-    path = Path(source)
+    return _checked_file(Path(source), name, max_bytes), None
+
+
+def _checked_file(path: Path, name: str, max_bytes: int) -> Path:
     try:
         if not path.is_file():
             raise ImageError(f"{name}: no such file")
@@ -113,7 +118,14 @@ def _open_data(source: str | os.PathLike | bytes, name: str, max_bytes: int) -> 
             raise ImageError(f"{name}: file is larger than {max_bytes} bytes")
     except (OSError, ValueError) as exc:  # name too long, NUL byte, permission denied on a parent folder
         raise ImageError(f"{name}: cannot read ({exc})") from None
-    return path, None
+    return path
+
+
+def read_image_bytes(source: str | os.PathLike, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The encoded bytes of a path or http(s) URL, not decoded, with the same checks as :func:`load_image`."""
+    if is_url(source):
+        return fetch_bytes(str(source), max_bytes=max_bytes)
+    return _checked_file(Path(source), describe_source(source), max_bytes).read_bytes()
 
 
 def _open_image(data: Any, name: str, max_pixels: int) -> Image.Image:

@@ -12,15 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..download import MAX_IMAGE_BYTES, fetch_bytes, is_url
-from ..errors import ImageError, ResnextError
-from ..images import load_image
+from ..errors import ResnextError
+from ..images import load_image, read_image_bytes
 from ..predict import ClassifyResult, Prediction, top_k
 from ..runtimes import require
 from ..sources import display_names
@@ -39,17 +37,6 @@ def server_message(exc: BaseException) -> str:
     lines = [ln for ln in lines if ln.strip() and not ln[0].isspace() and not ln.startswith("Traceback")]
     last = lines[-1] if lines else repr(exc)
     return re.sub(r"^[\w.]+(Error|Exception): ", "", last)[:400]
-
-
-def read_bytes(source: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
-    if is_url(source):
-        return fetch_bytes(source, max_bytes=max_bytes)
-    path = Path(source)
-    if not path.is_file():
-        raise ImageError(f"{source}: no such file")
-    if path.stat().st_size > max_bytes:
-        raise ImageError(f"{source}: file is larger than {max_bytes} bytes")
-    return path.read_bytes()
 
 
 @dataclass
@@ -189,7 +176,7 @@ class TritonClient:
         for source in sources:
             try:
                 if transforms is None:
-                    predictions = self.classify_bytes(info, [read_bytes(source)], topk)[0]
+                    predictions = self.classify_bytes(info, [read_image_bytes(source)], topk)[0]
                 else:
                     batch = transforms(load_image(source)).unsqueeze(0).numpy()
                     logits, names = self.logits_with_names(info, batch)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..download import MAX_IMAGE_BYTES
-from ..errors import ImageError, ResnextError
+from ..errors import ResnextError
 from ..images import MAX_IMAGE_PIXELS, load_image
 from ..predict import Predictor, top_k
 from ..runtimes import INPUT_NAME, OUTPUT_NAME, run_merged
@@ -96,9 +96,7 @@ class ImageModel:
 
     def decode(self, item: Any) -> torch.Tensor:
         data = item if isinstance(item, bytes) else bytes(item)
-        if len(data) > self.max_bytes:
-            raise ImageError(f"<{len(data)} bytes>: image is larger than the limit of {self.max_bytes} bytes")
-        return self.predictor.transforms(load_image(data, max_pixels=self.max_pixels))
+        return self.predictor.transforms(load_image(data, max_pixels=self.max_pixels, max_bytes=self.max_bytes))
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         batch = torch.stack([self.decode(item) for item in images.reshape(-1)])
