@@ -54,7 +54,7 @@ from .export_writers import (
     write_tensorrt,
     write_torchscript,
 )
-from .images import find_images, load_image, sample_images
+from .images import load_image, sample_images
 from .runtimes import EXPORT_FORMATS, INPUT_NAME, OUTPUT_NAME, create_backend
 from .sources import ModelSource, load_source, source_from_model
 from .transforms import eval_preset
@@ -77,30 +77,27 @@ def preprocess(paths: Sequence[str], image_size: int) -> Tensor:
 def labelled_images(root: str | Path, num_classes: int) -> tuple[list[str], list[int] | None, str | None]:
     """Images under ``root`` and, when it is an ImageFolder tree the model's classes fit, their class indices
     (label order from :func:`resnext.images.match_classes`, the rule evaluation uses)."""
-    from .images import match_classes
+    from .images import find_classes, match_classes, walk_images
 
     root = Path(root)
     if not root.is_dir():
         raise ResnextError(f"image folder not found: {root}")
-    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not folders:
-        paths = find_images([root])
-        return paths, None, "the folder has no class sub-folders, so only agreement (not accuracy) is reported"
+    try:
+        folders = find_classes(root)
+    except ResnextError:
+        return (
+            walk_images(root),
+            None,
+            "the folder has no class sub-folders, so only agreement (not accuracy) is reported",
+        )
     try:
         index = {name: i for i, name in enumerate(match_classes(root, num_classes, None))}
     except ResnextError:
-        paths = find_images([root])
-        return (
-            paths,
-            None,
-            (
-                f"{len(folders)} class folders do not match the model's {num_classes} classes, "
-                "so only agreement (not accuracy) is reported"
-            ),
-        )
+        note = f"{len(folders)} class folders do not match the model's {num_classes} classes"
+        return walk_images(root), None, note + ", so only agreement (not accuracy) is reported"
     paths, labels = [], []
     for name in folders:
-        found = find_images([root / name])
+        found = walk_images(root / name)
         paths += found
         labels += [index[name]] * len(found)
     return paths, labels, None
