@@ -195,7 +195,7 @@ def test_resume_skips_done_inputs_and_cuts_a_torn_last_line(run, images, predict
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_resume_after_sigkill_equals_an_uninterrupted_run(run, small_checkpoint, tmp_path, suffix) -> None:
     images = make_images(tmp_path / "imgs", 30, corrupt=2, seed=1)
     out = tmp_path / f"killed{suffix}"
@@ -228,8 +228,8 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(run, small_checkpoint,
     import pyarrow.parquet as pq
 
     partial = (
-        read_output(out)
-        if suffix == ".jsonl"
+        out.read_text().splitlines()[suffix == ".csv" :]  # rows (maybe a torn last one), without the CSV header
+        if suffix != ".parquet"
         else [p for f in parts.glob("part-*.parquet") for p in pq.read_table(f)["path"].to_pylist()]
     )
     assert 0 < len(partial) < len(images)  # killed for real, in the middle
@@ -413,3 +413,134 @@ def test_a_random_spec_builds_the_same_model_wherever_it_is_built() -> None:
     second = spec.predictor()
     x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     torch.testing.assert_close(first.backend(x), second.backend(x), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output safety: only our own files are resumed, one run per output, a resume keeps the settings of its rows
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes: what "changed nothing" is checked against."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("x.jsonl", b'a config {"k": 1}'),
+        ("x.jsonl", b'{"path": "a.png", "indices": [1]}\n{"path": "b.png", "indices": [2]}'),
+        ("x.jsonl", b""),
+        ("x.csv", b"path,error\nmine.png,keep this line"),
+    ],
+)
+def test_resume_refuses_a_file_it_did_not_write_byte_for_byte(run, images, tmp_path, name, content) -> None:
+    """Before: --resume emptied the first file and cut the last line of the next ones, then went on."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / name).write_bytes(content)
+    code, err = run("classify", images[3], "--output", str(folder / name), "--resume")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "not written by resnext" in lines[0], err
+    assert snapshot(folder) == {name: content}  # unchanged, and no lock or manifest left beside it
+
+
+def test_a_torn_csv_record_is_cut_by_records_not_lines(run, images, predictor, tmp_path) -> None:
+    """Before: the repair cut at the newline inside the quoted path, and resumed rows went into the open quote."""
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    newline = odd / "two\nlines, \"quoted\".png"
+    newline.write_bytes(Path(images[5]).read_bytes())
+    sources = [images[3], images[4], str(newline), images[6]]
+    out = tmp_path / "p.csv"
+    assert run("classify", *sources[:2], "--output", str(out))[0] == 0
+    with open(out, "a", newline="") as f:
+        f.write(f'"{sources[2][: sources[2].index(chr(10)) + 1]}')  # a crash inside the quoted path
+    code, err = run("classify", *sources, "--output", str(out), "--resume")
+    assert code == 0 and "2 already there" in err, err
+    rows = read_output(out)
+    assert [r["path"] for r in rows] == sources
+    assert_rows_match(rows, {r.source: r for r in predictor.classify(sources)})
+
+
+def test_resume_refuses_other_row_settings(run, images, tmp_path) -> None:
+    """Before: --topk 5 then --topk 2 went into one file, and embed resumed with other weights mixed two models."""
+    out = tmp_path / "p.jsonl"
+    assert run("classify", images[3], "--output", str(out), "--topk", "5")[0] == 0
+    before = out.read_bytes()
+    for flags, named in [(["--topk", "2"], "topk"), (["--image-size", "96"], "image_size")]:
+        code, err = run("classify", images[3], images[4], "--output", str(out), "--resume", *flags)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and named in err, err
+        assert out.read_bytes() == before
+    vectors = tmp_path / "v.parquet"
+    assert run("embed", images[3], "--output", str(vectors))[0] == 0
+    before = vectors.read_bytes()
+    for flags, named in [(["--normalize"], "normalize"), (["--weights", "random"], "weights_sha256")]:
+        code, err = run("embed", images[3], images[4], "--output", str(vectors), "--resume", *flags)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and named in err, err
+        assert vectors.read_bytes() == before
+        assert not vectors.with_name(vectors.name + ".parts").exists()
+    assert run("embed", images[3], images[4], "--output", str(vectors), "--resume")[0] == 0  # the same settings
+
+
+_HOLD_OUTPUT = """
+import sys
+from resnext.bulk_io import open_writer
+writer = open_writer(sys.argv[1], "classify")
+writer.open(resume=False, overwrite=False, settings={"task": "classify"})
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_second_run_on_a_locked_output_refuses_naming_the_holder(run, images, tmp_path, suffix) -> None:
+    """Before: two runs on one output both exited 0 (parquet lost rows, jsonl got duplicates)."""
+    out = tmp_path / f"p{suffix}"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_OUTPUT, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        for command in ("classify", "embed"):
+            code, err = run(command, images[3], "--output", str(out))
+            lines = err.strip().splitlines()
+            assert code == 2 and len(lines) == 1 and f"pid {holder.pid}" in lines[0], err
+        assert not out.exists()
+        holder.kill()  # its lock file stays behind: a stale lock of a dead process
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert run("classify", images[3], "--output", str(out))[0] == 0
+    assert [r["path"] for r in read_output(out)] == [images[3]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, out.name + ".resnext.json"])
+
+
+def test_output_checks_come_before_the_model_loads(run, images, tmp_path, monkeypatch) -> None:
+    """Before: an existing output or a bad suffix was refused only after the model was built (61 s for ResNeXt101)."""
+    from resnext.bulk import ModelSpec
+
+    loaded: list[str] = []
+    real = ModelSpec.predictor
+    monkeypatch.setattr(ModelSpec, "predictor", lambda self, **kw: loaded.append("model") or real(self, **kw))
+    done = tmp_path / "done.jsonl"
+    assert run("classify", images[3], "--output", str(done))[0] == 0
+    loaded.clear()
+    (tmp_path / "a-file").write_text("")
+    cases = [
+        (["--output", str(done)], "pass --resume"),
+        (["--output", str(done), "--resume", "--topk", "3"], "topk"),
+        (["--output", str(tmp_path / "p.txt")], "must end in"),
+        (["--output", str(tmp_path / "a-file" / "p.jsonl")], "not a writable folder"),
+    ]
+    for flags, message in cases:
+        code, err = run("classify", images[4], *flags)
+        assert code == 2 and message in err and loaded == [], (flags, err)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_output_in_a_missing_folder_is_created(run, images, tmp_path, suffix) -> None:
+    """Before: exit 3 (FileNotFoundError) for .jsonl and .csv; parquet already made its folder."""
+    out = tmp_path / "new" / "deeper" / f"p{suffix}"
+    assert run("classify", images[3], images[4], "--output", str(out))[0] == 0
+    assert [r["path"] for r in read_output(out)] == [images[3], images[4]]

@@ -655,6 +655,99 @@ def test_a_read_only_folder_as_output_is_one_line_before_any_work(tmp_path, caps
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Bulk outputs: a damaged output given to --resume, a disk that fills while rows are written
+
+
+def _bulk(small_checkpoint, command: str, *args: str) -> list[str]:
+    return [command, "--arch", "resnext_test", "--weights", str(small_checkpoint), "--backend", "torch"] + [
+        "--device",
+        "cpu",
+        "--image-size",
+        "32",
+        "--workers",
+        "0",
+        *args,
+    ]
+
+
+def _damage(kind: str, folder: Path, run_ours) -> Path:  # noqa: ANN001
+    """An output damaged in one way; ``run_ours(path)`` writes one of ours first where the damage needs it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if kind == "blank csv line":
+        out = run_ours(folder / "p.csv")
+        with open(out, "a") as f:
+            f.write("\n")
+    elif kind == "list in path":
+        out = run_ours(folder / "p.jsonl")
+        with open(out, "a") as f:
+            f.write('{"path": [1, 2], "error": null, "labels": [], "indices": [], "probabilities": []}\n')
+    elif kind == "not utf-8":
+        out = run_ours(folder / "p.jsonl")
+        with open(out, "ab") as f:
+            f.write(b'{"path": "\xff\xfe.png", "error": null}\n')
+    elif kind == "cut parquet":
+        out = run_ours(folder / "p.parquet")
+        os.truncate(out, out.stat().st_size // 2)
+    elif kind == "empty parquet":
+        out = folder / "p.parquet"
+        out.write_bytes(b"")
+    else:  # a foreign parquet with a path column (before: crashed only at the final merge, after all the work)
+        out = folder / "p.parquet"
+        pq.write_table(pa.table({"path": ["elsewhere.png"], "score": [0.5]}), out)
+    return out
+
+
+@pytest.mark.parametrize(
+    "kind", ["blank csv line", "list in path", "not utf-8", "cut parquet", "empty parquet", "foreign parquet"]
+)
+def test_a_damaged_output_given_to_resume_is_one_line_and_left_unchanged(
+    kind, small_checkpoint, tmp_path, capsys
+) -> None:
+    pytest.importorskip("pyarrow")
+    folder = tmp_path / "out"
+    folder.mkdir()
+
+    def run_ours(path: Path) -> Path:
+        assert main(_bulk(small_checkpoint, "classify", str(SAMPLES[0]), "--output", str(path))) == 0
+        return path
+
+    out = _damage(kind, folder, run_ours)
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    code = main(_bulk(small_checkpoint, "classify", *map(str, SAMPLES), "--output", str(out), "--resume"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and out.name in err, err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_disk_that_fills_while_rows_are_written_is_one_line_and_resumes(
+    small_checkpoint, tmp_path, capsys, suffix
+) -> None:
+    """Before: exit 3 with a traceback (parquet was already clean). 16 KiB free: the rows outgrow it part way."""
+    inputs = [str(p) for p in SAMPLES]
+    topk = ["--topk", "100", "--batch-size", "1"]
+    with _tmpfs(tmp_path / "small", "size=256k") as folder:
+        with contextlib.suppress(OSError), open(folder / "filler", "wb") as f:
+            for _ in range(1024):
+                f.write(b"\0" * 4096)
+                f.flush()
+        os.truncate(folder / "filler", (folder / "filler").stat().st_size - 16 * 1024)
+        out = folder / f"p{suffix}"
+        code = main(_bulk(small_checkpoint, "classify", *inputs, "--output", str(out), *topk))
+        said = re.findall(r"resnext: .*", capsys.readouterr().err)  # the lines beside the progress bar
+        assert code == 2 and len(said) == 1 and "No space left" in said[0], said
+        assert not any(p.name.startswith(".resnext") or p.name.endswith(".lock") for p in folder.iterdir())
+        (folder / "filler").unlink()
+        assert main(_bulk(small_checkpoint, "classify", *inputs, "--output", str(out), "--resume", *topk)) == 0
+        reference = tmp_path / f"r{suffix}"
+        assert main(_bulk(small_checkpoint, "classify", *inputs, "--output", str(reference), *topk)) == 0
+        assert out.read_text() == reference.read_text()  # every row once, in order, the same numbers
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # 14. A crash has its own exit status and a traceback file; 15. Predictor.classify batches and reports per input
 
 

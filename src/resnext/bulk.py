@@ -25,6 +25,7 @@ decoding overlapped with the model); the Ray Data engine (:mod:`resnext.bulk_ray
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -144,30 +145,86 @@ def write_rows(job: BulkJob, writer: OutputWriter, rows: Iterable[Row], skipped:
 
     def flush() -> None:
         nonlocal written, failed, buffer
-        written += writer.write(buffer)
-        failed += sum(r["error"] is not None for r in buffer)
-        buffer = []
+        chunk, buffer = buffer, []  # not retried if the writer fails (a full disk): it cut back to whole rows
+        written += writer.write(chunk)
+        failed += sum(r["error"] is not None for r in chunk)
 
     try:
-        for row in rows:
-            buffer.append(row)
-            if len(buffer) >= job.batch_size:
-                flush()
+        try:
+            for row in rows:
+                buffer.append(row)
+                if len(buffer) >= job.batch_size:
+                    flush()
+        except BaseException:
+            if buffer:
+                flush()  # finished rows are kept even when the run is interrupted
+            raise
         flush()
     except BaseException:
-        if buffer:
-            flush()  # finished rows are kept even when the run is interrupted
         writer.abort()
         raise
     writer.close()
     return BulkSummary(job.output, total, skipped, written, failed, time.perf_counter() - start)
 
 
-def run_local(job: BulkJob, predictor: Any) -> BulkSummary:
-    """Run ``job`` in this process (decoding in ``job.workers`` background processes)."""
+def requested_settings(job: BulkJob, spec: ModelSpec | None = None) -> dict[str, Any]:
+    """The settings that define a row and are known before the model is built (``None``: known only after)."""
+    settings: dict[str, Any] = {"task": job.task}
+    settings.update({"topk": job.topk} if job.task == "classify" else {"normalize": job.normalize})
+    if spec is not None:
+        settings["arch"] = spec.arch
+        settings["image_size"] = spec.image_size
+        settings["runtime"] = spec.backend if spec.backend not in (None, "auto") else None
+        settings["labels_sha256"] = _labels_sha256(spec.categories) if spec.categories else None
+    return settings
+
+
+def row_settings(job: BulkJob, predictor: Any, spec: ModelSpec | None = None) -> dict[str, Any]:
+    """Everything that defines a row of ``job`` made by ``predictor``: what ``--resume`` must find unchanged."""
+    from .auto import file_sha256, weights_sha256
+
+    backend = predictor.backend
+    if predictor.model is not None:
+        weights = weights_sha256(predictor.model)
+    elif spec is not None and spec.model_file:
+        weights = file_sha256(Path(spec.model_file))
+    else:
+        weights = None
+    metadata = getattr(backend, "metadata", None) or {}
+    return {
+        **requested_settings(job),
+        "arch": predictor.arch,
+        "weights_sha256": weights,
+        "image_size": predictor.image_size,
+        "precision": getattr(backend, "precision", None) or metadata.get("precision") or "fp32",
+        "runtime": getattr(backend, "name", "torch"),  # the eager TorchBackend has no name
+        "labels_sha256": _labels_sha256(predictor.categories),
+    }
+
+
+def _labels_sha256(categories: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(categories).encode("utf-8")).hexdigest()
+
+
+def open_output(job: BulkJob, spec: ModelSpec | None = None) -> OutputWriter:
+    """Check, lock and (``--resume``) verify ``job.output``: everything that can be refused before the model loads."""
     writer = open_writer(job.output, job.task, topk=job.topk)
-    done = writer.open(resume=job.resume, overwrite=job.overwrite)
-    pending = [s for s in job.sources if s not in done]
+    writer.open(resume=job.resume, overwrite=job.overwrite, settings=requested_settings(job, spec))
+    return writer
+
+
+def run_local(
+    job: BulkJob, predictor: Any, *, writer: OutputWriter | None = None, spec: ModelSpec | None = None
+) -> BulkSummary:
+    """Run ``job`` in this process (decoding in ``job.workers`` background processes); ``writer``: the output
+    :func:`open_output` opened for it (default: opened here)."""
+    writer = writer or open_output(job, spec)
+    try:
+        writer.confirm(row_settings(job, predictor, spec))
+    except BaseException:
+        writer.abort()
+        raise
+    pending = [s for s in job.sources if s not in writer.done]
     rows = result_rows(job, predictor, pending)
     return write_rows(job, writer, rows, skipped=len(job.sources) - len(pending), total=len(job.sources))
 

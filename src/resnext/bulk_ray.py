@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .bulk import BulkJob, BulkSummary, ModelSpec, is_remote, write_rows
-from .bulk_io import classify_row, embed_row, open_writer, rows_to_table
+from .bulk import BulkJob, BulkSummary, ModelSpec, is_remote, open_output, row_settings, write_rows
+from .bulk_io import OutputWriter, classify_row, embed_row, rows_to_table
 from .download import is_url
 from .errors import ImageError, ResnextError
 from .runtimes import require
@@ -159,24 +159,38 @@ class ModelActor:
 # Driver
 
 
-def run_ray(job: BulkJob, spec: ModelSpec, options: RayOptions = RayOptions()) -> BulkSummary:
+def run_ray(
+    job: BulkJob, spec: ModelSpec, options: RayOptions = RayOptions(), *, writer: OutputWriter | None = None
+) -> BulkSummary:
     """Run ``job`` as a Ray Data pipeline; joins ``options.address`` or an already initialised Ray, else starts
-    (and afterwards stops) a private instance on this machine."""
+    (and afterwards stops) a private instance on this machine. ``writer``: the output :func:`resnext.bulk.open_output`
+    opened for it (default: opened here). The driver holds the output's lock and writes every row."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = require("ray", "ray")
     require("ray.data", "ray")
-    writer = open_writer(job.output, job.task, topk=job.topk)
-    done = writer.open(resume=job.resume, overwrite=job.overwrite)
-    pending = [s for s in job.sources if s not in done]
-    # The driver builds the predictor once before any actor: a bad model source fails here in one line, and
-    # the preset (crop size, normalisation) the CPU tasks need comes from the model itself.
-    transforms = spec.predictor(device="cpu").transforms if pending else None
+    writer = writer or open_output(job, spec)
+    pending = [s for s in job.sources if s not in writer.done]
+    transforms = None
+    if pending:
+        # The driver builds the predictor once before any actor: a bad model source fails here in one line, the
+        # preset (crop size, normalisation) the CPU tasks need comes from the model itself, and a resumed output
+        # is checked against the settings of the rows it would get.
+        try:
+            predictor = spec.predictor(device="cpu")
+            writer.confirm(row_settings(job, predictor, spec))
+        except BaseException:
+            writer.abort()
+            raise
+        transforms = predictor.transforms
     started = not ray.is_initialized()
-    if started:
-        init_ray(ray, options)
     try:
+        if started:
+            init_ray(ray, options)
         rows = _stream(job, spec, options, pending, transforms) if pending else iter(())
         return write_rows(job, writer, rows, skipped=len(job.sources) - len(pending), total=len(job.sources))
+    except BaseException:
+        writer.abort()  # releases the output (write_rows already did, if it started)
+        raise
     finally:
         if started:
             ray.shutdown()

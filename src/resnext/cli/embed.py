@@ -51,7 +51,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
 def run_bulk(args: argparse.Namespace, task: str) -> int:
     """``classify``/``embed`` over a collection into ``--output``, on the local or the Ray engine."""
-    from ..bulk import BulkJob, list_inputs, run_local
+    from ..bulk import BulkJob, list_inputs, open_output, run_local
     from ..images import sample_images
     from ..labels import read_label_file
     from ..runtimes import require
@@ -67,16 +67,21 @@ def run_bulk(args: argparse.Namespace, task: str) -> int:
     categories = read_label_file(args.labels) if getattr(args, "labels", None) else None
     spec = model_spec(args, categories=categories)
     job = call_with(BulkJob, args, task=task, sources=sources)
-    if args.engine == "ray":
-        from ..bulk_ray import RayOptions, run_ray
+    writer = open_output(job, spec)  # suffix, folder, lock, resume identity: all before the model loads
+    try:
+        if args.engine == "ray":
+            from ..bulk_ray import RayOptions, run_ray
 
-        summary = run_ray(job, spec, call_with(RayOptions, args, address=args.ray_address))
-    else:
-        if getattr(args, "threads", None):
-            import torch
+            summary = run_ray(job, spec, call_with(RayOptions, args, address=args.ray_address), writer=writer)
+        else:
+            if getattr(args, "threads", None):
+                import torch
 
-            torch.set_num_threads(args.threads)
-        summary = run_local(job, spec.predictor())
+                torch.set_num_threads(args.threads)
+            summary = run_local(job, spec.predictor(), writer=writer, spec=spec)
+    except BaseException:
+        writer.abort()
+        raise
     print(f"resnext: {summary.line()}", file=sys.stderr)
     if summary.failed:
         print(
