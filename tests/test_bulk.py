@@ -448,7 +448,7 @@ def test_a_torn_csv_record_is_cut_by_records_not_lines(run, images, predictor, t
     """Before: the repair cut at the newline inside the quoted path, and resumed rows went into the open quote."""
     odd = tmp_path / "odd"
     odd.mkdir()
-    newline = odd / "two\nlines, \"quoted\".png"
+    newline = odd / 'two\nlines, "quoted".png'
     newline.write_bytes(Path(images[5]).read_bytes())
     sources = [images[3], images[4], str(newline), images[6]]
     out = tmp_path / "p.csv"

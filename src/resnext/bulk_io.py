@@ -208,9 +208,7 @@ class OutputWriter:
                 if overwrite:
                     self.remove()
                 elif not resume:
-                    raise ResnextError(
-                        f"{self.path} exists: pass --resume to add the inputs it lacks, or --overwrite"
-                    )
+                    raise ResnextError(f"{self.path} exists: pass --resume to add the inputs it lacks, or --overwrite")
                 else:
                     manifest = self.read_manifest()
                     check_settings(self.path, manifest["settings"], self.settings, known_only=True)
