@@ -33,6 +33,8 @@ LAYERS: list[set[str]] = [
         "train",
         "bulk",
         "bulk_io",
+        "bulk_output",
+        "bulk_parts",
         "bulk_ray",
         "demo",
         "serve",
