@@ -194,16 +194,32 @@ def test_resume_skips_done_inputs_and_cuts_a_torn_last_line(run, images, predict
     assert_rows_match(rows, {r.source: r for r in predictor.classify(images)})
 
 
+def test_resume_keeps_rows_written_after_the_manifest_last_recorded_them(run, images, predictor, tmp_path) -> None:
+    """A kill between a batch's fsync and the manifest update leaves complete rows the manifest does not count."""
+    out, other = tmp_path / "p.csv", tmp_path / "other.csv"
+    assert run("classify", *images[2:4], "--output", str(out))[0] == 0
+    assert run("classify", images[4], "--output", str(other))[0] == 0
+    with open(out, "a", newline="") as f:
+        f.write(other.read_text().split("\n", 1)[1])  # the row of images[4], complete, after "committed"
+    code, err = run("classify", *images[2:7], "--output", str(out), "--resume")
+    assert code == 0 and "3 already there" in err, err
+    rows = read_output(out)
+    assert [r["path"] for r in rows] == images[2:7]
+    assert_rows_match(rows, {r.source: r for r in predictor.classify(images[2:7])})
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
-def test_resume_after_sigkill_equals_an_uninterrupted_run(run, small_checkpoint, tmp_path, suffix) -> None:
+@pytest.mark.parametrize(
+    ("task", "suffix"), [("classify", ".jsonl"), ("classify", ".csv"), ("classify", ".parquet"), ("embed", ".npy")]
+)
+def test_resume_after_sigkill_equals_an_uninterrupted_run(run, small_checkpoint, tmp_path, task, suffix) -> None:
     images = make_images(tmp_path / "imgs", 30, corrupt=2, seed=1)
     out = tmp_path / f"killed{suffix}"
     command = [
         sys.executable,
         "-m",
         "resnext",
-        "classify",
+        task,
         str(tmp_path / "imgs"),
         *model_args(small_checkpoint),
         "--batch-size",
@@ -229,14 +245,22 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(run, small_checkpoint,
 
     partial = (
         out.read_text().splitlines()[suffix == ".csv" :]  # rows (maybe a torn last one), without the CSV header
-        if suffix != ".parquet"
+        if suffix in (".jsonl", ".csv")
         else [p for f in parts.glob("part-*.parquet") for p in pq.read_table(f)["path"].to_pylist()]
     )
     assert 0 < len(partial) < len(images)  # killed for real, in the middle
     # exit status 0: the corrupt inputs (sorted first) already had their rows before the kill
-    assert run("classify", str(tmp_path / "imgs"), "--batch-size", "2", "--output", str(out), "--resume")[0] == 0
+    assert run(task, str(tmp_path / "imgs"), "--batch-size", "2", "--output", str(out), "--resume")[0] == 0
     reference = tmp_path / f"uninterrupted{suffix}"
-    assert run("classify", str(tmp_path / "imgs"), "--batch-size", "2", "--output", str(reference))[0] == 1
+    assert run(task, str(tmp_path / "imgs"), "--batch-size", "2", "--output", str(reference))[0] == 1
+    if suffix == ".npy":
+        index = out.with_suffix(".index.csv").read_text()
+        assert (
+            index == reference.with_suffix(".index.csv").read_text()
+            and sum(line.startswith(",") for line in index.splitlines()) == 2
+        )
+        np.testing.assert_allclose(np.load(out), np.load(reference), rtol=1e-5, atol=1e-6)
+        return
     resumed, full = read_output(out), read_output(reference)
     assert [r["path"] for r in resumed] == images  # exactly once each, in input order
     for a, b in zip(resumed, full):
@@ -544,3 +568,40 @@ def test_output_in_a_missing_folder_is_created(run, images, tmp_path, suffix) ->
     out = tmp_path / "new" / "deeper" / f"p{suffix}"
     assert run("classify", images[3], images[4], "--output", str(out))[0] == 0
     assert [r["path"] for r in read_output(out)] == [images[3], images[4]]
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".parquet"])
+def test_a_crash_between_the_final_rename_and_the_manifest_merges_no_part_twice(
+    run, images, predictor, tmp_path, monkeypatch, suffix
+) -> None:
+    """Before: a crash after the merged file replaced the old one but before the parts were removed merged those
+    parts again on --resume (duplicate rows). The manifest names the parts already in the final file."""
+    from resnext.bulk_parts import PartsWriter
+
+    out = tmp_path / f"v{suffix}"
+    assert run("embed", *images[2:4], "--output", str(out), "--batch-size", "1")[0] == 0
+    real = PartsWriter.write_manifest
+
+    def killed_after_the_rename(self, **changes):  # noqa: ANN001, ANN202
+        if "final" in changes and changes["final"] is not None and self.manifest.get("pending"):
+            raise KeyboardInterrupt  # the final file is in place; the manifest still calls it pending
+        return real(self, **changes)
+
+    monkeypatch.setattr(PartsWriter, "write_manifest", killed_after_the_rename)
+    code, _ = run("embed", *images[2:6], "--output", str(out), "--batch-size", "1", "--resume")
+    assert code == 130  # interrupted
+    monkeypatch.setattr(PartsWriter, "write_manifest", real)
+    assert out.with_name(out.name + ".parts").is_dir()  # the merged parts are still there
+    code, err = run("embed", *images[2:8], "--output", str(out), "--resume")
+    assert code == 0 and "4 already there" in err, err
+    if suffix == ".npy":
+        with open(tmp_path / "v.index.csv", newline="") as f:
+            paths = [r["path"] for r in csv.DictReader(f)]
+        vectors = np.load(out)
+    else:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out).to_pylist()
+        paths, vectors = [r["path"] for r in table], np.array([r["embedding"] for r in table])
+    assert paths == images[2:8]  # once each, in order
+    np.testing.assert_allclose(vectors, reference_features(predictor, images[2:8]), rtol=1e-4, atol=1e-5)

@@ -103,21 +103,23 @@ class LineWriter(OutputWriter):
 
     def append(self, rows: Sequence[Row]) -> None:
         data = self.format(rows).encode("utf-8")
-        committed = (self.manifest or {}).get("committed", 0)
+        start = 0
         try:
             if self.file is None:
-                if self.manifest is None or committed == 0:  # a new file: the manifest first, then the rows
-                    data = self.header().encode("utf-8") + data
-                    committed = 0
+                if self.manifest is None or not self.path.exists() or self.path.stat().st_size == 0:
+                    data = self.header().encode("utf-8") + data  # a new file: the manifest first, then the rows
                     self.write_manifest(head=data[:HEAD_CHARS].decode("utf-8", "ignore"), committed=0)
-                self.file = open(self.path, "r+b" if committed else "wb")  # noqa: SIM115 - open for the run
-                self.file.seek(committed)
+                    self.file = open(self.path, "wb")  # noqa: SIM115 - open for the run
+                else:  # resumed: after the complete records (a crash may have kept some beyond "committed")
+                    self.file = open(self.path, "r+b")  # noqa: SIM115
+                    self.file.seek(0, os.SEEK_END)
+            start = self.file.tell()
             self.file.write(data)
             self.file.flush()
             os.fsync(self.file.fileno())
-            self.write_manifest(committed=committed + len(data))
+            self.write_manifest(committed=start + len(data))
         except (OSError, ResnextError) as exc:
-            self._cut_back(committed)
+            self._cut_back(start)
             if isinstance(exc, ResnextError):
                 raise
             raise ResnextError(f"cannot write {self.path}: {exc.strerror or exc}") from None
