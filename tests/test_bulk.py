@@ -605,3 +605,16 @@ def test_a_crash_between_the_final_rename_and_the_manifest_merges_no_part_twice(
         paths, vectors = [r["path"] for r in table], np.array([r["embedding"] for r in table])
     assert paths == images[2:8]  # once each, in order
     np.testing.assert_allclose(vectors, reference_features(predictor, images[2:8]), rtol=1e-4, atol=1e-5)
+
+
+def test_a_resume_refused_after_the_model_loads_cuts_nothing(run, images, tmp_path) -> None:
+    """The weights are known only once the model is built: the torn record stays until a resume may write."""
+    out = tmp_path / "p.csv"
+    assert run("classify", images[3], "--output", str(out))[0] == 0
+    with open(out, "a") as f:
+        f.write('"torn')
+    before = out.read_bytes()
+    code, err = run("classify", images[3], images[4], "--output", str(out), "--resume", "--weights", "random")
+    assert code == 2 and "weights_sha256" in err and out.read_bytes() == before, err
+    assert run("classify", images[3], images[4], "--output", str(out), "--resume")[0] == 0
+    assert [r["path"] for r in read_output(out)] == images[3:5]

@@ -15,7 +15,9 @@ Classify rows hold ``path``, ``error`` and the top-k ``labels``, ``indices`` and
 ``label_1, index_1, probability_1, ...`` columns); embed rows hold ``path``, ``error`` and ``embedding`` (parquet: a
 fixed-size float32 list, all NaN for an input that failed). ``--resume`` skips every input already in the output
 (matched by the input string as given, errors included); without it an existing output is refused unless
-``--overwrite``.
+``--overwrite``. A run locks its output, and ``--resume`` continues only an output whose manifest proves it ours
+and made with the same settings (:mod:`resnext.bulk_output`); :func:`open_output` does all of that before the
+model is built.
 
 The local engine is :func:`resnext.predict.classify_sources` / :func:`resnext.predict.embed_sources` (background
 decoding overlapped with the model); the Ray Data engine (:mod:`resnext.bulk_ray`) writes through the same writers

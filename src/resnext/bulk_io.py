@@ -58,13 +58,11 @@ class LineWriter(OutputWriter):
     beyond it, in a file that begins as recorded, can be a record torn by a crash, and only that is cut."""
 
     file: Any = None
+    keep = 0  # resumed: the size of the complete records, where this run's rows begin
 
     def read_done(self, manifest: dict[str, Any]) -> list[str]:
-        keep = self._verified_end(manifest)
-        paths = list(self.parse(self._lines(keep)))  # all of it is checked before anything is cut
-        if keep < self.path.stat().st_size:
-            os.truncate(self.path, keep)
-        return paths
+        self.keep = self._verified_end(manifest)
+        return list(self.parse(self._lines(self.keep)))  # a torn record beyond is cut by the first append
 
     def _verified_end(self, manifest: dict[str, Any]) -> int:
         """The size of the complete records of an output proven ours (a torn last record beyond is dropped)."""
@@ -106,13 +104,14 @@ class LineWriter(OutputWriter):
         start = 0
         try:
             if self.file is None:
-                if self.manifest is None or not self.path.exists() or self.path.stat().st_size == 0:
+                if self.manifest is None or self.keep == 0:
                     data = self.header().encode("utf-8") + data  # a new file: the manifest first, then the rows
                     self.write_manifest(head=data[:HEAD_CHARS].decode("utf-8", "ignore"), committed=0)
                     self.file = open(self.path, "wb")  # noqa: SIM115 - open for the run
                 else:  # resumed: after the complete records (a crash may have kept some beyond "committed")
                     self.file = open(self.path, "r+b")  # noqa: SIM115
-                    self.file.seek(0, os.SEEK_END)
+                    self.file.truncate(self.keep)
+                    self.file.seek(self.keep)
             start = self.file.tell()
             self.file.write(data)
             self.file.flush()
