@@ -727,8 +727,12 @@ def test_a_disk_that_fills_while_rows_are_written_is_one_line_and_resumes(
     small_checkpoint, tmp_path, capsys, suffix
 ) -> None:
     """Before: exit 3 with a traceback (parquet was already clean). 16 KiB free: the rows outgrow it part way."""
-    inputs = [str(p) for p in SAMPLES]
-    topk = ["--topk", "100", "--batch-size", "1"]
+    (tmp_path / "imgs").mkdir()
+    inputs = []
+    for i in range(40):
+        inputs.append(str(tmp_path / "imgs" / f"{i:02d}.png"))
+        Path(inputs[-1]).write_bytes(_png(32 + i % 5, 32))
+    flags = ["--topk", "20", "--batch-size", "2"]
     with _tmpfs(tmp_path / "small", "size=256k") as folder:
         with contextlib.suppress(OSError), open(folder / "filler", "wb") as f:
             for _ in range(1024):
@@ -736,14 +740,16 @@ def test_a_disk_that_fills_while_rows_are_written_is_one_line_and_resumes(
                 f.flush()
         os.truncate(folder / "filler", (folder / "filler").stat().st_size - 16 * 1024)
         out = folder / f"p{suffix}"
-        code = main(_bulk(small_checkpoint, "classify", *inputs, "--output", str(out), *topk))
+        code = main(_bulk(small_checkpoint, "classify", *inputs, "--output", str(out), *flags))
         said = re.findall(r"resnext: .*", capsys.readouterr().err)  # the lines beside the progress bar
         assert code == 2 and len(said) == 1 and "No space left" in said[0], said
+        committed = json.loads(out.with_name(out.name + ".resnext.json").read_text())["committed"]
+        assert 0 < committed == out.stat().st_size  # the rows before the disk filled, cut back to whole rows
         assert not any(p.name.startswith(".resnext") or p.name.endswith(".lock") for p in folder.iterdir())
         (folder / "filler").unlink()
-        assert main(_bulk(small_checkpoint, "classify", *inputs, "--output", str(out), "--resume", *topk)) == 0
+        assert main(_bulk(small_checkpoint, "classify", *inputs, "--output", str(out), "--resume", *flags)) == 0
         reference = tmp_path / f"r{suffix}"
-        assert main(_bulk(small_checkpoint, "classify", *inputs, "--output", str(reference), *topk)) == 0
+        assert main(_bulk(small_checkpoint, "classify", *inputs, "--output", str(reference), *flags)) == 0
         assert out.read_text() == reference.read_text()  # every row once, in order, the same numbers
 
 

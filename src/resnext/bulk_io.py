@@ -107,14 +107,16 @@ class LineWriter(OutputWriter):
                 if self.manifest is None or self.keep == 0:
                     data = self.header().encode("utf-8") + data  # a new file: the manifest first, then the rows
                     self.write_manifest(head=data[:HEAD_CHARS].decode("utf-8", "ignore"), committed=0)
-                    self.file = open(self.path, "wb")  # noqa: SIM115 - open for the run
+                    # unbuffered: what a failed write leaves is cut back below, no buffer writes it again later
+                    self.file = open(self.path, "wb", buffering=0)  # noqa: SIM115 - open for the run
                 else:  # resumed: after the complete records (a crash may have kept some beyond "committed")
-                    self.file = open(self.path, "r+b")  # noqa: SIM115
+                    self.file = open(self.path, "r+b", buffering=0)  # noqa: SIM115
                     self.file.truncate(self.keep)
                     self.file.seek(self.keep)
             start = self.file.tell()
-            self.file.write(data)
-            self.file.flush()
+            view = memoryview(data)
+            while view:  # a raw write may write part of it
+                view = view[self.file.write(view) :]
             os.fsync(self.file.fileno())
             self.write_manifest(committed=start + len(data))
         except (OSError, ResnextError) as exc:
