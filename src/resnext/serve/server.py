@@ -35,6 +35,7 @@ from ..images import MAX_IMAGE_PIXELS, load_image
 from ..predict import Predictor, top_k
 from ..runtimes import INPUT_NAME, OUTPUT_NAME, run_merged
 from . import LABELS_FILE
+from .repository import check_model_name
 from .tritonserver import new_workspace, remove_workspace, require_serving, server_environment
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class ServeConfig:
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if bad:
             raise ResnextError(f"preferred batch sizes must lie in 1..{self.max_batch_size}, got {bad}")
+        check_model_name(self.name)
 
 
 class TensorModel:
