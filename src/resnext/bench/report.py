@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -222,20 +223,68 @@ def append_record(record: dict[str, Any], history: str | Path) -> None:
         f.write(old + json.dumps(record, default=str) + "\n")
 
 
-def load_history(history: str | Path) -> list[dict[str, Any]]:
+def _damage(record: Any) -> str | None:
+    """Why a history line cannot be used as a record, or None: what :func:`compare_latest` and the plot read must
+    be there with the right types (a NaN ratio is a number: comparing it is reported as unknown, not skipped)."""
+    if not isinstance(record, dict):
+        return f"not a JSON object (a {type(record).__name__})"
+    if not isinstance(record.get("time"), str):
+        return "no 'time'"
+    if not isinstance(record.get("machine"), dict) or not isinstance(record["machine"].get("class"), str):
+        return "no 'machine' class"
+    if not isinstance(record.get("model", {}), dict):
+        return "'model' is not an object"
+    accuracy = record.get("accuracy")
+    if accuracy is not None and not (isinstance(accuracy, dict) and all(_number(v) for v in accuracy.values())):
+        return "'accuracy' is not an object of numbers"
+    for part, name, numbers in (("inference", "backend", ("ratio", "batch_size")), ("training", "setting", ("ratio",))):
+        rows = record.get(part, [])
+        if not isinstance(rows, list):
+            return f"'{part}' is not a list"
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or not isinstance(row.get(name), str):
+                return f"{part} row {i} has no '{name}'"
+            for key in numbers if "error" not in row else ():
+                if key not in row:
+                    return f"{part} row {i} has no '{key}'"
+                if not _number(row[key]):
+                    return f"{part} row {i}: '{key}' is not a number ({row[key]!r})"
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_history(history: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the usable records, one ``FILE:LINE: reason`` per damaged line skipped). A damaged line (not JSON, not
+    UTF-8, not a record, a field missing or of the wrong type) is skipped, never fatal: the others still count."""
     path = Path(history)
     if not path.is_file():
         raise ResnextError(f"no history file at {path}: run `resnext benchmark report` first")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ResnextError(f"{path}:{number} is not a JSON record ({exc.msg})") from None
+    records, skipped = [], []
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            skipped.append(f"{path}:{number}: not UTF-8 text")
+            continue
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            skipped.append(f"{path}:{number}: not a JSON record ({exc.msg})")
+            continue
+        reason = _damage(record)
+        if reason:
+            skipped.append(f"{path}:{number}: {reason}")
+        else:
+            records.append(record)
     if not records:
-        raise ResnextError(f"{path} holds no records: run `resnext benchmark report` first")
-    return records
+        damaged = f" ({'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''})" if skipped else ""
+        raise ResnextError(f"{path} holds no usable records{damaged}: run `resnext benchmark report` first")
+    return records, skipped
 
 
 def format_record(record: dict[str, Any]) -> str:
@@ -284,12 +333,19 @@ def comparable_key(record: dict[str, Any]) -> tuple[Any, ...]:
 
 @dataclass
 class Change:
+    """One value of the latest record against the previous one; ``unknown`` says why they could not be compared
+    (a value missing or NaN): the comparison then cannot say "no regression"."""
+
     what: str
-    before: float
-    after: float
+    before: float | None
+    after: float | None
     regression: bool
+    unknown: str | None = None
 
     def line(self) -> str:
+        if self.unknown is not None:
+            return f"{'UNKNOWN':>10}  {self.what}: {self.unknown}"
+        assert self.before is not None and self.after is not None
         flag = "REGRESSION" if self.regression else "ok"
         return f"{flag:>10}  {self.what}: {self.before:.4g} -> {self.after:.4g} ({self.after - self.before:+.4g})"
 
@@ -299,21 +355,36 @@ class Comparison:
     latest: dict[str, Any]
     previous: dict[str, Any] | None
     changes: list[Change] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # damaged history lines, "FILE:LINE: reason"
 
     @property
     def regressions(self) -> list[Change]:
         return [c for c in self.changes if c.regression]
 
+    @property
+    def unknown(self) -> list[Change]:
+        return [c for c in self.changes if c.unknown is not None]
+
+    @property
+    def exit_status(self) -> int:
+        """0 only when everything was compared and nothing regressed; 1 on a regression or anything unknown."""
+        return 1 if self.regressions or self.unknown else 0
+
     def table(self) -> str:
         head = f"latest: {self.latest['time']} git {self.latest.get('git') or '-'} on {self.latest['machine']['class']}"
-        if self.previous is None:
-            return (
-                head
-                + "\nno earlier comparable record (same machine class, model, weights and data): nothing to compare"
-            )
-        lines = [head, f"previous: {self.previous['time']} git {self.previous.get('git') or '-'}"]
+        lines = [head] + [f"skipped damaged history line {s}" for s in self.skipped]
+        if self.previous is not None:
+            lines.append(f"previous: {self.previous['time']} git {self.previous.get('git') or '-'}")
         lines += [c.line() for c in self.changes]
-        lines.append(f"{len(self.regressions)} regression(s)" if self.regressions else "no regression")
+        if self.previous is None and not self.unknown:
+            lines.append(
+                "no earlier comparable record (same machine class, model, weights and data): nothing to compare"
+            )
+        elif self.unknown:
+            verdict = f"{len(self.regressions)} regression(s) and " if self.regressions else "cannot tell: "
+            lines.append(f"{verdict}{len(self.unknown)} value(s) could not be compared (UNKNOWN above)")
+        else:
+            lines.append(f"{len(self.regressions)} regression(s)" if self.regressions else "no regression")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -322,6 +393,8 @@ class Comparison:
             "previous": self.previous and self.previous.get("time"),
             "changes": [asdict(c) for c in self.changes],
             "regressions": len(self.regressions),
+            "unknown": len(self.unknown),
+            "skipped_lines": self.skipped,
         }
 
 
@@ -329,54 +402,87 @@ def _row_key(row: dict[str, Any]) -> str:
     return f"{row['backend']} {row['precision']} batch {row['batch_size']}"
 
 
+def _change(what: str, before: Any, after: Any, drop: float, *, relative: bool) -> Change:
+    """``after`` against ``before``: a regression when it fell by more than ``drop`` (a fraction of ``before``
+    when ``relative``, else absolute); unknown when either is missing or not finite."""
+    for value, where in ((before, "previous"), (after, "latest")):
+        if value is None:
+            return Change(what, before, after, False, f"missing in the {where} record")
+        if not math.isfinite(value):
+            return Change(what, before, after, False, f"{value} in the {where} record")
+    threshold = (1 - drop) * before if relative else before - drop
+    return Change(what, before, after, after < threshold)
+
+
 def compare_records(previous: dict[str, Any], latest: dict[str, Any]) -> list[Change]:
-    """Accuracy (record and per-row, points) and speed ratios (relative) of ``latest`` against ``previous``."""
+    """Accuracy (record and per-row, points) and speed ratios (relative) of ``latest`` against ``previous``.
+
+    Every value the previous record holds must be in the latest one: a missing row, a NaN, or a row whose ratio
+    has no reference row in its own record is reported as unknown, never passed over."""
+    from .inference import REFERENCE  # every inference ratio is relative to this row of its own batch size
+    from .training import DEFAULT_SETTINGS
+
     changes: list[Change] = []
+    before_acc, after_acc = previous.get("accuracy") or {}, latest.get("accuracy") or {}
     for name in ("top1", "top5"):  # percent
-        before, after = (previous.get("accuracy") or {}).get(name), (latest.get("accuracy") or {}).get(name)
-        if before is not None and after is not None:
-            changes.append(Change(f"accuracy {name} %", before, after, after < before - 100 * ACCURACY_DROP))
+        if name in before_acc or name in after_acc:
+            changes.append(
+                _change(
+                    f"accuracy {name} %", before_acc.get(name), after_acc.get(name), 100 * ACCURACY_DROP, relative=False
+                )
+            )
+    rows = {_row_key(r): r for r in latest.get("inference", [])}
     old_rows = {_row_key(r): r for r in previous.get("inference", [])}
-    for row in latest.get("inference", []):
-        old = old_rows.get(_row_key(row))
-        if old is None:
+    for key in sorted(set(rows) - set(old_rows)):
+        logger.info("%s: new in the latest record, nothing to compare it with", key)
+    for key, old in old_rows.items():
+        row = rows.get(key)
+        if row is None:
+            changes.append(Change(f"{key}", None, None, False, "row missing in the latest record"))
             continue
-        if row["backend"] != "torch" or row["precision"] != "fp32":  # the reference is 1.0 by definition
+        if (row["backend"], row["precision"]) != REFERENCE:  # the reference is 1.0 by definition
+            reference = f"{' '.join(REFERENCE)} batch {row['batch_size']}"
+            if reference not in rows:
+                changes.append(Change(f"{key} ratio", old["ratio"], None, False, f"no reference row ({reference})"))
+            else:
+                changes.append(_change(f"{key} ratio", old["ratio"], row["ratio"], RATIO_DROP, relative=True))
+        if old.get("accuracy") is not None:
             changes.append(
-                Change(
-                    f"{_row_key(row)} ratio", old["ratio"], row["ratio"], row["ratio"] < (1 - RATIO_DROP) * old["ratio"]
-                )
+                _change(f"{key} accuracy", old["accuracy"], row.get("accuracy"), ACCURACY_DROP, relative=False)
             )
-        if old.get("accuracy") is not None and row.get("accuracy") is not None:
-            changes.append(
-                Change(
-                    f"{_row_key(row)} accuracy",
-                    old["accuracy"],
-                    row["accuracy"],
-                    row["accuracy"] < old["accuracy"] - ACCURACY_DROP,
-                )
-            )
-    old_training = {r["setting"]: r for r in previous.get("training", []) if "error" not in r}
-    for row in latest.get("training", [])[1:]:  # the first is the reference
-        old = old_training.get(row["setting"])
-        if old is not None and "error" not in row:
-            changes.append(
-                Change(
-                    f"training {row['setting']} ratio",
-                    old["ratio"],
-                    row["ratio"],
-                    row["ratio"] < (1 - RATIO_DROP) * old["ratio"],
-                )
-            )
+    reference_setting = DEFAULT_SETTINGS[0].name
+    training = {r["setting"]: r for r in latest.get("training", [])}
+    for old in previous.get("training", []):
+        name = old["setting"]
+        if name == reference_setting or "error" in old:  # the reference is 1.0 by definition
+            continue
+        row = training.get(name)
+        what = f"training {name} ratio"
+        if row is None:
+            changes.append(Change(what, old["ratio"], None, False, "row missing in the latest record"))
+        elif "error" in row:
+            changes.append(Change(what, old["ratio"], None, False, f"failed in the latest run: {row['error']}"))
+        elif reference_setting not in training or "error" in training[reference_setting]:
+            changes.append(Change(what, old["ratio"], None, False, f"no reference row ({reference_setting})"))
+        else:
+            changes.append(_change(what, old["ratio"], row["ratio"], RATIO_DROP, relative=True))
     return changes
 
 
 def compare_latest(history: str | Path) -> Comparison:
-    """The last record against the last earlier record with the same :func:`comparable_key`."""
-    records = load_history(history)
+    """The last record against the last earlier record with the same :func:`comparable_key`. Damaged lines are
+    skipped (and listed); a latest record that measured nothing is unknown, whatever came before."""
+    records, skipped = read_history(history)
+    for line in skipped:
+        logger.warning("skipped damaged history line %s", line)
     latest = records[-1]
     previous = next((r for r in reversed(records[:-1]) if comparable_key(r) == comparable_key(latest)), None)
-    return Comparison(latest, previous, compare_records(previous, latest) if previous else [])
+    changes = compare_records(previous, latest) if previous else []
+    if not latest.get("inference") and not latest.get("training") and not latest.get("accuracy"):
+        changes.insert(
+            0, Change("latest record", None, None, False, "no inference rows, no training rows, no accuracy")
+        )
+    return Comparison(latest, previous, changes, skipped)
 
 
 def plot_history(history: str | Path, output: str | Path) -> Path:
@@ -390,7 +496,7 @@ def plot_history(history: str | Path, output: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = load_history(history)
+    records, _ = read_history(history)
     key = comparable_key(records[-1])
     series = [r for r in records if comparable_key(r) == key]
     fig, (speed, acc) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)

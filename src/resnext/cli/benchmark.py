@@ -177,7 +177,7 @@ def add_benchmark_compare_parser(kinds: argparse._SubParsersAction) -> None:
 
 
 def run_benchmark_compare(args: argparse.Namespace) -> int:
-    """The latest record vs the last comparable one; exit 1 on a regression.
+    """The latest record vs the last comparable one; exit 1 on a regression or a value it cannot compare.
 
     Comparable: same machine class (CPU model and flags, or GPU), architecture, image size and data.
     """
@@ -189,7 +189,7 @@ def run_benchmark_compare(args: argparse.Namespace) -> int:
         path = plot_history(args.history, args.plot)
         print(f"resnext: wrote {path}", file=sys.stderr)
     emit(args, comparison.to_dict(), comparison.table())
-    return 1 if comparison.regressions else 0
+    return comparison.exit_status
 
 
 def add_benchmark_bulk_parser(kinds: argparse._SubParsersAction) -> None:
