@@ -196,3 +196,24 @@ def test_training_rows_after_a_missing_reference_are_still_compared(record, tmp_
     assert status == 1 and "no regression" not in out
     for name in ("bf16 autocast", "fp32 channels_last"):
         assert f"training {name} ratio: no reference row ({reference})" in out
+
+
+def test_plot_title_names_the_whole_machine_class_inside_the_figure(record, tmp_path):
+    """The title used to be cut at 110 characters ("... avx512_bf16 avx51")."""
+    pytest.importorskip("matplotlib")
+    long_class = (
+        "cpu: Intel(R) Xeon(R) Platinum 8480+ [avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8 "
+        "amx_tile avx_vnni] x224"
+    )
+    records = [copy.deepcopy(record) for _ in range(2)]
+    for r in records:
+        r["machine"]["class"] = long_class
+    fig = report.history_figure(records)
+    fig.canvas.draw()
+    title = fig.get_suptitle()
+    assert " ".join(title.split()) == f"resnext_test 32 px on {long_class}"
+    box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.x1 and 0 <= box.y0 and box.y1 <= fig.bbox.y1
+    plot = tmp_path / "history.png"
+    report.plot_history(_history(tmp_path, *records), plot)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

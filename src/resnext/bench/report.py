@@ -487,8 +487,23 @@ def compare_latest(history: str | Path) -> Comparison:
 
 def plot_history(history: str | Path, output: str | Path) -> Path:
     """Ratios (largest batch) and accuracy over time for the latest record's machine class and model."""
-    from ..runtimes import require
     from ..util import atomic_path
+
+    records, _ = read_history(history)
+    fig = history_figure(records)
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return Path(output)
+
+
+def history_figure(records: list[dict[str, Any]]) -> Any:
+    """The history plot (a matplotlib ``Figure``) of the records comparable with the last one."""
+    import textwrap
+
+    from ..runtimes import require
 
     require("matplotlib", "plot")
     import matplotlib
@@ -496,10 +511,11 @@ def plot_history(history: str | Path, output: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records, _ = read_history(history)
     key = comparable_key(records[-1])
     series = [r for r in records if comparable_key(r) == key]
-    fig, (speed, acc) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    # constrained layout keeps the (wrapped, never cut) title and both panels inside the figure
+    fig, (speed, acc) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, layout="constrained")
+    fig.suptitle(textwrap.fill(f"{key[1]} {key[2]} px on {key[0]}", 100), fontsize=9)
     ratios: dict[str, list[tuple[int, float]]] = {}
     for i, record in enumerate(series):
         largest = max((r["batch_size"] for r in record["inference"]), default=0)
@@ -510,7 +526,6 @@ def plot_history(history: str | Path, output: str | Path) -> Path:
         speed.plot(*zip(*points), marker="o", label=name)
     speed.set_ylabel("img/s ratio to eager fp32 (largest batch)")
     speed.legend(fontsize=7, ncol=2)
-    speed.set_title(f"{key[1]} {key[2]} px on {key[0]}"[:110], fontsize=9)
     points = [(i, r["accuracy"]["top1"]) for i, r in enumerate(series) if r.get("accuracy")]
     if points:
         acc.plot(*zip(*points), marker="o", color="black", label="eager fp32 top-1")
@@ -529,8 +544,4 @@ def plot_history(history: str | Path, output: str | Path) -> Path:
     if acc.get_legend_handles_labels()[0]:
         acc.legend(fontsize=7, ncol=2)
     acc.set_xticks(range(len(series)), [f"{r['time'][:10]}\n{(r.get('git') or '-')[:7]}" for r in series], fontsize=7)
-    fig.tight_layout()
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return Path(output)
+    return fig
