@@ -213,7 +213,7 @@ def test_plot_title_names_the_whole_machine_class_inside_the_figure(record, tmp_
     title = fig.get_suptitle()
     assert " ".join(title.split()) == f"resnext_test 32 px on {long_class}"
     box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
-    assert 0 <= box.x0 and box.x1 <= fig.bbox.x1 and 0 <= box.y0 and box.y1 <= fig.bbox.y1
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y0 >= 0 and box.y1 <= fig.bbox.y1
     plot = tmp_path / "history.png"
     report.plot_history(_history(tmp_path, *records), plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
