@@ -275,6 +275,11 @@ def test_benchmark_serving_measures_a_running_server(served, small_checkpoint):
     assert level.inferences >= level.executions and level.reference > 0 and level.reference_batch >= 1
     assert level.p50_ms <= level.p95_ms <= level.p99_ms
     assert re.search(r"^\|\s+4 \|", result.table(), re.M)
+    assert result.first_request_ms > 0 and result.first_request_ratio == result.first_request_ms / level.p50_ms
+    assert re.search(
+        r"^first request after ready: [\d.]+ ms, x[\d.]+ the steady p50 at concurrency 4", result.table(), re.M
+    )
+    assert result.to_dict()["first_request_ratio"] == result.first_request_ratio
 
 
 def test_each_model_is_warmed_before_start_returns(served):

@@ -260,6 +260,7 @@ class ResnextServer:
         try:
             self.triton = Triton(config=self._triton_config(), workspace=self._workspace / "pytriton")
             self._bind(self.triton)
+            self._warm_in_process()  # before Triton reports ready
             self.triton.run()
             self._warm_up()
         except Exception as exc:
@@ -272,6 +273,14 @@ class ResnextServer:
                 + (f"; log: {tail}" if tail else "")
             ) from None
         return self
+
+    def _warm_in_process(self) -> None:
+        """The backend's first calls (allocations, kernel selection, a runtime's lazy compilation), paid before
+        Triton starts, so its readiness endpoint never reports a cold model."""
+        size = self.predictor.image_size
+        TensorModel(self.predictor)([{INPUT_NAME: np.zeros((1, 3, size, size), np.float32)}])
+        sample = Path(sample_images()[0]).read_bytes()
+        ImageModel(self.predictor, self.config).run(np.array([[sample]], dtype=np.object_))
 
     def _warm_up(self) -> None:
         """One request to each model through Triton before ``start`` returns (and ``resnext serve`` says it
