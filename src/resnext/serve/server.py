@@ -10,19 +10,25 @@ Two models are served, each running the predictor's backend:
   (:func:`resnext.images.load_image`), the predictor's preset transforms and :func:`resnext.predict.top_k`.
   Each request runs on its own (a request may carry many images), so an undecodable image fails only the
   request that sent it: Triton's Python backend, which PyTriton uses, can only fail a whole execution, and
-  requests merged into one execution would fail together.
+  requests merged into one execution would fail together. Such a request is a client error (HTTP 400 naming
+  the image's index), and one over ``max_request_bytes`` is refused before it is copied
+  (:mod:`resnext.serve.triton_proxy`).
+
+Both models are warmed (in-process, then one request through Triton each) before :meth:`ResnextServer.start`
+returns.
 
 Shape, dtype and batch-size limits of ``<arch>`` are enforced by Triton before the model sees a request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,6 +272,8 @@ class ResnextServer:
         except Exception as exc:
             tail = self.log_tail()
             self.stop()
+            if self._stop.is_set():  # SIGINT/SIGTERM while starting (see stop_on_signals): a requested stop
+                return self
             if isinstance(exc, ResnextError):
                 raise
             raise ResnextError(
@@ -326,17 +334,26 @@ class ResnextServer:
             remove_workspace(self._workspace)
             self._workspace = None
 
-    def serve_forever(self, poll_s: float = 1.0) -> None:
-        """Block until SIGINT/SIGTERM (or Triton dies), then stop cleanly."""
+    @contextlib.contextmanager
+    def stop_on_signals(self) -> Iterator[ResnextServer]:
+        """SIGINT/SIGTERM ask :meth:`serve_forever` to stop, from here on: around :meth:`start` too, which warms
+        the models after Triton already answers, so a stop requested then is a clean stop, not an interruption."""
         previous = {s: signal.signal(s, lambda *_: self._stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while not self._stop.wait(poll_s):
-                if not self.is_alive():
-                    raise ResnextError(f"Triton stopped unexpectedly; log: {self.log_tail()}")
+            yield self
         finally:
-            self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def serve_forever(self, poll_s: float = 1.0) -> None:
+        """Block until SIGINT/SIGTERM (or Triton dies), then stop cleanly."""
+        with self.stop_on_signals():
+            try:
+                while not self._stop.wait(poll_s):
+                    if not self.is_alive():
+                        raise ResnextError(f"Triton stopped unexpectedly; log: {self.log_tail()}")
+            finally:
+                self.stop()
 
     def describe(self) -> list[str]:
         """Endpoints and a ready-to-paste curl line (the binary-data extension: a JSON header, then the file)."""
