@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import make_image_folder, tiny_classes
 
-from resnext.bench import report
+from resnext.bench import compare, report
 from resnext.cli import main
 from resnext.models import create_model
 from resnext.sources import with_metadata
@@ -75,24 +75,24 @@ def _history(tmp_path, *records) -> str:
 
 
 def test_compare_passes_unchanged_and_catches_accuracy_drop_and_slowdown(record, tmp_path):
-    assert report.compare_latest(_history(tmp_path / "same", record, record)).regressions == []
+    assert compare.compare_latest(_history(tmp_path / "same", record, record)).regressions == []
 
     worse = copy.deepcopy(record)
     worse["accuracy"]["top1"] -= 0.2  # points: more than the 0.1 allowed
-    comparison = report.compare_latest(_history(tmp_path / "acc", record, worse))
+    comparison = compare.compare_latest(_history(tmp_path / "acc", record, worse))
     assert [c.what for c in comparison.regressions] == ["accuracy top1 %"]
     assert "REGRESSION" in comparison.table()
 
     slower = copy.deepcopy(record)
     row = next(r for r in slower["inference"] if r["backend"] == "torch-cl")
     row["ratio"] *= 0.85  # 15% slower relative to the same run's eager fp32
-    comparison = report.compare_latest(_history(tmp_path / "speed", record, slower))
+    comparison = compare.compare_latest(_history(tmp_path / "speed", record, slower))
     assert [c.what for c in comparison.regressions] == ["torch-cl fp32 batch 2 ratio"]
 
     within = copy.deepcopy(record)
     next(r for r in within["inference"] if r["backend"] == "torch-cl")["ratio"] *= 0.95  # noise, not a regression
     within["accuracy"]["top1"] -= 0.05
-    assert report.compare_latest(_history(tmp_path / "noise", record, within)).regressions == []
+    assert compare.compare_latest(_history(tmp_path / "noise", record, within)).regressions == []
 
 
 def test_compare_only_against_the_same_machine_class(record, tmp_path):
@@ -101,9 +101,9 @@ def test_compare_only_against_the_same_machine_class(record, tmp_path):
     slower = copy.deepcopy(record)
     slower["accuracy"]["top1"] -= 5
     # the latest (other machine) has no comparable record: nothing to compare, no regression
-    assert report.compare_latest(_history(tmp_path / "a", slower, record, other)).previous is None
+    assert compare.compare_latest(_history(tmp_path / "a", slower, record, other)).previous is None
     # the slower record is compared with the last record of its own class (the first), skipping the other machine
-    comparison = report.compare_latest(_history(tmp_path / "b", record, other, slower))
+    comparison = compare.compare_latest(_history(tmp_path / "b", record, other, slower))
     assert comparison.previous["machine"]["class"] == record["machine"]["class"] and comparison.regressions
 
 
@@ -208,12 +208,12 @@ def test_plot_title_names_the_whole_machine_class_inside_the_figure(record, tmp_
     records = [copy.deepcopy(record) for _ in range(2)]
     for r in records:
         r["machine"]["class"] = long_class
-    fig = report.history_figure(records)
+    fig = compare.history_figure(records)
     fig.canvas.draw()
     title = fig.get_suptitle()
     assert " ".join(title.split()) == f"resnext_test 32 px on {long_class}"
     box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
     assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y0 >= 0 and box.y1 <= fig.bbox.y1
     plot = tmp_path / "history.png"
-    report.plot_history(_history(tmp_path, *records), plot)
+    compare.plot_history(_history(tmp_path, *records), plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -347,4 +347,5 @@ def test_refused_requests_give_their_memory_back(served):
         assert _request_bytes(server, undecodable).startswith("400 ")
     grown = _server_rss_mb(server) - before
     sent = 8 * (sum(map(len, over)) + len(undecodable[0])) / 2**20
-    assert grown < 8, f"tritonserver and stubs grew {grown:.0f} MiB over {sent:.0f} MiB of refused requests"
+    # PyTriton's error path kept ~3x each failed request (~96 MiB here); allocator noise is a few MiB
+    assert grown < 16, f"tritonserver and stubs grew {grown:.0f} MiB over {sent:.0f} MiB of refused requests"

@@ -162,7 +162,8 @@ def run_benchmark_report(args: argparse.Namespace) -> int:
 
 
 def add_benchmark_compare_parser(kinds: argparse._SubParsersAction) -> None:
-    from ..bench.report import ACCURACY_DROP, DEFAULT_HISTORY, DEFAULT_PLOT, RATIO_DROP
+    from ..bench.compare import ACCURACY_DROP, RATIO_DROP
+    from ..bench.report import DEFAULT_HISTORY, DEFAULT_PLOT
 
     p = add_command(kinds, "compare", run_benchmark_compare)
     p.description += (
@@ -181,7 +182,7 @@ def run_benchmark_compare(args: argparse.Namespace) -> int:
 
     Comparable: same machine class (CPU model and flags, or GPU), architecture, image size and data.
     """
-    from ..bench.report import compare_latest, plot_history
+    from ..bench.compare import compare_latest, plot_history
 
     check_output(args)
     comparison = compare_latest(args.history)
