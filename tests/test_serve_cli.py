@@ -95,3 +95,11 @@ def test_serve_process_stops_cleanly(sig, tmp_path):
         assert left
         sweep_stale_temporaries(tempfile.gettempdir(), prefix="resnext-serve-")
         assert not any(p.exists() for p in left)
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/x", ".."])
+def test_serve_refuses_a_model_name_that_is_not_one_folder(capsys, name):
+    pytest.importorskip("pytriton")
+    assert main(["serve", "--arch", "resnext_test", "--weights", "random", "--name", name]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a model name" in err
