@@ -20,7 +20,7 @@ for candidate in (HERE, HERE.parent / "src"):
     if (candidate / "resnext" / "__init__.py").is_file() and str(candidate) not in sys.path:
         sys.path.insert(0, str(candidate))
 
-from resnext.demo import build_app, create_demo_model, launch  # noqa: E402
+from resnext.demo import build_app, create_demo_model, launch, remove_uploads  # noqa: E402
 
 
 def main() -> None:
@@ -36,6 +36,7 @@ def main() -> None:
         launch(app, host=host, port=port, block=True)
     finally:
         app.close()
+        remove_uploads()
 
 
 if __name__ == "__main__":

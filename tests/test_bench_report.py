@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
 from conftest import make_image_folder, tiny_classes
 
-from resnext.bench import report
+from resnext.bench import compare, report
 from resnext.cli import main
 from resnext.models import create_model
 from resnext.sources import with_metadata
@@ -74,24 +75,24 @@ def _history(tmp_path, *records) -> str:
 
 
 def test_compare_passes_unchanged_and_catches_accuracy_drop_and_slowdown(record, tmp_path):
-    assert report.compare_latest(_history(tmp_path / "same", record, record)).regressions == []
+    assert compare.compare_latest(_history(tmp_path / "same", record, record)).regressions == []
 
     worse = copy.deepcopy(record)
     worse["accuracy"]["top1"] -= 0.2  # points: more than the 0.1 allowed
-    comparison = report.compare_latest(_history(tmp_path / "acc", record, worse))
+    comparison = compare.compare_latest(_history(tmp_path / "acc", record, worse))
     assert [c.what for c in comparison.regressions] == ["accuracy top1 %"]
     assert "REGRESSION" in comparison.table()
 
     slower = copy.deepcopy(record)
     row = next(r for r in slower["inference"] if r["backend"] == "torch-cl")
     row["ratio"] *= 0.85  # 15% slower relative to the same run's eager fp32
-    comparison = report.compare_latest(_history(tmp_path / "speed", record, slower))
+    comparison = compare.compare_latest(_history(tmp_path / "speed", record, slower))
     assert [c.what for c in comparison.regressions] == ["torch-cl fp32 batch 2 ratio"]
 
     within = copy.deepcopy(record)
     next(r for r in within["inference"] if r["backend"] == "torch-cl")["ratio"] *= 0.95  # noise, not a regression
     within["accuracy"]["top1"] -= 0.05
-    assert report.compare_latest(_history(tmp_path / "noise", record, within)).regressions == []
+    assert compare.compare_latest(_history(tmp_path / "noise", record, within)).regressions == []
 
 
 def test_compare_only_against_the_same_machine_class(record, tmp_path):
@@ -100,9 +101,9 @@ def test_compare_only_against_the_same_machine_class(record, tmp_path):
     slower = copy.deepcopy(record)
     slower["accuracy"]["top1"] -= 5
     # the latest (other machine) has no comparable record: nothing to compare, no regression
-    assert report.compare_latest(_history(tmp_path / "a", slower, record, other)).previous is None
+    assert compare.compare_latest(_history(tmp_path / "a", slower, record, other)).previous is None
     # the slower record is compared with the last record of its own class (the first), skipping the other machine
-    comparison = report.compare_latest(_history(tmp_path / "b", record, other, slower))
+    comparison = compare.compare_latest(_history(tmp_path / "b", record, other, slower))
     assert comparison.previous["machine"]["class"] == record["machine"]["class"] and comparison.regressions
 
 
@@ -121,9 +122,98 @@ def test_cli_compare_exit_status_json_and_plot(record, tmp_path, capsys):
     assert document["regressions"] == 1 and document["changes"][0]["what"] == "accuracy top1 %"
 
 
-def test_broken_history_is_one_line_error(tmp_path, capsys):
+def test_history_without_usable_records_is_one_line_error(tmp_path, capsys):
     path = tmp_path / "h.jsonl"
     path.write_text('{"schema": 1}\nnot json\n')
     assert main(["benchmark", "compare", "--history", str(path), "--plot", ""]) == 2
-    assert f"{path}:2 is not a JSON record" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds no usable records" in err
+    assert f"{path}:1: no 'time'" in err and f"{path}:2: not a JSON record" in err
     assert main(["benchmark", "compare", "--history", str(tmp_path / "none.jsonl"), "--plot", ""]) == 2
+
+
+def _compare(history: str, capsys) -> tuple[int, str, str]:
+    status = main(["benchmark", "compare", "--history", history, "--plot", ""])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_damaged_history_lines_are_reported_by_number_and_skipped(record, tmp_path, capsys):
+    no_ratio, text_ratio = copy.deepcopy(record), copy.deepcopy(record)
+    del no_ratio["inference"][1]["ratio"]
+    text_ratio["inference"][1]["ratio"] = "fast"
+    no_machine, no_time = copy.deepcopy(record), copy.deepcopy(record)
+    del no_machine["machine"], no_time["time"]
+    damaged = [b"[]", b"null", json.dumps(no_machine).encode(), json.dumps(no_time).encode()]
+    damaged += [json.dumps(no_ratio).encode(), json.dumps(text_ratio).encode(), b'{"time": "\xff\xfe"}', b"{"]
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"\n".join([json.dumps(record).encode(), *damaged, json.dumps(record).encode()]) + b"\n")
+    status, out, err = _compare(str(path), capsys)
+    assert status == 0 and out.strip().endswith("no regression")  # the two good records still compare
+    reasons = ["a list", "a NoneType", "no 'machine'", "no 'time'", "has no 'ratio'", "not a number ('fast')"]
+    reasons += ["not UTF-8", "not a JSON record"]
+    for number, reason in enumerate(reasons, 2):
+        assert re.search(rf"{re.escape(str(path))}:{number}: .*{re.escape(reason)}", err), (number, reason, err)
+    assert "Traceback" not in err
+
+
+def test_compare_never_says_no_regression_when_it_cannot_know(record, tmp_path, capsys):
+    nan_latest = copy.deepcopy(record)
+    next(r for r in nan_latest["inference"] if r["backend"] == "torch-cl")["ratio"] = float("nan")
+    status, out, _ = _compare(_history(tmp_path / "nan", record, nan_latest), capsys)
+    assert status == 1 and "no regression" not in out
+    assert re.search(r"UNKNOWN\s+torch-cl fp32 batch 2 ratio: nan in the latest record", out)
+    status, out, _ = _compare(_history(tmp_path / "nan-before", nan_latest, record), capsys)
+    assert status == 1 and "nan in the previous record" in out and "no regression" not in out
+
+    empty = {**copy.deepcopy(record), "inference": [], "training": [], "accuracy": None}
+    for history in (_history(tmp_path / "empty", record, empty), _history(tmp_path / "empty-only", empty)):
+        status, out, _ = _compare(history, capsys)
+        assert status == 1 and "no inference rows, no training rows, no accuracy" in out
+        assert "no regression" not in out and "nothing to compare" not in out
+
+    no_reference = copy.deepcopy(record)
+    no_reference["inference"] = [r for r in no_reference["inference"] if r["backend"] != "torch"]
+    status, out, _ = _compare(_history(tmp_path / "noref", record, no_reference), capsys)
+    assert status == 1 and "no reference row (torch fp32 batch 2)" in out
+    assert "torch fp32 batch 2: row missing in the latest record" in out
+
+
+def test_training_rows_after_a_missing_reference_are_still_compared(record, tmp_path, capsys):
+    """The first training row used to be skipped as "the reference" whatever it was."""
+    reference = record["training"][0]["setting"]
+    rows = [
+        {"setting": reference, "img_per_s": 10.0, "ratio": 1.0},
+        {"setting": "bf16 autocast", "img_per_s": 20.0, "ratio": 2.0},
+        {"setting": "fp32 channels_last", "img_per_s": 12.0, "ratio": 1.2},
+    ]
+    before = {**copy.deepcopy(record), "training": rows}
+    slower = {**copy.deepcopy(record), "training": [rows[0], {**rows[1], "ratio": 1.0}, rows[2]]}
+    status, out, _ = _compare(_history(tmp_path / "slower", before, slower), capsys)
+    assert status == 1 and re.search(r"REGRESSION\s+training bf16 autocast ratio", out)
+    unreferenced = {**copy.deepcopy(record), "training": rows[1:]}
+    status, out, _ = _compare(_history(tmp_path / "noref", before, unreferenced), capsys)
+    assert status == 1 and "no regression" not in out
+    for name in ("bf16 autocast", "fp32 channels_last"):
+        assert f"training {name} ratio: no reference row ({reference})" in out
+
+
+def test_plot_title_names_the_whole_machine_class_inside_the_figure(record, tmp_path):
+    """The title used to be cut at 110 characters ("... avx512_bf16 avx51")."""
+    pytest.importorskip("matplotlib")
+    long_class = (
+        "cpu: Intel(R) Xeon(R) Platinum 8480+ [avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8 "
+        "amx_tile avx_vnni] x224"
+    )
+    records = [copy.deepcopy(record) for _ in range(2)]
+    for r in records:
+        r["machine"]["class"] = long_class
+    fig = compare.history_figure(records)
+    fig.canvas.draw()
+    title = fig.get_suptitle()
+    assert " ".join(title.split()) == f"resnext_test 32 px on {long_class}"
+    box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y0 >= 0 and box.y1 <= fig.bbox.y1
+    plot = tmp_path / "history.png"
+    compare.plot_history(_history(tmp_path, *records), plot)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,6 +4,7 @@ Playwright), its handlers on hostile uploads, and the Space entry point ``demo/a
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -320,3 +321,44 @@ def test_demo_classifies_through_triton(small_checkpoint):
             assert got.probability == pytest.approx(want.probability, abs=1e-5)
         assert analysis.overlay is not None and analysis.overlay.size == (224, 224)
     assert not any(port_open(p) for p in ports)
+
+
+@pytest.mark.slow
+def test_demo_removes_its_uploads_on_sigterm_and_sweeps_dead_demos(tmp_path):
+    """SIGTERM (how services and containers stop) cleans up like Ctrl-C; a killed demo's folder is swept by the
+    next start, while a running demo's folder is left alone."""
+    from resnext.util import _alive
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    assert not _alive(dead_pid)
+    stale = tmp_path / f"resnext-demo-{dead_pid}-x1"
+    (stale / "upload").mkdir(parents=True)
+    (stale / "upload" / "photo.jpg").write_bytes(b"left behind by a killed demo")
+    live = tmp_path / f"resnext-demo-{os.getpid()}-x2"  # this process runs: its folder is not ours to remove
+    live.mkdir()
+    port = closed_port()
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    env.update(TMPDIR=str(tmp_path), RESNEXT_CACHE=str(tmp_path / "cache"))
+    args = ["demo", "--arch", "resnext_test", "--weights", "random", "--backend", "torch", "--port", str(port)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "resnext", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not port_open(port):
+            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+            assert time.monotonic() < deadline, "resnext demo did not start within 120 s"
+            time.sleep(0.3)
+        own = list(tmp_path.glob(f"resnext-demo-{process.pid}-*"))
+        assert len(own) == 1 and own[0].is_dir()
+        (own[0] / "upload.png").write_bytes(b"an upload")
+        assert not stale.exists() and live.is_dir()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    assert not own[0].exists(), "the upload folder outlived a SIGTERM"
+    assert live.is_dir() and not port_open(port)

@@ -239,6 +239,36 @@ def test_png_with_missing_rows_is_an_error_not_zero_padding() -> None:
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
+def test_png_idat_bomb_is_not_inflated_beyond_what_the_header_needs(monkeypatch) -> None:
+    """A 10x10 PNG whose IDAT stream inflates to 256 MiB (a 1 GB one, 1 MB on disk, took ~8 s before; a 64 MiB one
+    minutes): the completeness check stops at the size the header declares plus a margin."""
+    width = height = 10
+    compress = zlib.compressobj(9)
+    stream = compress.compress(b"".join(b"\0" + bytes([200, 100, 50]) * width for _ in range(height)))
+    stream += b"".join(compress.compress(bytes(2**20)) for _ in range(256)) + compress.flush()  # + 256 MiB
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", stream) + _chunk(b"IEND", b"")
+    assert len(data) < 2**20
+    inflated = []
+
+    class Counting:  # wraps zlib's decompressor to count what is inflated (a measure of work, not of time)
+        def __init__(self, *args):
+            self.inner = real(*args)
+
+        def decompress(self, *args):
+            out = self.inner.decompress(*args)
+            inflated.append(len(out))
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    real = zlib.decompressobj
+    monkeypatch.setattr(zlib, "decompressobj", Counting)
+    assert load_image(data).getpixel((9, 9)) == (200, 100, 50)
+    assert 0 < sum(inflated) <= height * (1 + 3 * width) + 2**20  # the rows, plus at most a 1 MiB margin
+
+
 @pytest.mark.parametrize("mode", ["1", "L", "P", "RGBA", "LA", "I;16", "RGB"])
 def test_complete_pngs_of_every_mode_still_load(mode) -> None:
     buffer = io.BytesIO()

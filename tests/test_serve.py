@@ -38,6 +38,14 @@ MAX_PIXELS = 600 * 600  # the samples are 512x512 at most; the refused image is 
 MAX_IMAGE_BYTES = 2 * 2**20
 
 
+AT_START: dict[str, int] = {}  # successful inferences per model when start() returned (before any client)
+
+
+def _success_count(server, model: str) -> int:
+    """Inferences Triton counted for ``model`` (its Prometheus metrics; PyTriton restricts the statistics API)."""
+    return int(_metrics(server, model)[1])
+
+
 @pytest.fixture(scope="module")
 def served(small_checkpoint):
     """(server, in-process predictor of the same checkpoint); stopped at the end, with no process left over."""
@@ -58,6 +66,7 @@ def served(small_checkpoint):
     server = ResnextServer(predictor, config)
     try:
         server.start()
+        AT_START.update({m: _success_count(server, m) for m in (server.name, server.image_name)})
         workspace = server._workspace
         started = list(triton_processes(os.getpid()))
         assert started, "tritonserver should run as a child of this process"
@@ -207,7 +216,7 @@ def _bad_requests(module, server):
             "body over the limit",
             server.image_name,
             [image_input(module, [b"\xff" * (MAX_IMAGE_BYTES + 1)])],
-            r"larger than the limit",
+            r"more than the limit|larger than the limit",
         ),
     ]
 
@@ -266,3 +275,77 @@ def test_benchmark_serving_measures_a_running_server(served, small_checkpoint):
     assert level.inferences >= level.executions and level.reference > 0 and level.reference_batch >= 1
     assert level.p50_ms <= level.p95_ms <= level.p99_ms
     assert re.search(r"^\|\s+4 \|", result.table(), re.M)
+    assert result.first_request_ms > 0 and result.first_request_ratio == result.first_request_ms / level.p50_ms
+    assert re.search(
+        r"^first request after ready: [\d.]+ ms, x[\d.]+ the steady p50 at concurrency 4", result.table(), re.M
+    )
+    assert result.to_dict()["first_request_ratio"] == result.first_request_ratio
+
+
+def test_each_model_is_warmed_before_start_returns(served):
+    """The first client does not pay the backend's first call: start() sent one request through Triton to each
+    model (counted by Triton's statistics) before it returned."""
+    server, _ = served
+    assert {server.name: 1, server.image_name: 1} == AT_START
+    assert set(server.warmup_ms) == set(AT_START) and all(ms > 0 for ms in server.warmup_ms.values())
+    assert "warmed:" in "\n".join(server.describe())
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_undecodable_image_is_a_client_error_naming_its_index(served, protocol):
+    """HTTP 400 / gRPC INVALID_ARGUMENT, one line naming the image by its place in the request; no traceback,
+    no path of the server's installation."""
+    server, _ = served
+    module = tritonclient_http if protocol == "http" else tritonclient_grpc
+    client = module.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
+    try:
+        with pytest.raises(Exception) as info:
+            client.infer(server.image_name, [image_input(module, [SAMPLES[0].read_bytes(), b"not an image"])])
+    finally:
+        client.close()
+    status, message = str(info.value.status()), info.value.message()
+    assert status in ("400", "StatusCode.INVALID_ARGUMENT"), (status, message)
+    assert "image 1 of the request (2 images)" in message and "not an image" in message
+    assert "\n" not in message.strip() and "Traceback" not in message
+    assert not re.search(r"/(usr|root|home|tmp|opt)/|site-packages|\.py\b", message), message
+
+
+def _request_bytes(server, data: list[bytes]) -> str:
+    client = tritonclient_http.InferenceServerClient(server.http_url, network_timeout=120)
+    try:
+        client.infer(server.image_name, [image_input(tritonclient_http, data)])
+        return "accepted"
+    except Exception as exc:  # noqa: BLE001 - tritonclient's InferenceServerException
+        return f"{exc.status()} {exc.message()}"
+    finally:
+        client.close()
+
+
+def _server_rss_mb(server) -> float:
+    """Resident memory of tritonserver and its Python-backend stubs (children of this process), in MiB."""
+    total = 0
+    for pid in triton_processes(os.getpid()):
+        with open(f"/proc/{pid}/status") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+    return total / 1024
+
+
+def test_refused_requests_give_their_memory_back(served):
+    """Requests over the per-request byte limit are refused in Triton's stub before they are copied, and
+    undecodable images are answered without PyTriton's error path, which kept every failed request's shared
+    memory (~3x its size per request, for good)."""
+    server, _ = served
+    limit = server.config.max_request_bytes
+    assert limit == MAX_IMAGE_BYTES  # default: one image's limit for the whole request
+    over = [b"\xff" * (limit // 2 + 1)] * 2  # each image under the per-image limit, together over the request's
+    undecodable = [b"\xff" * (limit - 1)]
+    assert _request_bytes(server, over).startswith("400 request holds")
+    assert _request_bytes(server, undecodable).startswith("400 image 0 of the request")
+    before = _server_rss_mb(server)
+    for _ in range(8):
+        assert _request_bytes(server, over).startswith("400 ")
+        assert _request_bytes(server, undecodable).startswith("400 ")
+    grown = _server_rss_mb(server) - before
+    sent = 8 * (sum(map(len, over)) + len(undecodable[0])) / 2**20
+    # PyTriton's error path kept ~3x each failed request (~96 MiB here); allocator noise is a few MiB
+    assert grown < 16, f"tritonserver and stubs grew {grown:.0f} MiB over {sent:.0f} MiB of refused requests"

@@ -66,6 +66,9 @@ def test_serve_process_stops_cleanly(sig, tmp_path):
     children: list[int] = []
     try:
         wait_ready(f"127.0.0.1:{http}", 120, process, models=["resnext_test", "resnext_test_image"])
+        deadline = time.monotonic() + 60  # Triton answers before serve has warmed the models and printed its summary
+        while "curl" not in out.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
         children = list(triton_processes(process.pid))
         assert any(triton_processes(process.pid).values()), "tritonserver should run below resnext serve"
         assert main(["client", str(SAMPLES[0]), "--url", f"127.0.0.1:{http}", "--topk", "2"]) == 0
@@ -92,3 +95,11 @@ def test_serve_process_stops_cleanly(sig, tmp_path):
         assert left
         sweep_stale_temporaries(tempfile.gettempdir(), prefix="resnext-serve-")
         assert not any(p.exists() for p in left)
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/x", ".."])
+def test_serve_refuses_a_model_name_that_is_not_one_folder(capsys, name):
+    pytest.importorskip("pytriton")
+    assert main(["serve", "--arch", "resnext_test", "--weights", "random", "--name", name]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a model name" in err

@@ -157,3 +157,21 @@ def test_python_repository_served_by_bundled_tritonserver(source, tmp_path):
     names = [row[0].decode().split(":", 2)[2] for row in top.as_numpy("logits")]
     assert names == [source.categories[i] for i in expected.argmax(1)]
     assert children and not alive(children)
+
+
+@pytest.mark.parametrize("name", ["{outside}", "..", "../../escaped", ".", "a/b", "", ".hidden", "two words", "x\ny"])
+def test_model_name_outside_one_folder_is_refused_before_anything_is_written(tmp_path, capsys, name):
+    """``--name`` is one path component (Triton's model-name rules): an absolute path, ``..`` or a nested path
+    would write outside the repository (``--force`` even replaced a folder there)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("user data")
+    name = name.format(outside=outside)
+    repo = tmp_path / "deep" / "er" / "repo"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    args = ["triton-repo", str(repo), "--format", "onnx", "--arch", "resnext_test", "--weights", "random"]
+    assert main([*args, "--image-size", str(SIZE), "--name", name, "--force"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--name" in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written anywhere
+    assert (outside / "keep.txt").read_text() == "user data"

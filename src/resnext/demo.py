@@ -14,6 +14,7 @@ import base64
 import html
 import os
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from .errors import ResnextError
 from .images import load_image, sample_images
 from .predict import Prediction, Predictor, top_k
 from .runtimes import require
+from .util import sweep_stale_temporaries
 
 TOPK = 5
 #: environment that keeps Gradio offline and private; set before gradio is first imported (it reads some at import)
@@ -55,14 +57,18 @@ CSS = """
 
 
 _CREATED_TEMP: list[str] = []  # private upload folders this process made (removed by remove_uploads)
+#: upload folders are ``<tmp>/resnext-demo-<pid>-*``: the pid tells a later start whether their demo still runs
+UPLOADS_PREFIX = "resnext-demo-"
 
 
 def import_gradio() -> Any:
     """Gradio, imported with the offline/private settings in force (the ``demo`` extra installs it)."""
     os.environ.update(OFFLINE_ENV)
     if not os.environ.get("GRADIO_TEMP_DIR"):
-        # uploads land here (Gradio's cache), not in a shared /tmp/gradio; Gradio reads it at import time
-        os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="resnext-demo-")
+        # uploads land here (Gradio's cache), not in a shared /tmp/gradio; Gradio reads it at import time.
+        # Folders of demos that no longer run (killed with SIGKILL, a power cut) are removed first.
+        sweep_stale_temporaries(tempfile.gettempdir(), prefix=UPLOADS_PREFIX)
+        os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix=f"{UPLOADS_PREFIX}{os.getpid()}-")
         _CREATED_TEMP.append(os.environ["GRADIO_TEMP_DIR"])
     return require("gradio", "demo")
 
@@ -303,8 +309,26 @@ def launch(
     theme = gr.themes.Soft(primary_hue="green", font=FONTS, font_mono=["ui-monospace", "monospace"])
     app.queue(default_concurrency_limit=1)  # one model run at a time: predictable memory and latency
     server = {"server_name": host, "server_port": port, "prevent_thread_lock": not block, "quiet": quiet}
-    _, url, _ = app.launch(**server, max_file_size=max_file_size, theme=theme, css=CSS, **_LAUNCH_SETTINGS)
+    # Blocking, SIGTERM (how services and containers stop) ends the page as Ctrl-C does: Gradio closes its server
+    # on KeyboardInterrupt and the caller's cleanup (remove_uploads) runs.
+    previous = signal.signal(signal.SIGTERM, _terminate) if block else None
+    url = f"http://{host}:{port}/"
+    try:
+        _, url, _ = app.launch(**server, max_file_size=max_file_size, theme=theme, css=CSS, **_LAUNCH_SETTINGS)
+    except _Terminated:  # asked to stop: a normal end
+        app.close()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return url
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread waits (a KeyboardInterrupt, so Gradio stops as on Ctrl-C)."""
+
+
+def _terminate(*_: Any) -> None:
+    raise _Terminated
 
 
 # ---------------------------------------------------------------------------------------------------------------

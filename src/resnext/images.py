@@ -26,6 +26,8 @@ MAX_IMAGE_PIXELS = 89_478_485
 #: Longer side / shorter side above this is refused: eval presets resize the *shorter* side (to 256), so a
 #: 1x60000 strip would become 256x15,360,000 pixels (12 GB); at 100:1 one image stays under ~20 MB after resizing.
 MAX_ASPECT_RATIO = 100
+#: How far past the header's declared size the PNG completeness check inflates (bounds an IDAT bomb's cost).
+_PNG_MARGIN = 1 << 16
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 ImageSource = str | os.PathLike | bytes | Image.Image
@@ -157,31 +159,31 @@ def _check_size(image: Image.Image, name: str, max_pixels: int) -> None:
 
 def _check_png_complete(data: bytes, name: str) -> None:
     """Pillow zero-fills the missing rows of a PNG whose compressed stream ends early (the zlib stream is
-    complete, just short), without an error. Count the decompressed bytes of the IDAT stream (output is
-    discarded as it comes, so memory stays bounded) against what the header declares."""
+    complete, just short), without an error. Count the decompressed bytes of the IDAT stream against what the
+    header declares. Inflating stops a little past that size (a 1 MB stream of a 10x10 image may inflate to
+    gigabytes), and output is discarded as it comes, so time and memory stay bounded by the header's size."""
     import struct
     import zlib
 
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR" or len(data) < 29:
         return
-    pos, header, inflate, produced = 8, None, zlib.decompressobj(), 0
-    while pos + 8 <= len(data):
+    header = struct.unpack(">IIBBBBB", data[16:29])
+    expected = _png_raw_size(*header[:4], interlaced=header[6] == 1)
+    if expected is None:
+        return
+    limit = expected + _PNG_MARGIN  # anything past `expected` proves the rows are complete
+    pos, inflate, produced = 8, zlib.decompressobj(), 0
+    while pos + 8 <= len(data) and produced < limit:
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        body = data[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR" and len(body) >= 13:
-            header = struct.unpack(">IIBBBBB", body[:13])
-        elif kind == b"IDAT":
-            chunk = body
-            while chunk and not inflate.eof:
-                produced += len(inflate.decompress(chunk, 1 << 20))
+        if kind == b"IDAT":
+            chunk = data[pos + 8 : pos + 8 + length]
+            while chunk and not inflate.eof and produced < limit:
+                produced += len(inflate.decompress(chunk, min(limit - produced, 1 << 20)))
                 chunk = inflate.unconsumed_tail
         elif kind in (b"IEND", b"fdAT", b"fcTL") and produced:
             break
         pos += 12 + length
-    if header is None:
-        return
-    expected = _png_raw_size(*header[:4], interlaced=header[6] == 1)
-    if expected is not None and produced < expected:
+    if produced < expected:
         raise ImageError(f"{name}: PNG pixel data is truncated ({produced} of {expected} bytes); not zero-filling it")
 
 

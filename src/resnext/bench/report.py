@@ -8,10 +8,7 @@ or the GPU), accuracy on the labelled folder when one is given, the inference ro
 :func:`resnext.bench.inference.run_inference_benchmark` (img/s, ratio to the same run's eager fp32, % of the row's
 own precision's peak, top-1 agreement) and the training rows of :mod:`resnext.bench.training`.
 
-Ratios, not img/s, are compared: they are measured against a reference row of the same run, so they hold on a
-shared machine whose absolute speed varies with the load. A regression is accuracy down more than
-:data:`ACCURACY_DROP` (0.1 point) or a ratio down more than :data:`RATIO_DROP` (10%) against the last earlier
-record of the same machine class, architecture, image size, weights and data.
+Comparing records and plotting the history: :mod:`resnext.bench.compare`.
 """
 
 from __future__ import annotations
@@ -21,19 +18,16 @@ import json
 import logging
 import subprocess
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ResnextError
 from ..util import call_with
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HISTORY = "benchmarks/history.jsonl"
 DEFAULT_PLOT = "benchmarks/history.png"
-ACCURACY_DROP = 0.001  # fraction: 0.1 point
-RATIO_DROP = 0.10  # relative
 SCHEMA = 1
 
 
@@ -222,22 +216,6 @@ def append_record(record: dict[str, Any], history: str | Path) -> None:
         f.write(old + json.dumps(record, default=str) + "\n")
 
 
-def load_history(history: str | Path) -> list[dict[str, Any]]:
-    path = Path(history)
-    if not path.is_file():
-        raise ResnextError(f"no history file at {path}: run `resnext benchmark report` first")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ResnextError(f"{path}:{number} is not a JSON record ({exc.msg})") from None
-    if not records:
-        raise ResnextError(f"{path} holds no records: run `resnext benchmark report` first")
-    return records
-
-
 def format_record(record: dict[str, Any]) -> str:
     """A short human summary of one record."""
     lines = [
@@ -265,166 +243,3 @@ def format_record(record: dict[str, Any]) -> str:
             + (r["error"] if "error" in r else f"{r['img_per_s']:.2f} img/s  x{r['ratio']:.2f}")
         )
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Comparing
-
-
-def comparable_key(record: dict[str, Any]) -> tuple[Any, ...]:
-    model = record.get("model", {})
-    return (
-        record["machine"].get("class"),
-        model.get("arch"),
-        model.get("image_size"),
-        model.get("weights"),
-        record.get("data"),
-    )
-
-
-@dataclass
-class Change:
-    what: str
-    before: float
-    after: float
-    regression: bool
-
-    def line(self) -> str:
-        flag = "REGRESSION" if self.regression else "ok"
-        return f"{flag:>10}  {self.what}: {self.before:.4g} -> {self.after:.4g} ({self.after - self.before:+.4g})"
-
-
-@dataclass
-class Comparison:
-    latest: dict[str, Any]
-    previous: dict[str, Any] | None
-    changes: list[Change] = field(default_factory=list)
-
-    @property
-    def regressions(self) -> list[Change]:
-        return [c for c in self.changes if c.regression]
-
-    def table(self) -> str:
-        head = f"latest: {self.latest['time']} git {self.latest.get('git') or '-'} on {self.latest['machine']['class']}"
-        if self.previous is None:
-            return (
-                head
-                + "\nno earlier comparable record (same machine class, model, weights and data): nothing to compare"
-            )
-        lines = [head, f"previous: {self.previous['time']} git {self.previous.get('git') or '-'}"]
-        lines += [c.line() for c in self.changes]
-        lines.append(f"{len(self.regressions)} regression(s)" if self.regressions else "no regression")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "latest": self.latest.get("time"),
-            "previous": self.previous and self.previous.get("time"),
-            "changes": [asdict(c) for c in self.changes],
-            "regressions": len(self.regressions),
-        }
-
-
-def _row_key(row: dict[str, Any]) -> str:
-    return f"{row['backend']} {row['precision']} batch {row['batch_size']}"
-
-
-def compare_records(previous: dict[str, Any], latest: dict[str, Any]) -> list[Change]:
-    """Accuracy (record and per-row, points) and speed ratios (relative) of ``latest`` against ``previous``."""
-    changes: list[Change] = []
-    for name in ("top1", "top5"):  # percent
-        before, after = (previous.get("accuracy") or {}).get(name), (latest.get("accuracy") or {}).get(name)
-        if before is not None and after is not None:
-            changes.append(Change(f"accuracy {name} %", before, after, after < before - 100 * ACCURACY_DROP))
-    old_rows = {_row_key(r): r for r in previous.get("inference", [])}
-    for row in latest.get("inference", []):
-        old = old_rows.get(_row_key(row))
-        if old is None:
-            continue
-        if row["backend"] != "torch" or row["precision"] != "fp32":  # the reference is 1.0 by definition
-            changes.append(
-                Change(
-                    f"{_row_key(row)} ratio", old["ratio"], row["ratio"], row["ratio"] < (1 - RATIO_DROP) * old["ratio"]
-                )
-            )
-        if old.get("accuracy") is not None and row.get("accuracy") is not None:
-            changes.append(
-                Change(
-                    f"{_row_key(row)} accuracy",
-                    old["accuracy"],
-                    row["accuracy"],
-                    row["accuracy"] < old["accuracy"] - ACCURACY_DROP,
-                )
-            )
-    old_training = {r["setting"]: r for r in previous.get("training", []) if "error" not in r}
-    for row in latest.get("training", [])[1:]:  # the first is the reference
-        old = old_training.get(row["setting"])
-        if old is not None and "error" not in row:
-            changes.append(
-                Change(
-                    f"training {row['setting']} ratio",
-                    old["ratio"],
-                    row["ratio"],
-                    row["ratio"] < (1 - RATIO_DROP) * old["ratio"],
-                )
-            )
-    return changes
-
-
-def compare_latest(history: str | Path) -> Comparison:
-    """The last record against the last earlier record with the same :func:`comparable_key`."""
-    records = load_history(history)
-    latest = records[-1]
-    previous = next((r for r in reversed(records[:-1]) if comparable_key(r) == comparable_key(latest)), None)
-    return Comparison(latest, previous, compare_records(previous, latest) if previous else [])
-
-
-def plot_history(history: str | Path, output: str | Path) -> Path:
-    """Ratios (largest batch) and accuracy over time for the latest record's machine class and model."""
-    from ..runtimes import require
-    from ..util import atomic_path
-
-    require("matplotlib", "plot")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = load_history(history)
-    key = comparable_key(records[-1])
-    series = [r for r in records if comparable_key(r) == key]
-    fig, (speed, acc) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
-    ratios: dict[str, list[tuple[int, float]]] = {}
-    for i, record in enumerate(series):
-        largest = max((r["batch_size"] for r in record["inference"]), default=0)
-        for row in record["inference"]:
-            if row["batch_size"] == largest:
-                ratios.setdefault(f"{row['backend']} {row['precision']}", []).append((i, row["ratio"]))
-    for name, points in sorted(ratios.items()):
-        speed.plot(*zip(*points), marker="o", label=name)
-    speed.set_ylabel("img/s ratio to eager fp32 (largest batch)")
-    speed.legend(fontsize=7, ncol=2)
-    speed.set_title(f"{key[1]} {key[2]} px on {key[0]}"[:110], fontsize=9)
-    points = [(i, r["accuracy"]["top1"]) for i, r in enumerate(series) if r.get("accuracy")]
-    if points:
-        acc.plot(*zip(*points), marker="o", color="black", label="eager fp32 top-1")
-    for name in sorted({_row_key(row).rsplit(" batch", 1)[0] for r in series for row in r["inference"]}):
-        row_points = [
-            (i, 100 * row["accuracy"])
-            for i, r in enumerate(series)
-            for row in r["inference"]
-            if row.get("accuracy") is not None
-            and _row_key(row).startswith(name + " batch")
-            and row["batch_size"] == r["inference"][0]["batch_size"]
-        ]
-        if row_points and not name.startswith("torch fp32"):
-            acc.plot(*zip(*row_points), marker=".", linestyle=":", label=name)
-    acc.set_ylabel("top-1 accuracy %")
-    if acc.get_legend_handles_labels()[0]:
-        acc.legend(fontsize=7, ncol=2)
-    acc.set_xticks(range(len(series)), [f"{r['time'][:10]}\n{(r.get('git') or '-')[:7]}" for r in series], fontsize=7)
-    fig.tight_layout()
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return Path(output)

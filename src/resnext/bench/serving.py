@@ -7,6 +7,9 @@ the same-run reference, the in-process throughput of the same runtime and precis
 right after each level while the server idles, so the two never share the CPU). ``--input image`` sends encoded
 JPEG bytes to ``<arch>_image`` and the reference then includes decoding and preprocessing.
 
+Before the levels, the first request of a new client is timed and reported against the first level's steady p50
+(cold start: ``resnext serve`` warms its models before it reports ready, so the two should be close).
+
 Without ``--url`` the benchmark starts ``resnext serve`` itself (a separate process on free loopback ports).
 """
 
@@ -79,6 +82,14 @@ class ServingResult:
     machine: dict[str, Any]
     levels: list[Level]
     notes: list[str] = field(default_factory=list)
+    # the first request of a new client right after the server reported ready (a server started here: its very
+    # first client request), against the steady-state median latency of the first level
+    first_request_ms: float = math.nan
+
+    @property
+    def first_request_ratio(self) -> float:
+        steady = self.levels[0].p50_ms if self.levels else math.nan
+        return self.first_request_ms / steady if steady > 0 else math.nan
 
     def table(self) -> str:
         head = [
@@ -110,6 +121,11 @@ class ServingResult:
         fmt = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
         c = self.config
         lines = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, body)]
+        if self.levels:
+            lines.append(
+                f"first request after ready: {self.first_request_ms:.1f} ms, x{self.first_request_ratio:.2f} the "
+                f"steady p50 at concurrency {self.levels[0].concurrency} ({self.levels[0].p50_ms:.1f} ms)"
+            )
         lines.append(
             f"model {c['model']} ({c['input']} input, {c['protocol']}), {c['duration']:.0f} s per level; "
             f"server: max batch {c['max_batch_size']}, queue delay {c['max_queue_delay_us']} us, "
@@ -120,7 +136,7 @@ class ServingResult:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "first_request_ratio": self.first_request_ratio}
 
 
 def free_port() -> int:
@@ -319,6 +335,8 @@ def run_serving_benchmark(config: ServingConfig, progress: Callable[[str], None]
     levels = []
     try:
         make = request_maker(config, url, name, payload)
+        say("first request ...")
+        first_request_ms = first_request(make)
         for c in config.concurrency:
             say(f"concurrency {c} ...")
             levels.append(measure_level(make, c, config, lambda: scrape(metrics_url, name)))
@@ -336,4 +354,15 @@ def run_serving_benchmark(config: ServingConfig, progress: Callable[[str], None]
         "server req/s counts one image per request; the reference runs the same runtime and precision "
         "in this process right after each level, while the server idles"
     ]
-    return ServingResult(settings, machine_info(), levels, notes)
+    return ServingResult(settings, machine_info(), levels, notes, first_request_ms)
+
+
+def first_request(make: Callable[[], Callable[[], None]]) -> float:
+    """Milliseconds of one request from a new client (its connection included), before any other load."""
+    call = make()
+    try:
+        started = time.perf_counter()
+        call()
+        return (time.perf_counter() - started) * 1000
+    finally:
+        getattr(call, "close", lambda: None)()

@@ -162,7 +162,8 @@ def run_benchmark_report(args: argparse.Namespace) -> int:
 
 
 def add_benchmark_compare_parser(kinds: argparse._SubParsersAction) -> None:
-    from ..bench.report import ACCURACY_DROP, DEFAULT_HISTORY, DEFAULT_PLOT, RATIO_DROP
+    from ..bench.compare import ACCURACY_DROP, RATIO_DROP
+    from ..bench.report import DEFAULT_HISTORY, DEFAULT_PLOT
 
     p = add_command(kinds, "compare", run_benchmark_compare)
     p.description += (
@@ -177,11 +178,11 @@ def add_benchmark_compare_parser(kinds: argparse._SubParsersAction) -> None:
 
 
 def run_benchmark_compare(args: argparse.Namespace) -> int:
-    """The latest record vs the last comparable one; exit 1 on a regression.
+    """The latest record vs the last comparable one; exit 1 on a regression or a value it cannot compare.
 
     Comparable: same machine class (CPU model and flags, or GPU), architecture, image size and data.
     """
-    from ..bench.report import compare_latest, plot_history
+    from ..bench.compare import compare_latest, plot_history
 
     check_output(args)
     comparison = compare_latest(args.history)
@@ -189,7 +190,7 @@ def run_benchmark_compare(args: argparse.Namespace) -> int:
         path = plot_history(args.history, args.plot)
         print(f"resnext: wrote {path}", file=sys.stderr)
     emit(args, comparison.to_dict(), comparison.table())
-    return 1 if comparison.regressions else 0
+    return comparison.exit_status
 
 
 def add_benchmark_bulk_parser(kinds: argparse._SubParsersAction) -> None:

@@ -37,10 +37,12 @@ def run_serve(args: argparse.Namespace) -> int:
     config.check()
     predictor = model_spec(args).predictor(progress=True)
     server = ResnextServer(predictor, config)
-    server.start()
-    print("\n".join(server.describe()), flush=True)
-    print("resnext: serving; Ctrl-C or SIGTERM stops", file=sys.stderr, flush=True)
-    server.serve_forever()
+    with server.stop_on_signals():  # a Ctrl-C or SIGTERM while starting (and warming up) stops cleanly too
+        server.start()
+        if server.is_alive():
+            print("\n".join(server.describe()), flush=True)
+            print("resnext: serving; Ctrl-C or SIGTERM stops", file=sys.stderr, flush=True)
+        server.serve_forever()
     print("resnext: stopped", file=sys.stderr)
     return 0
 

@@ -21,6 +21,7 @@ Every ``config.pbtxt`` is parsed back with Triton's protobuf schema before the c
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -42,6 +43,18 @@ _LAYOUT = {
     "tensorrt": ("platform", "tensorrt_plan", "model.plan", "input", "logits"),
     "python": ("backend", "python", "model.py", "input", "logits"),
 }
+#: A Triton model name is the name of its folder in the repository and a segment of its URL (/v2/models/<name>):
+#: one path component of letters, digits, "_", "-" and "." that does not start with "." (never "." or "..").
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def check_model_name(name: str | None) -> None:
+    """Refuse a ``--name`` that is not one folder name (``/abs/dir``, ``..``, ``a/b`` would write elsewhere)."""
+    if name is not None and not MODEL_NAME.fullmatch(name):
+        raise ResnextError(
+            f"--name {name!r} is not a model name: use one folder name of letters, digits, '_', '-' and '.' "
+            "(not starting with '.', at most 128 characters)"
+        )
 
 
 @dataclass
@@ -76,6 +89,7 @@ class RepoConfig:
             raise ResnextError("TensorRT engines run on GPUs: --kind cpu does not apply to --format tensorrt")
         if self.runtime not in PYTHON_RUNTIMES:
             raise ResnextError(f"--runtime must be one of {', '.join(PYTHON_RUNTIMES)}, got {self.runtime!r}")
+        check_model_name(self.name)
 
 
 @dataclass
@@ -204,6 +218,7 @@ def write_repository(config: RepoConfig, source: ModelSource | None = None) -> R
     gpu_here = config.format == "tensorrt" and RUNTIMES["tensorrt"].installed()  # else: config + build command
     source = source or load_source(config.weights, arch=config.arch)
     name = config.name or source.arch
+    check_model_name(name)
     image_size = config.image_size or source.image_size
     root = Path(config.output)
     final = root / name

@@ -10,18 +10,25 @@ Two models are served, each running the predictor's backend:
   (:func:`resnext.images.load_image`), the predictor's preset transforms and :func:`resnext.predict.top_k`.
   Each request runs on its own (a request may carry many images), so an undecodable image fails only the
   request that sent it: Triton's Python backend, which PyTriton uses, can only fail a whole execution, and
-  requests merged into one execution would fail together.
+  requests merged into one execution would fail together. Such a request is a client error (HTTP 400 naming
+  the image's index), and one over ``max_request_bytes`` is refused before it is copied
+  (:mod:`resnext.serve.triton_proxy`).
+
+Both models are warmed (in-process, then one request through Triton each) before :meth:`ResnextServer.start`
+returns.
 
 Shape, dtype and batch-size limits of ``<arch>`` are enforced by Triton before the model sees a request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +38,11 @@ import torch
 
 from ..download import MAX_IMAGE_BYTES
 from ..errors import ResnextError
-from ..images import MAX_IMAGE_PIXELS, load_image
+from ..images import MAX_IMAGE_PIXELS, load_image, sample_images
 from ..predict import Predictor, top_k
 from ..runtimes import INPUT_NAME, OUTPUT_NAME, run_merged
 from . import LABELS_FILE
+from .repository import check_model_name
 from .tritonserver import new_workspace, remove_workspace, require_serving, server_environment
 
 logger = logging.getLogger(__name__)
@@ -54,6 +62,9 @@ class ServeConfig:
     instances: int = 1
     topk: int = 5  # classes returned per image by <arch>_image
     max_image_bytes: int = MAX_IMAGE_BYTES
+    # all images of one <arch>_image request together; refused in Triton's stub before any copy (default: one
+    # image's limit, so a request of 64 images cannot hold 64 x 64 MiB)
+    max_request_bytes: int | None = None
     max_pixels: int = MAX_IMAGE_PIXELS
     exit_timeout_s: int = 10  # on stop, in-flight requests get this long to finish
     name: str | None = None  # model name; default: the predictor's architecture
@@ -73,6 +84,11 @@ class ServeConfig:
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if bad:
             raise ResnextError(f"preferred batch sizes must lie in 1..{self.max_batch_size}, got {bad}")
+        check_model_name(self.name)
+        if self.max_request_bytes is None:
+            self.max_request_bytes = self.max_image_bytes
+        if self.max_request_bytes < 1 or self.max_image_bytes < 1:
+            raise ResnextError("the image and request byte limits must be at least 1")
 
 
 class TensorModel:
@@ -84,6 +100,15 @@ class TensorModel:
     def __call__(self, requests: list) -> list[dict[str, np.ndarray]]:
         parts = run_merged(self.predictor.backend, [np.asarray(r[INPUT_NAME]) for r in requests])
         return [{OUTPUT_NAME: part} for part in parts]
+
+
+#: the answer of a request the client must fix (see :mod:`resnext.serve.triton_proxy`, which turns it into
+#: Triton's ``INVALID_ARG``, HTTP 400; an exception would be a 500 and leak the request's shared memory)
+ERROR_OUTPUT = "__resnext_client_error__"
+
+
+class ClientError(ResnextError):
+    """A request the client must fix (an image that does not decode)."""
 
 
 class ImageModel:
@@ -98,36 +123,63 @@ class ImageModel:
         data = item if isinstance(item, bytes) else bytes(item)
         return self.predictor.transforms(load_image(data, max_pixels=self.max_pixels, max_bytes=self.max_bytes))
 
+    def _decode_all(self, items: np.ndarray) -> list[torch.Tensor]:
+        tensors = []
+        for index, item in enumerate(items):
+            try:
+                tensors.append(self.decode(item))
+            except ResnextError as exc:  # names the item by its place in the request: bytes have no file name
+                raise ClientError(f"image {index} of the request ({len(items)} images): {exc}") from None
+        return tensors
+
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        batch = torch.stack([self.decode(item) for item in images.reshape(-1)])
+        batch = torch.stack(self._decode_all(images.reshape(-1)))
         predictions = top_k(self.predictor.backend(batch), self.topk, self.predictor.categories, from_logits=True)
         labels = np.array([[p.label.encode() for p in row] for row in predictions], dtype=np.object_)
         probs = np.array([[p.probability for p in row] for row in predictions], dtype=np.float32)
         indices = np.array([[p.index for p in row] for row in predictions], dtype=np.int64)
         return {LABELS_OUTPUT: labels, PROBS_OUTPUT: probs, INDEX_OUTPUT: indices}
 
+    def answer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        try:
+            return self.run(images)
+        except ClientError as exc:
+            return {ERROR_OUTPUT: np.array([str(exc).encode()], dtype=np.object_)}
+
     def __call__(self, requests: list) -> list[dict[str, np.ndarray]]:
-        return [self.run(r[IMAGE_INPUT]) for r in requests]
+        return [self.answer(r[IMAGE_INPUT]) for r in requests]
 
 
-def _attach_labels(model: Any, categories: Sequence[str]) -> None:
-    """Give the bound PyTriton model a ``labels.txt`` wired to its ``logits`` output.
+def _extend_model(model: Any, categories: Sequence[str] | None = None, max_request_bytes: int = 0) -> None:
+    """Give the bound PyTriton model :mod:`resnext.serve.triton_proxy` as its ``model.py`` (client errors as
+    ``INVALID_ARG``, oversized requests refused in the stub), the request limit as a config parameter, and with
+    ``categories`` a ``labels.txt`` wired to its ``logits`` output.
 
-    PyTriton's config generator has no ``label_filename``; it loads each model through Triton's load API with a
-    JSON config and a file map, so both are extended on this one model object (the ``serve`` extra pins PyTriton).
+    PyTriton's config generator has no ``label_filename`` and no way to change its proxy model; it loads each
+    model through Triton's load API with a JSON config and a file map, so both are extended on this one model
+    object (the ``serve`` extra pins PyTriton).
     """
-    text = ("\n".join(categories) + "\n").encode()
     get_config, get_files = model.get_model_config, model.get_proxy_model_files
+    version = f"file:{model.model_version}"
 
     def config() -> dict:
         cfg = get_config()
         for output in cfg.get("output", []):
-            if output.get("name") == OUTPUT_NAME:
+            if categories is not None and output.get("name") == OUTPUT_NAME:
                 output["label_filename"] = LABELS_FILE
+        cfg.setdefault("parameters", {})["max_request_bytes"] = {"string_value": str(max_request_bytes)}
         return cfg
 
+    def files() -> dict[str, bytes]:
+        found = get_files()
+        found[f"{version}/pytriton_model.py"] = found[f"{version}/model.py"]
+        found[f"{version}/model.py"] = Path(__file__).with_name("triton_proxy.py").read_bytes()
+        if categories is not None:
+            found[f"file:{LABELS_FILE}"] = ("\n".join(categories) + "\n").encode()
+        return found
+
     model.get_model_config = config
-    model.get_proxy_model_files = lambda: {**get_files(), f"file:{LABELS_FILE}": text}
+    model.get_proxy_model_files = files
 
 
 class ResnextServer:
@@ -146,6 +198,7 @@ class ResnextServer:
         self.triton: Any = None
         self._workspace: Path | None = None
         self._stop = threading.Event()
+        self.warmup_ms: dict[str, float] = {}  # model -> its warm-up request's latency
 
     def _triton_config(self) -> Any:
         from pytriton.triton import TritonConfig
@@ -180,8 +233,7 @@ class ResnextServer:
             outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(classes,))],
             config=ModelConfig(max_batch_size=c.max_batch_size, batcher=batcher),
         )
-        model = next(m for m in triton._model_manager.models if m.model_name == self.name)
-        _attach_labels(model, self.predictor.categories)
+        _extend_model(self._bound(triton, self.name), self.predictor.categories)
         topk = min(c.topk, classes)
         triton.bind(
             model_name=self.image_name,
@@ -195,6 +247,11 @@ class ResnextServer:
             # No dynamic batcher: one request per execution, so one bad image cannot fail other clients' requests.
             config=ModelConfig(max_batch_size=c.max_batch_size, batcher=None),
         )
+        _extend_model(self._bound(triton, self.image_name), max_request_bytes=c.max_request_bytes or c.max_image_bytes)
+
+    @staticmethod
+    def _bound(triton: Any, name: str) -> Any:
+        return next(m for m in triton._model_manager.models if m.model_name == name)
 
     def start(self) -> ResnextServer:
         require_serving()
@@ -209,10 +266,14 @@ class ResnextServer:
         try:
             self.triton = Triton(config=self._triton_config(), workspace=self._workspace / "pytriton")
             self._bind(self.triton)
+            self._warm_in_process()  # before Triton reports ready
             self.triton.run()
+            self._warm_up()
         except Exception as exc:
             tail = self.log_tail()
             self.stop()
+            if self._stop.is_set():  # SIGINT/SIGTERM while starting (see stop_on_signals): a requested stop
+                return self
             if isinstance(exc, ResnextError):
                 raise
             raise ResnextError(
@@ -220,6 +281,37 @@ class ResnextServer:
                 + (f"; log: {tail}" if tail else "")
             ) from None
         return self
+
+    def _warm_in_process(self) -> None:
+        """The backend's first calls (allocations, kernel selection, a runtime's lazy compilation), paid before
+        Triton starts, so its readiness endpoint never reports a cold model."""
+        size = self.predictor.image_size
+        TensorModel(self.predictor)([{INPUT_NAME: np.zeros((1, 3, size, size), np.float32)}])
+        sample = Path(sample_images()[0]).read_bytes()
+        ImageModel(self.predictor, self.config).run(np.array([[sample]], dtype=np.object_))
+
+    def _warm_up(self) -> None:
+        """One request to each model through Triton before ``start`` returns (and ``resnext serve`` says it
+        serves): the first call of a backend (allocations, kernel selection, a runtime's lazy compilation) and
+        the first trip through Triton's stub are paid here, not by the first client."""
+        import tritonclient.http as http
+
+        size = self.predictor.image_size
+        sample = Path(sample_images()[0]).read_bytes()
+        requests = (
+            (self.name, INPUT_NAME, np.zeros((1, 3, size, size), np.float32), "FP32"),
+            (self.image_name, IMAGE_INPUT, np.array([[sample]], dtype=np.object_), "BYTES"),
+        )
+        client = http.InferenceServerClient(self.http_url, network_timeout=300.0)
+        try:
+            for model, name, array, datatype in requests:
+                item = http.InferInput(name, list(array.shape), datatype)
+                item.set_data_from_numpy(array)
+                started = time.perf_counter()
+                client.infer(model, [item])
+                self.warmup_ms[model] = (time.perf_counter() - started) * 1000
+        finally:
+            client.close()
 
     def log_tail(self) -> str:
         folder = self._workspace or Path("/nonexistent")
@@ -242,17 +334,26 @@ class ResnextServer:
             remove_workspace(self._workspace)
             self._workspace = None
 
-    def serve_forever(self, poll_s: float = 1.0) -> None:
-        """Block until SIGINT/SIGTERM (or Triton dies), then stop cleanly."""
+    @contextlib.contextmanager
+    def stop_on_signals(self) -> Iterator[ResnextServer]:
+        """SIGINT/SIGTERM ask :meth:`serve_forever` to stop, from here on: around :meth:`start` too, which warms
+        the models after Triton already answers, so a stop requested then is a clean stop, not an interruption."""
         previous = {s: signal.signal(s, lambda *_: self._stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while not self._stop.wait(poll_s):
-                if not self.is_alive():
-                    raise ResnextError(f"Triton stopped unexpectedly; log: {self.log_tail()}")
+            yield self
         finally:
-            self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def serve_forever(self, poll_s: float = 1.0) -> None:
+        """Block until SIGINT/SIGTERM (or Triton dies), then stop cleanly."""
+        with self.stop_on_signals():
+            try:
+                while not self._stop.wait(poll_s):
+                    if not self.is_alive():
+                        raise ResnextError(f"Triton stopped unexpectedly; log: {self.log_tail()}")
+            finally:
+                self.stop()
 
     def describe(self) -> list[str]:
         """Endpoints and a ready-to-paste curl line (the binary-data extension: a JSON header, then the file)."""
@@ -276,6 +377,10 @@ class ResnextServer:
             f"  metrics  {self.metrics_url}",
             f"  dynamic batching: max batch {self.config.max_batch_size}, max queue delay "
             f"{self.config.max_queue_delay_us} us, {self.config.instances} instance(s)",
+            f"  limits:  {self.config.max_image_bytes} bytes per image, {self.config.max_request_bytes} bytes per "
+            f"{self.image_name} request, {self.config.max_pixels} pixels per image",
+            "  warmed:  "
+            + (", ".join(f"{m} {ms:.0f} ms" for m, ms in self.warmup_ms.items()) or "not yet (start() warms)"),
             f"  try:     resnext client photo.jpg --url {self.http_url}",
             f"  or curl: {curl}",
         ]
