@@ -377,14 +377,14 @@ def fetch_hf_hub(source: str) -> Path:
     repo_id, revision = parse_hf_hub(source)
     try:
         import huggingface_hub
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import RemoteEntryNotFoundError
     except ImportError as exc:
         raise WeightsError(f"{source} needs huggingface_hub: pip install 'resnext[hf]'") from exc
 
     def download(filename: str) -> Path | None:
         try:
             path = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision)
-        except EntryNotFoundError:
+        except RemoteEntryNotFoundError:  # the Hub says it has no such file (offline "not cached" is an error)
             return None
         except Exception as exc:  # noqa: BLE001 - offline, unknown repo/revision, HTTP errors: one line each
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
