@@ -148,7 +148,12 @@ def test_an_existing_output_is_refused_unless_overwrite(tmp_path, small_checkpoi
     assert main(["export-weights", str(small_checkpoint), str(folder), "--format", "hf"]) == 2
     assert [p.name for p in folder.iterdir()] == [".gitattributes"]
     export(small_checkpoint, folder, "--format", "hf", "--overwrite")
-    assert sorted(p.name for p in folder.iterdir()) == [".gitattributes", "README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".gitattributes",
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
     assert (folder / ".gitattributes").read_text() == "*.safetensors filter=lfs\n"  # not ours: untouched
     export(small_checkpoint, out, "--overwrite")
     assert load_source(str(out)).arch == "resnext_test" and no_temporaries(tmp_path)
