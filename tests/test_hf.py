@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SAMPLES, cli_env, randomize_bn
+from conftest import NGC_RESNEXT_FILE, SAMPLES, cli_env, place_file, randomize_bn
 
 from resnext import create_model, load_source
 from resnext.cli import main
@@ -84,16 +84,20 @@ def test_model_card_says_what_is_known_and_how_to_load(tiny_folder) -> None:
 
 
 @pytest.mark.slow
-def test_resnext101_folder_gives_timm_the_logits_of_torchvision(tv_reference, tmp_path) -> None:
-    """The published architecture, NGC-style file in, timm out; torchvision's ResNet is the independent reference."""
+def test_published_resnext101_folder_gives_timm_the_logits_of_torchvision(tv_reference, offline_cache, tmp_path):
+    """The published architecture by name (its NGC file in the cache), timm out; torchvision is the reference."""
     timm = pytest.importorskip("timm")
     reference, path = tv_reference
-    out = export(path, tmp_path / "r101", "--format", "hf")
+    place_file(path, offline_cache / NGC_RESNEXT_FILE)
+    out = export("DEFAULT", tmp_path / "r101", "--format", "hf")
     theirs = timm.create_model(f"local-dir:{out}", pretrained=True)
     x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
     expected = logits(reference, x)
     diff = (logits(theirs, x) - expected).abs().max().item()
     assert diff <= 1e-5 * max(1.0, expected.abs().max().item()), diff
+    front = (out / "README.md").read_text().split("---")[1]
+    assert "license: apache-2.0" in front and "- accuracy" in front and "- imagenet-1k" in front
+    assert "top-1 80.43%" in (out / "README.md").read_text()
 
 
 def test_an_architecture_timm_lacks_is_written_with_a_warning(tmp_path, caplog) -> None:

@@ -219,7 +219,8 @@ def read_checkpoint(source: str | os.PathLike[str], *, progress: bool = True) ->
         source = hf.fetch_hf_hub(str(source))
     elif is_url(source):
         source = _fetch_url(str(source), progress=progress)
-    path, described = Path(source), dict[str, Any]()
+    path = Path(source)
+    described: dict[str, Any] = {}
     if path.is_dir():
         path, described = hf.folder_files(path)
     if not path.is_file():
