@@ -340,3 +340,10 @@ def test_cli_classifies_from_hf_hub_then_offline_from_the_cache(loopback_hub, ti
     assert classify("hf-hub:me/tiny") == expected
     hub.close()
     assert classify("hf-hub:me/tiny", HF_HUB_OFFLINE="1") == expected
+
+
+def test_a_declared_shape_over_the_bound_is_refused_before_it_is_read(tiny_folder) -> None:
+    from resnext.hf import read_safetensors
+
+    with pytest.raises(WeightsError, match=r"declares shape \(\d+(, \d+)*\), over the bound"):
+        read_safetensors(tiny_folder / "model.safetensors", max_elements=1000)

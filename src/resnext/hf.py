@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -105,16 +106,23 @@ def is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= _MAX_HEADER
 
 
-def read_safetensors(path: Path) -> dict[str, Any]:
+def read_safetensors(path: Path, *, max_elements: int | None = None) -> dict[str, Any]:
     """``{"state_dict": tensors, **metadata}`` from a safetensors file, without pickle. A header the library
     refuses (overlapping or out-of-file offsets, shapes that do not match their bytes, a truncated file) is a
-    one-line :class:`WeightsError`."""
+    one-line :class:`WeightsError`, and so is a tensor declaring more than ``max_elements``, before it is read."""
     from safetensors import safe_open
 
+    tensors: dict[str, Tensor] = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}
-            tensors: dict[str, Tensor] = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+            for name in f.keys():  # noqa: SIM118 - a safe_open handle is not iterable
+                shape = f.get_slice(name).get_shape()
+                if max_elements is not None and math.prod(shape) > max_elements:
+                    raise WeightsError(f"{path}: tensor {name} declares shape {tuple(shape)}, over the bound")
+                tensors[name] = f.get_tensor(name)
+    except WeightsError:
+        raise
     except Exception as exc:  # noqa: BLE001 - the Rust library raises its own error type for every bad header
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise WeightsError(

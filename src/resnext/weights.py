@@ -226,7 +226,7 @@ def read_checkpoint(source: str | os.PathLike[str], *, progress: bool = True) ->
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     if hf.is_safetensors(path):
-        checkpoint = hf.read_safetensors(path)
+        checkpoint = hf.read_safetensors(path, max_elements=MAX_TENSOR_ELEMENTS)
     else:
         _verify_archive(path)
         checkpoint = _torch_load(path)
