@@ -6,7 +6,8 @@ parameter count, GMACs, reported accuracy with its source, licence), so docs and
 :func:`load_checkpoint_into` accepts every checkpoint layout NVIDIA's code has produced: a flat state_dict in
 torchvision naming (the NGC files), NVIDIA's current ``layers.{0..3}`` naming, ``module.`` / ``_orig_mod.``
 prefixes (DDP, ``torch.compile``), training checkpoints ``{'state_dict', 'state_dict_ema', ...}``, and SE units
-stored as 1x1 convolutions. Files are read with ``torch.load(weights_only=True)`` only.
+stored as 1x1 convolutions. Files are read with ``torch.load(weights_only=True)``, or without pickle by the
+``safetensors`` library (``.safetensors`` files, Hub folders and ``hf-hub:`` ids: :mod:`resnext.hf`).
 """
 
 from __future__ import annotations
