@@ -100,6 +100,22 @@ def test_published_resnext101_folder_gives_timm_the_logits_of_torchvision(tv_ref
     assert "top-1 80.43%" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
+def test_resnet50_folder_loads_in_timm_and_in_the_torch_hub_entry_point(tmp_path) -> None:
+    timm = pytest.importorskip("timm")
+    import hubconf
+
+    torch.manual_seed(5)
+    model = randomize_bn(create_model("resnet50"), seed=5)
+    torch.save(model.state_dict(), tmp_path / "r50.pth")
+    out = export(tmp_path / "r50.pth", tmp_path / "r50", "--format", "hf")
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    expected = logits(model, x)
+    tolerance = 1e-5 * max(1.0, expected.abs().max().item())
+    assert (logits(timm.create_model(f"local-dir:{out}", pretrained=True), x) - expected).abs().max() <= tolerance
+    assert torch.equal(logits(hubconf.nvidia_resnet50(pretrained_from_file=str(out)), x), expected)
+
+
 def test_an_architecture_timm_lacks_is_written_with_a_warning(tmp_path, caplog) -> None:
     from resnext.hf import save_hf_folder
     from resnext.transforms import eval_preset
