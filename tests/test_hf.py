@@ -363,3 +363,21 @@ def test_a_declared_shape_over_the_bound_is_refused_before_it_is_read(tiny_folde
 
     with pytest.raises(WeightsError, match=r"declares shape \(\d+(, \d+)*\), over the bound"):
         read_safetensors(tiny_folder / "model.safetensors", max_elements=1000)
+
+
+@pytest.mark.slow
+def test_an_export_of_a_timm_folder_records_its_own_preprocessing(tmp_path) -> None:
+    """An ONNX file made from timm weights (bicubic, crop_pct 0.95) says so in its metadata, not our default."""
+    timm = pytest.importorskip("timm")
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from resnext.export import ExportConfig, export_model
+
+    theirs = randomize_bn(timm.create_model("resnext50_32x4d", layers=[1, 1, 1, 1], num_classes=5))
+    timm.models.save_for_hf(theirs, str(tmp_path / "timm"))
+    source = load_source(str(tmp_path / "timm"))
+    out = tmp_path / "timm.onnx"
+    export_model(ExportConfig("onnx", str(out), weights=str(tmp_path / "timm")))
+    meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["resnext"])
+    assert meta["preprocessing"] == source.transforms.describe()
+    assert "bicubic" in meta["preprocessing"] and f"resize shorter side to {round(224 / 0.95)}" in meta["preprocessing"]
