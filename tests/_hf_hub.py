@@ -34,8 +34,13 @@ class HubState:
     repos: dict[str, dict[str, dict[str, bytes]]]
     #: file names whose announced hash is deliberately wrong (a tampered or damaged transfer)
     bad_hash: set[str] = field(default_factory=set)
+    #: file name -> the size the metadata (HEAD) announces instead of the true one (a file too big to fetch)
+    declared_size: dict[str, int] = field(default_factory=dict)
+    #: file names whose body is sent a byte every 50 ms until ``stopped`` is set (a trickling server), then refused
+    trickle: set[str] = field(default_factory=set)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Authorization)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stopped: threading.Event = field(default_factory=threading.Event)
 
     def find(self, repo_id: str, revision: str) -> tuple[str, dict[str, bytes]] | None:
         for name, files in self.repos.get(repo_id, {}).items():
@@ -75,6 +80,9 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
         if data is None:
             self._error(404, "EntryNotFound", commit)
             return
+        if body and filename in self.state.trickle and self.state.stopped.is_set():
+            self._error(503, "ServiceUnavailable", commit)  # not retried by the client: its download ends
+            return
         self.send_response(200)
         self.send_header("X-Repo-Commit", commit)
         if filename.endswith(LFS_SUFFIXES):
@@ -82,13 +90,19 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
             sha256 = hashlib.sha256(announced).hexdigest()
             self.send_header("ETag", f'"{sha256}"')
             self.send_header("X-Linked-Etag", f'"{sha256}"')
-            self.send_header("X-Linked-Size", str(len(data)))
+            size = self.state.declared_size.get(filename, len(data)) if self.command == "HEAD" else len(data)
+            self.send_header("X-Linked-Size", str(size))
         else:
             self.send_header("ETag", f'"{git_blob_sha1(data)}"')
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        if body:
+        if body and filename in self.state.trickle:
+            for start in range(len(data)):
+                if self.state.stopped.wait(0.05):
+                    return
+                self.wfile.write(data[start : start + 1])
+        elif body:
             for start in range(0, len(data), 1 << 20):
                 self.wfile.write(data[start : start + (1 << 20)])
 
@@ -128,6 +142,7 @@ class LoopbackHub:
         self.thread.start()
 
     def close(self) -> None:
+        self.state.stopped.set()  # ends trickling answers
         if self.thread.is_alive():
             self.server.shutdown()
             self.server.server_close()

@@ -315,10 +315,11 @@ def http_server() -> Callable[..., tuple[str, list[str]]]:
 
 @pytest.fixture
 def loopback_hub(tmp_path, monkeypatch) -> Callable[..., Any]:
-    """Factory: ``loopback_hub({"me/tiny": {"main": {"model.safetensors": b"..."}}}, bad_hash={...})`` starts a
-    :class:`_hf_hub.LoopbackHub` that ``huggingface_hub`` talks to, in this process (its endpoint constants) and in
-    subprocesses (``HF_ENDPOINT``); its cache (``HF_HOME``/``HF_HUB_CACHE``) is a fresh folder, no token is set and
-    offline mode is off. Every hub started is stopped afterwards."""
+    """Factory: ``loopback_hub({"me/tiny": {"main": {"model.safetensors": b"..."}}}, bad_hash={...})`` (and the
+    other :class:`_hf_hub.HubState` fields: declared_size, trickle) starts a :class:`_hf_hub.LoopbackHub` that
+    ``huggingface_hub`` talks to, in this process (its endpoint constants) and in subprocesses (``HF_ENDPOINT``);
+    its cache (``HF_HOME``/``HF_HUB_CACHE``) is a fresh folder, no token is set and offline mode is off. Every hub
+    started is stopped afterwards."""
     constants = pytest.importorskip("huggingface_hub.constants")
     from _hf_hub import HubState, LoopbackHub
 
@@ -331,8 +332,8 @@ def loopback_hub(tmp_path, monkeypatch) -> Callable[..., Any]:
         monkeypatch.delenv(name, raising=False)
     hubs: list[LoopbackHub] = []
 
-    def start(repos: dict[str, dict[str, dict[str, bytes]]], bad_hash: set[str] | None = None) -> LoopbackHub:
-        hub = LoopbackHub(HubState(repos, set(bad_hash or ())))
+    def start(repos: dict[str, dict[str, dict[str, bytes]]], bad_hash: set[str] | None = None, **state) -> LoopbackHub:
+        hub = LoopbackHub(HubState(repos, set(bad_hash or ()), **state))
         hubs.append(hub)
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)

@@ -381,3 +381,38 @@ def test_an_export_of_a_timm_folder_records_its_own_preprocessing(tmp_path) -> N
     meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["resnext"])
     assert meta["preprocessing"] == source.transforms.describe()
     assert "bicubic" in meta["preprocessing"] and f"resize shorter side to {round(224 / 0.95)}" in meta["preprocessing"]
+
+
+def test_hf_hub_file_declared_over_the_download_limit_is_refused_before_the_download(loopback_hub, tiny_folder):
+    from resnext.download import MAX_WEIGHTS_BYTES
+
+    too_big = {"model.safetensors": MAX_WEIGHTS_BYTES + 1}
+    hub = loopback_hub({"me/tiny": {"main": folder_files(tiny_folder)}}, declared_size=too_big)
+    with pytest.raises(WeightsError, match=f"model.safetensors of hf-hub:me/tiny is {MAX_WEIGHTS_BYTES + 1:,} bytes"):
+        load_source("hf-hub:me/tiny")
+    files = [(method, path) for method, path, _ in hub.state.requests if "/resolve/" in path]
+    assert files == [("HEAD", "/me/tiny/resolve/main/model.safetensors")]  # its metadata only, never its body
+
+
+def test_hf_hub_download_from_a_trickling_server_stops_at_the_deadline(loopback_hub, tiny_folder, monkeypatch):
+    """huggingface_hub's own time-outs are per read: a byte every 50 ms never trips them; our deadline does."""
+    import threading
+    import time
+
+    hub = loopback_hub({"me/tiny": {"main": folder_files(tiny_folder)}}, trickle={"model.safetensors"})
+    monkeypatch.setenv("RESNEXT_DOWNLOAD_DEADLINE", "1")
+    safety = threading.Timer(10, hub.state.stopped.set)  # without a deadline the whole file would take days
+    safety.start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(WeightsError, match=r"hf-hub:me/tiny: download did not finish within 1 s"):
+            load_source("hf-hub:me/tiny")
+        assert time.monotonic() - start < 5
+    finally:
+        safety.cancel()
+        hub.state.stopped.set()  # the abandoned download ends with its connection
+    for worker in [t for t in threading.enumerate() if t.name == "resnext fetch hf-hub:me/tiny"]:
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+    snapshots = Path(os.environ["HF_HUB_CACHE"]) / "models--me--tiny" / "snapshots"
+    assert not list(snapshots.glob("*/model.safetensors"))  # no partial file became a cache entry

@@ -25,12 +25,15 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
+from .download import DEADLINE_ENV, MAX_WEIGHTS_BYTES, WEIGHTS_DEADLINE_S, deadline_s
 from .errors import ResnextError, WeightsError
 from .labels import imagenet_categories, imagenet_wnids
 from .transforms import EvalPreset
@@ -380,7 +383,9 @@ def fetch_hf_hub(source: str) -> Path:
     ``huggingface_hub`` handles the cache (``HF_HUB_CACHE``), offline mode (``HF_HUB_OFFLINE=1``: the cache only),
     the token (``HF_TOKEN`` or ``hf auth login``) and the endpoint (``HF_ENDPOINT``). Each file is checked against
     the hash the Hub announced for it (sha256 for LFS files, the git blob hash for small ones): a mismatch removes
-    the file from the cache and is an error.
+    the file from the cache and is an error. The limits of our own downloads hold: a file the Hub declares larger
+    than :data:`~resnext.download.MAX_WEIGHTS_BYTES` is refused before its body is asked for, and the whole fetch
+    has the weights download deadline (:func:`_within_deadline`).
     """
     repo_id, revision = parse_hf_hub(source)
     try:
@@ -391,20 +396,57 @@ def fetch_hf_hub(source: str) -> Path:
 
     def download(filename: str) -> Path | None:
         try:
+            # the metadata first (the same HEAD, cache and offline rules as the download itself)
+            planned = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, dry_run=True)
+            if planned.will_download and (planned.file_size or 0) > MAX_WEIGHTS_BYTES:
+                raise WeightsError(
+                    f"{filename} of {source} is {planned.file_size:,} bytes, over the download limit of "
+                    f"{MAX_WEIGHTS_BYTES:,} bytes"
+                )
             path = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision)
         except RemoteEntryNotFoundError:  # the Hub says it has no such file (offline "not cached" is an error)
             return None
+        except WeightsError:
+            raise
         except Exception as exc:  # noqa: BLE001 - offline, unknown repo/revision, HTTP errors: one line each
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise WeightsError(f"could not get {filename} of {source}: {type(exc).__name__}: {reason}") from exc
         _verify_cached_file(Path(path), source)
         return Path(path)
 
-    weights = next((path for name in FOLDER_WEIGHTS if (path := download(name)) is not None), None)
-    if weights is None:
-        raise WeightsError(f"{source} has no {' or '.join(FOLDER_WEIGHTS)} at revision {revision or 'main'}")
-    download(CONFIG_FILE)  # optional: timm's layout has one, a bare weights repo may not
-    return weights.parent
+    def fetch() -> Path:
+        weights = next((path for name in FOLDER_WEIGHTS if (path := download(name)) is not None), None)
+        if weights is None:
+            raise WeightsError(f"{source} has no {' or '.join(FOLDER_WEIGHTS)} at revision {revision or 'main'}")
+        download(CONFIG_FILE)  # optional: timm's layout has one, a bare weights repo may not
+        return weights.parent
+
+    return _within_deadline(fetch, source)
+
+
+def _within_deadline(fetch: Callable[[], Path], source: str) -> Path:
+    """``fetch()``, waited for at most the weights download deadline (``$RESNEXT_DOWNLOAD_DEADLINE``).
+
+    huggingface_hub's time-outs (``HF_HUB_ETAG_TIMEOUT``, ``HF_HUB_DOWNLOAD_TIMEOUT``) bound each read, not the
+    transfer: a server trickling a byte at a time would hold the run forever. So the fetch runs in a daemon thread;
+    past the deadline the caller gets a one-line error, and the abandoned thread ends with its connection (its
+    ``.incomplete`` file never becomes a cache entry).
+    """
+    seconds = deadline_s(WEIGHTS_DEADLINE_S)
+    done: Future[Path] = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(fetch())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name=f"resnext fetch {source}", daemon=True).start()
+    if not wait([done], timeout=seconds).done:
+        raise WeightsError(
+            f"{source}: download did not finish within {seconds:g} s (set {DEADLINE_ENV} to allow longer)"
+        )
+    return done.result()
 
 
 def _verify_cached_file(path: Path, source: str) -> None:
