@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NGC_RESNEXT_FILE, SAMPLES, cli_env, place_file, randomize_bn
+from conftest import NGC_RESNEXT_FILE, SAMPLES, cli_env, closed_port, place_file, randomize_bn
 
 from resnext import create_model, load_source
 from resnext.cli import main
@@ -416,3 +416,32 @@ def test_hf_hub_download_from_a_trickling_server_stops_at_the_deadline(loopback_
         assert not worker.is_alive()
     snapshots = Path(os.environ["HF_HUB_CACHE"]) / "models--me--tiny" / "snapshots"
     assert not list(snapshots.glob("*/model.safetensors"))  # no partial file became a cache entry
+
+
+@pytest.mark.slow
+def test_demo_downloads_hf_hub_weights_before_gradio_switches_the_hub_offline(loopback_hub, tiny_folder, tmp_path):
+    """``resnext demo --weights hf-hub:...`` with an empty cache: importing Gradio sets HF_HUB_OFFLINE, so the
+    weights must be fetched first. A fresh process, as huggingface_hub reads that variable when first imported."""
+    import time
+
+    pytest.importorskip("gradio")
+    hub = loopback_hub({"me/tiny": {"main": folder_files(tiny_folder)}})
+    port, log = closed_port(), tmp_path / "demo.log"
+    command = [sys.executable, "-m", "resnext.cli", "demo", "--weights", "hf-hub:me/tiny", "--port", str(port)]
+    command += ["--backend", "torch", "--device", "cpu", "--no-explain"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, env=cli_env({"GRADIO_TEMP_DIR": str(tmp_path)}), stdout=out, stderr=out)
+        try:
+            deadline = time.monotonic() + 120
+            while b"serving the demo" not in log.read_bytes():  # printed once the model is loaded
+                assert process.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, "the demo did not load its model within 120 s"
+                time.sleep(0.2)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+    assert ("GET", "/me/tiny/resolve/main/model.safetensors") in [(m, p) for m, p, _ in hub.state.requests]
