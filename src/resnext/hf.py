@@ -383,9 +383,8 @@ def fetch_hf_hub(source: str) -> Path:
     ``huggingface_hub`` handles the cache (``HF_HUB_CACHE``), offline mode (``HF_HUB_OFFLINE=1``: the cache only),
     the token (``HF_TOKEN`` or ``hf auth login``) and the endpoint (``HF_ENDPOINT``). Each file is checked against
     the hash the Hub announced for it (sha256 for LFS files, the git blob hash for small ones): a mismatch removes
-    the file from the cache and is an error. The limits of our own downloads hold: a file the Hub declares larger
-    than :data:`~resnext.download.MAX_WEIGHTS_BYTES` is refused before its body is asked for, and the whole fetch
-    has the weights download deadline (:func:`_within_deadline`).
+    the file from the cache and is an error. Our download limits hold: a file declared over ``MAX_WEIGHTS_BYTES``
+    is refused before its body is asked for, and the whole fetch has the weights deadline (:func:`_within_deadline`).
     """
     repo_id, revision = parse_hf_hub(source)
     try:
@@ -425,13 +424,10 @@ def fetch_hf_hub(source: str) -> Path:
 
 
 def _within_deadline(fetch: Callable[[], Path], source: str) -> Path:
-    """``fetch()``, waited for at most the weights download deadline (``$RESNEXT_DOWNLOAD_DEADLINE``).
-
-    huggingface_hub's time-outs (``HF_HUB_ETAG_TIMEOUT``, ``HF_HUB_DOWNLOAD_TIMEOUT``) bound each read, not the
-    transfer: a server trickling a byte at a time would hold the run forever. So the fetch runs in a daemon thread;
-    past the deadline the caller gets a one-line error, and the abandoned thread ends with its connection (its
-    ``.incomplete`` file never becomes a cache entry).
-    """
+    """``fetch()``, waited for at most the weights download deadline. huggingface_hub's time-outs bound each read,
+    not the transfer (a server trickling a byte at a time would hold the run forever), so the fetch runs in a daemon
+    thread; past the deadline the caller gets a one-line error, and the abandoned thread ends with its connection
+    (its ``.incomplete`` file never becomes a cache entry)."""
     seconds = deadline_s(WEIGHTS_DEADLINE_S)
     done: Future[Path] = Future()
 
