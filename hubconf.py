@@ -3,6 +3,9 @@
     model = torch.hub.load(REPO, "nvidia_resneXt", source="local")            # or a GitHub "owner/repo"
     utils = torch.hub.load(REPO, "nvidia_convnets_processing_utils", source="local")
 
+``pretrained_from_file`` takes any weights source: a checkpoint or ``export-weights`` file (``.pth`` or
+``.safetensors``), a folder in timm's Hub layout, a URL, or ``"hf-hub:owner/name[@revision]"``.
+
 A thin shim over ``resnext.sources`` (one model source) and ``resnext.hub`` (processing utils).
 """
 

@@ -3,7 +3,9 @@
 Spaces run ``python app.py`` with Gradio's server settings in the environment (GRADIO_SERVER_NAME=0.0.0.0 there);
 run locally it binds 127.0.0.1:7860. Settings (environment variables):
 
-* ``RESNEXT_DEMO_WEIGHTS``: weights name, checkpoint file or URL (default: ``DEFAULT``, NVIDIA's published weights)
+* ``RESNEXT_DEMO_WEIGHTS``: weights name, checkpoint file or URL, or ``hf-hub:owner/name[@revision]`` (weights shared
+  on the Hub with ``resnext export-weights --format hf``; a private repo reads the Space's ``HF_TOKEN`` secret)
+  (default: ``DEFAULT``, NVIDIA's published weights)
 * ``RESNEXT_DEMO_ARCH``: architecture (default: the checkpoint's own, else resnext101_32x4d)
 * ``RESNEXT_DEMO_EXPLAIN=0``: hide Grad-CAM heat-maps
 """
@@ -24,6 +26,7 @@ from resnext.demo import build_app, create_demo_model, launch, remove_uploads  #
 
 
 def main() -> None:
+    # the model (an hf-hub: source downloads here) comes before Gradio, whose import switches the Hub client offline
     model = create_demo_model(
         os.environ.get("RESNEXT_DEMO_ARCH") or None,
         weights=os.environ.get("RESNEXT_DEMO_WEIGHTS", "DEFAULT"),

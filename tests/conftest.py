@@ -311,3 +311,37 @@ def http_server() -> Callable[..., tuple[str, list[str]]]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def loopback_hub(tmp_path, monkeypatch) -> Callable[..., Any]:
+    """Factory: ``loopback_hub({"me/tiny": {"main": {"model.safetensors": b"..."}}}, bad_hash={...})`` (and the
+    other :class:`_hf_hub.HubState` fields: declared_size, trickle) starts a :class:`_hf_hub.LoopbackHub` that
+    ``huggingface_hub`` talks to, in this process (its endpoint constants) and in subprocesses (``HF_ENDPOINT``);
+    its cache (``HF_HOME``/``HF_HUB_CACHE``) is a fresh folder, no token is set and offline mode is off. Every hub
+    started is stopped afterwards."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    from _hf_hub import HubState, LoopbackHub
+
+    home = tmp_path / "hf-home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    hubs: list[LoopbackHub] = []
+
+    def start(repos: dict[str, dict[str, dict[str, bytes]]], bad_hash: set[str] | None = None, **state) -> LoopbackHub:
+        hub = LoopbackHub(HubState(repos, set(bad_hash or ()), **state))
+        hubs.append(hub)
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        return hub
+
+    yield start
+    for hub in hubs:
+        hub.close()

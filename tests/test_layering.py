@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "resnext"
 LAYERS: list[set[str]] = [
     {"errors"},
     {"util", "labels", "transforms", "download"},
-    {"weights", "models"},
+    {"weights", "models", "hf"},
     {"sources", "images"},
     {"runtimes", "backends"},
     {"explain", "predict", "export", "export_config", "export_writers", "auto"},

@@ -27,7 +27,7 @@ import torch
 from .errors import ResnextError
 from .sources import checkpoint_metadata, with_metadata
 from .util import _alive, atomic_open, atomic_path, check_writable, sweep_stale_temporaries
-from .weights import extract_state_dict, read_checkpoint, remap_state_dict
+from .weights import read_checkpoint
 
 logger = logging.getLogger("resnext")
 
@@ -177,24 +177,58 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def export_weights(checkpoint: str | os.PathLike[str], output: str | os.PathLike[str], *, ema: bool = False) -> Path:
-    """Write the plain (or EMA) weights of a training checkpoint, with its architecture, class names and image
-    size (:func:`resnext.sources.with_metadata`), atomically.
+#: ``export-weights`` output formats: a ``.pth`` pickle (``torch.load(weights_only=True)``), a ``.safetensors``
+#: file, or a folder in timm's Hugging Face Hub layout (:mod:`resnext.hf`)
+WEIGHTS_FORMATS = ("pth", "safetensors", "hf")
 
-    The result loads anywhere a weights file does (``--weights``, ``create_model(arch, weights=OUT)``, the hub's
-    ``pretrained_from_file``) and classifies with the trained names at the trained size without ``--arch``.
+
+def export_weights(
+    source: Any,
+    output: str | os.PathLike[str],
+    *,
+    ema: bool = False,
+    arch: str | None = None,
+    format: str | None = None,  # noqa: A002 - the CLI flag's name
+    overwrite: bool = False,
+) -> Path:
+    """Write the weights of any source (published name, training checkpoint, file, URL, Hub folder, ``hf-hub:``)
+    with their architecture, class names, image size and preprocessing, atomically.
+
+    ``format`` is ``pth`` (default), ``safetensors`` (default for an ``OUT`` ending in ``.safetensors``) or ``hf``
+    (a folder: ``model.safetensors``, ``config.json``, ``README.md``). An existing ``output`` is refused unless
+    ``overwrite``. The result loads anywhere a weights source does (``--weights``, ``create_model(arch,
+    weights=OUT)``, the hub's ``pretrained_from_file``) and classifies with the trained names at the trained size
+    without ``--arch``; the ``hf`` folder also loads with ``timm.create_model("local-dir:OUT", pretrained=True)``.
     """
-    check_writable(output, "export-weights output")
-    ckpt = read_checkpoint(checkpoint)
-    state_dict = remap_state_dict(extract_state_dict(ckpt, use_ema=ema))
-    meta = checkpoint_metadata(ckpt)
-    obj = with_metadata(
-        {k: v.contiguous() for k, v in state_dict.items()},
-        arch=meta.get("arch"),
-        classes=meta.get("classes"),
-        image_size=meta.get("image_size"),
-    )
-    return save_checkpoint(obj, output)
+    from .hf import describe_weights, save_hf_folder, save_safetensors
+    from .sources import load_source
+    from .weights import published_weights
+
+    output = Path(output)
+    format = format or ("safetensors" if output.suffix == ".safetensors" else "pth")
+    if format not in WEIGHTS_FORMATS:
+        raise ResnextError(f"unknown weights format {format!r}; choose one of {', '.join(WEIGHTS_FORMATS)}")
+    if format == "hf":
+        if output.exists() and not output.is_dir():
+            raise ResnextError(f"export-weights output {output} is a file; --format hf writes a folder")
+        if output.is_dir() and any(output.iterdir()) and not overwrite:
+            raise ResnextError(f"{output} exists and is not empty: pass --overwrite to replace the weights in it")
+        check_writable(output / "model.safetensors", "export-weights output")
+    else:
+        check_writable(output, "export-weights output")
+        if output.exists() and not overwrite:
+            raise ResnextError(f"{output} exists: pass --overwrite to replace it")
+    resolved = load_source(source, arch=arch, use_ema=ema)
+    assert resolved.model is not None
+    state_dict = {k: v.detach().contiguous() for k, v in resolved.model.state_dict().items()}
+    metadata = describe_weights(resolved.arch, resolved.classes, resolved.transforms, resolved.num_classes)
+    if format == "hf":
+        published = published_weights(resolved.arch, source) if resolved.weights != "random" else None
+        meta = dict(published.meta) if published is not None else None
+        return save_hf_folder(state_dict, output, metadata, published=meta, overwrite=overwrite)
+    if format == "safetensors":
+        return save_safetensors(state_dict, output, metadata)
+    return save_checkpoint(with_metadata(state_dict, **metadata), output)
 
 
 class LogWindow:

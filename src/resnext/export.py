@@ -131,7 +131,10 @@ def _metadata(config: ExportConfig, source: ModelSource, precision: str) -> dict
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
         "outputs": [OUTPUT_NAME, FEATURES_NAME] if config.features else [OUTPUT_NAME],
-        "preprocessing": eval_preset(config.size).describe(),
+        # the source's own preset (a timm folder's bicubic, crop_pct 0.95), unless the export is made at another size
+        "preprocessing": (
+            source.transforms if source.transforms.crop_size == config.size else eval_preset(config.size)
+        ).describe(),
         "torch": torch.__version__,
     }
 

@@ -5,6 +5,8 @@ A *source* is one of:
 * published weights: a :class:`~resnext.weights.WeightsEnum` member, its name (``"IMAGENET1K_NVIDIA"``) or
   ``"DEFAULT"`` (the architecture's default published weights; the default of every entry point);
 * a checkpoint file or an http(s) URL: a flat state_dict, NVIDIA's layouts, or a ``resnext train`` checkpoint;
+* a ``.safetensors`` file, a folder in timm's Hugging Face Hub layout, or ``hf-hub:owner/name[@revision]``
+  (:mod:`resnext.hf`);
 * ``None`` or ``"random"``: random initialisation (torchvision's meaning of ``weights=None``).
 
 ``None`` means random weights everywhere in the package (as in torchvision); the published weights are asked
@@ -17,6 +19,7 @@ image size (:func:`checkpoint_metadata`), so a fine-tuned model classifies with 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +29,9 @@ from torch import Tensor, nn
 
 from .errors import WeightsError
 from .labels import imagenet_categories, imagenet_wnids
-from .transforms import EvalPreset, eval_preset
+from .transforms import EvalPreset, eval_preset, preset_from_config
+
+logger = logging.getLogger("resnext")
 
 DEFAULT_ARCH = "resnext101_32x4d"
 RANDOM = "random"
@@ -75,8 +80,8 @@ def display_names(num_classes: int, classes: list[str] | None = None) -> list[st
 
 
 def checkpoint_metadata(checkpoint: Any) -> dict[str, Any]:
-    """``arch``, ``classes`` and ``image_size`` stored in a training / export-weights checkpoint (absent keys
-    are left out; values of the wrong type are ignored)."""
+    """``arch``, ``classes``, ``image_size`` and ``transforms`` (from its ``preprocessing``) stored in a training /
+    export-weights checkpoint or a Hub folder (absent keys are left out; values of the wrong type are ignored)."""
     if not isinstance(checkpoint, Mapping):
         return {}
     found: dict[str, Any] = {}
@@ -96,6 +101,14 @@ def checkpoint_metadata(checkpoint: Any) -> dict[str, Any]:
         size = config.get("image_size")
     if isinstance(size, int) and not isinstance(size, bool) and size >= 32:
         found["image_size"] = size
+    preprocessing = checkpoint.get("preprocessing")
+    if isinstance(preprocessing, Mapping):
+        try:
+            found["transforms"] = preset_from_config(preprocessing)
+        except ValueError as exc:
+            logger.warning("ignoring the checkpoint's preprocessing (%s); using the defaults for its size", exc)
+        else:
+            found["image_size"] = found["transforms"].crop_size
     return found
 
 
@@ -168,7 +181,10 @@ def load_source(
         hint = f"; its tensors fit --arch {fits}" if fits and fits != arch else ""
         raise WeightsError(f"{exc}{hint}") from None
     classes = stored.get("classes") if num_classes is None else None
-    return _source(arch, model, str(weights), classes, stored.get("image_size"))
+    source = _source(arch, model, str(weights), classes, stored.get("image_size"))
+    if "transforms" in stored:
+        source.transforms = stored["transforms"]
+    return source
 
 
 def _source(

@@ -6,7 +6,8 @@ parameter count, GMACs, reported accuracy with its source, licence), so docs and
 :func:`load_checkpoint_into` accepts every checkpoint layout NVIDIA's code has produced: a flat state_dict in
 torchvision naming (the NGC files), NVIDIA's current ``layers.{0..3}`` naming, ``module.`` / ``_orig_mod.``
 prefixes (DDP, ``torch.compile``), training checkpoints ``{'state_dict', 'state_dict_ema', ...}``, and SE units
-stored as 1x1 convolutions. Files are read with ``torch.load(weights_only=True)`` only.
+stored as 1x1 convolutions. Files are read with ``torch.load(weights_only=True)``, or without pickle by the
+``safetensors`` library (``.safetensors`` files, Hub folders and ``hf-hub:`` ids: :mod:`resnext.hf`).
 """
 
 from __future__ import annotations
@@ -188,7 +189,9 @@ def published_weights(model_name: str, weights: Any) -> WeightsEnum | None:
     an existing file always wins over a name."""
     if isinstance(weights, WeightsEnum):
         return weights
-    if not isinstance(weights, str) or is_url(weights) or os.path.exists(weights):
+    from .hf import is_hf_hub
+
+    if not isinstance(weights, str) or is_url(weights) or is_hf_hub(weights) or os.path.exists(weights):
         return None
     name = weights.rsplit(".", 1)[-1]
     enum = WEIGHTS_BY_MODEL.get(model_name)
@@ -204,16 +207,34 @@ def published_weights(model_name: str, weights: Any) -> WeightsEnum | None:
 
 
 def read_checkpoint(source: str | os.PathLike[str], *, progress: bool = True) -> Any:
-    """Load a checkpoint object from a path or URL with ``weights_only=True`` and :func:`check_tensor_bounds`.
-    URLs are downloaded once into the cache (:func:`cache_path_for`), verified before they enter it."""
-    if is_url(source):
+    """Load a checkpoint object from a path, URL, Hub folder or ``hf-hub:`` id, checked by :func:`check_tensor_bounds`.
+
+    Files are read with ``torch.load(weights_only=True)``, or by the ``safetensors`` library (no pickle at all)
+    when they are safetensors files (:mod:`resnext.hf`). A folder in timm's Hub layout is read from its weights
+    file, with what its ``config.json`` says. URLs are downloaded once into the cache (:func:`cache_path_for`),
+    verified before they enter it; ``hf-hub:`` ids go through ``huggingface_hub``'s cache.
+    """
+    from . import hf
+
+    if hf.is_hf_hub(source):
+        source = hf.fetch_hf_hub(str(source))
+    elif is_url(source):
         source = _fetch_url(str(source), progress=progress)
     path = Path(source)
+    described: dict[str, Any] = {}
+    if path.is_dir():
+        path, described = hf.folder_files(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
-    _verify_archive(path)
-    checkpoint = _torch_load(path)
+    if hf.is_safetensors(path):
+        checkpoint = hf.read_safetensors(path, max_elements=MAX_TENSOR_ELEMENTS)
+    else:
+        _verify_archive(path)
+        checkpoint = _torch_load(path)
     check_tensor_bounds(checkpoint, path)
+    if described and isinstance(checkpoint, Mapping):
+        # a Hub folder: the weights file's own metadata wins, config.json fills in the rest (timm's files have none)
+        checkpoint = {**described, **(checkpoint if "state_dict" in checkpoint else {"state_dict": checkpoint})}
     return checkpoint
 
 
@@ -233,7 +254,11 @@ def _fetch_url(url: str, *, progress: bool) -> Path:
 def verify_download(path: Path) -> None:
     """Refuse a downloaded checkpoint before it enters the cache: the CRC-32 of every record of a zip-format
     file (a body cut short has no central directory and fails here too), or a full read of a legacy one."""
-    if zipfile.is_zipfile(path):
+    from . import hf
+
+    if hf.is_safetensors(path):
+        hf.read_safetensors(path)
+    elif zipfile.is_zipfile(path):
         _verify_archive(path)
     else:
         _torch_load(path)

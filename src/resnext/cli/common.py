@@ -129,8 +129,9 @@ _BACKEND_HELP = (
     "--precision bf16|int8 the approximate runtimes (agreement is reported)"
 )
 _WEIGHTS_HELP = (
-    "published weights name, checkpoint, training checkpoint or export-weights file, URL, or 'random' (published "
-    "weights are cached in $TORCH_HOME/hub/checkpoints)"
+    "published weights name, checkpoint, training checkpoint or export-weights file (.pth, .safetensors or a "
+    "Hub folder), URL, hf-hub:owner/name[@revision], or 'random' (published weights are cached in "
+    "$TORCH_HOME/hub/checkpoints, hf-hub: in huggingface_hub's cache)"
 )
 _CHECKPOINT_ARCH = f"the checkpoint's own, else {DEFAULT_ARCH}"
 
@@ -140,7 +141,13 @@ FLAGS: dict[str, Flag] = {
     for flag in (
         Flag("inputs", nargs="*", metavar="PATH|URL|DIR|GLOB", help="images, folders, quoted globs or URLs"),
         Flag("--arch", choices=list_models(), help="architecture", unset=_CHECKPOINT_ARCH),
-        Flag("--weights", default="DEFAULT", metavar="NAME|FILE|URL", help=_WEIGHTS_HELP, unset="random weights"),
+        Flag(
+            "--weights",
+            default="DEFAULT",
+            metavar="NAME|FILE|DIR|URL|hf-hub:ID",
+            help=_WEIGHTS_HELP,
+            unset="random weights",
+        ),
         Flag("--backend", default=AUTO, choices=[AUTO, *RUNTIMES], help=_BACKEND_HELP),
         Flag("--model-file", metavar="PATH", help="exported model (see `resnext export`)"),
         Flag("--device", default="auto", help="auto, cpu, cuda or cuda:N"),

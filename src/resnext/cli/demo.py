@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from .common import add_command, add_flags, add_model_args, add_runtime_args, port
@@ -41,11 +42,15 @@ def run_demo(args: argparse.Namespace) -> int:
     Serve a Gradio page on HOST:PORT (loopback by default, no share link, no analytics). Needs the demo extra:
     pip install 'resnext[demo]'.
     """
-    from ..demo import build_app, create_demo_model, import_gradio, launch, remove_uploads
+    from ..demo import build_app, create_demo_model, launch, remove_uploads
     from ..errors import ResnextError
+    from ..runtimes import require
     from ..util import call_with
 
-    import_gradio()  # a missing extra fails here, before the model is loaded
+    # The model is loaded before Gradio is imported (build_app does): importing it switches huggingface_hub
+    # offline, which would leave an hf-hub: source only its cache. A missing extra still fails first.
+    if importlib.util.find_spec("gradio") is None:
+        require("gradio", "demo")
     _check_port(args.host, args.port)
     app = None
     try:

@@ -87,22 +87,38 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_export_weights_parser(sub: argparse._SubParsersAction) -> None:
+    from ..checkpoint import WEIGHTS_FORMATS
+
     p = add_command(sub, "export-weights", run_export_weights)
-    p.add_argument("checkpoint", metavar="CKPT", help="training checkpoint (e.g. runs/train/best.pth)")
+    p.add_argument(
+        "checkpoint",
+        metavar="SRC",
+        help="any weights source: training checkpoint (e.g. runs/train/best.pth), weights file, published weights "
+        "name (DEFAULT), URL, .safetensors file, Hub folder or hf-hub:owner/name",
+    )
     p.add_argument(
         "output",
         metavar="OUT",
-        help="weights file with the architecture, class names and image size; "
-        "loadable with --weights / create_model / pretrained_from_file",
+        help="weights file (.pth, or .safetensors) or, with --format hf, a folder; it carries the architecture, "
+        "class names, image size and preprocessing and loads with --weights / create_model / pretrained_from_file",
     )
-    add_flags(p, "ema")
+    p.add_argument(
+        "--format",
+        choices=WEIGHTS_FORMATS,
+        help="pth (default), safetensors (default for OUT.safetensors), or hf: a folder in timm's Hugging Face "
+        "Hub layout (model.safetensors, config.json, README.md) for 'hf upload OWNER/NAME OUT'",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    add_flags(p, "arch", "ema")
 
 
 def run_export_weights(args: argparse.Namespace) -> int:
-    """Plain (or EMA) weights out of a training checkpoint."""
+    """Weights out of any source, as .pth, .safetensors or a Hugging Face Hub folder (timm's layout)."""
     from ..checkpoint import export_weights
 
-    path = export_weights(args.checkpoint, args.output, ema=args.ema)
+    path = export_weights(
+        args.checkpoint, args.output, ema=args.ema, arch=args.arch, format=args.format, overwrite=args.overwrite
+    )
     print(f"resnext: wrote {'EMA ' if args.ema else ''}weights to {path}", file=sys.stderr)
     return 0
 
