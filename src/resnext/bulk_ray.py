@@ -23,9 +23,11 @@ drops any input it already holds, so the output has every input exactly once. A 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -159,10 +161,16 @@ class ModelActor:
 # Driver
 
 
+#: after ``ray.shutdown()``, a private instance's processes get this long to exit before they are killed
+RAY_EXIT_GRACE_S = 10.0
+
+
 def run_ray(job: BulkJob, spec: ModelSpec, options: RayOptions = RayOptions()) -> BulkSummary:
     """Run ``job`` as a Ray Data pipeline; joins ``options.address`` or an already initialised Ray, else starts
-    (and afterwards stops) a private instance on this machine."""
+    (and afterwards stops, see :func:`ray_instance`) a private instance on this machine."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if options.address is None:
+        quiet_private_ray()
     ray = require("ray", "ray")
     require("ray.data", "ray")
     writer = open_writer(job.output, job.task, topk=job.topk)
@@ -171,22 +179,40 @@ def run_ray(job: BulkJob, spec: ModelSpec, options: RayOptions = RayOptions()) -
     # The driver builds the predictor once before any actor: a bad model source fails here in one line, and
     # the preset (crop size, normalisation) the CPU tasks need comes from the model itself.
     transforms = spec.predictor(device="cpu").transforms if pending else None
-    started = not ray.is_initialized()
-    if started:
-        init_ray(ray, options)
-    try:
+    with ray_instance(ray, options):
         rows = _stream(job, spec, options, pending, transforms) if pending else iter(())
         return write_rows(job, writer, rows, skipped=len(job.sources) - len(pending), total=len(job.sources))
-    finally:
-        if started:
-            ray.shutdown()
 
 
-def init_ray(ray: Any, options: RayOptions) -> None:
-    """Join ``options.address``, or start a private Ray instance on this machine sized for the actor pool."""
+def quiet_private_ray() -> None:
+    """Settings for a private instance, read when Ray is imported: node IP 127.0.0.1 without asking the network
+    (Ray otherwise probes 8.8.8.8:53 for its "real" address and warns where that fails), and token authentication
+    chosen explicitly (Ray's default for a new local instance, which otherwise announces it). Settings the user
+    made in the environment win."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # "no cluster": Ray's node IP is loopback
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+@contextlib.contextmanager
+def ray_instance(ray: Any, options: RayOptions) -> Iterator[None]:
+    """Ray for one run: an already initialised one as it is, ``options.address`` joined (and left), or a private
+    instance on 127.0.0.1 sized for the actor pool. A private instance is shut down on leaving, and the run returns
+    only once every process it started has exited (those left after :data:`RAY_EXIT_GRACE_S` are killed): a
+    model actor busy with a batch would otherwise outlive the command."""
+    if ray.is_initialized():
+        yield
+        return
     if options.address is not None:
         ray.init(address=options.address, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
         return
+    import psutil  # a dependency of Ray
+
+    driver = psutil.Process()
+    before = set(driver.children(recursive=True))
     # Enough logical CPUs for the actors plus the decoding tasks, or the pool would starve the decoders.
     need = int(options.actors * options.cpus_per_actor + 1.999)
     ray.init(
@@ -195,7 +221,42 @@ def init_ray(ray: Any, options: RayOptions) -> None:
         log_to_driver=False,
         object_store_memory=options.object_store_memory,
         configure_logging=False,
+        _node_ip_address="127.0.0.1",
     )
+    try:
+        yield
+    finally:
+        started = [p for p in driver.children(recursive=True) if p not in before]
+        ray.shutdown()
+        left = stop_processes(started, RAY_EXIT_GRACE_S)
+        if left:
+            logger.warning("Ray processes still running after shutdown: %s", ", ".join(map(str, left)))
+
+
+def stop_processes(processes: list[Any], grace: float) -> list[int]:
+    """Wait up to ``grace`` seconds for ``processes`` (psutil) to exit, kill those left, wait for them (bounded);
+    the pids still running. Zombies count as exited (their parent, or init, reaps them)."""
+    import psutil
+
+    def running(process: Any) -> bool:
+        try:
+            return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+
+    for limit, kill in ((grace, False), (5.0, True)):
+        if kill:
+            for process in processes:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+        deadline = time.monotonic() + limit
+        while (processes := [p for p in processes if running(p)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not processes:
+            return []
+        if not kill:
+            logger.debug("killing %d Ray processes still running %.0f s after shutdown", len(processes), grace)
+    return [p.pid for p in processes]
 
 
 def _stream(job: BulkJob, spec: ModelSpec, options: RayOptions, pending: list[str], transforms: Any) -> Iterator[dict]:
