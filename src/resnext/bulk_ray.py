@@ -185,12 +185,14 @@ def run_ray(job: BulkJob, spec: ModelSpec, options: RayOptions = RayOptions()) -
 
 
 def quiet_private_ray() -> None:
-    """Settings for a private instance, read when Ray is imported: node IP 127.0.0.1 without asking the network
-    (Ray otherwise probes 8.8.8.8:53 for its "real" address and warns where that fails), and token authentication
-    chosen explicitly (Ray's default for a new local instance, which otherwise announces it). Settings the user
-    made in the environment win."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # "no cluster": Ray's node IP is loopback
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    """Before Ray is imported (it reads this then): a private instance is given 127.0.0.1 as its node address, and
+    this makes Ray keep it instead of "resolving" loopback to the address of the route to 8.8.8.8:53 (a probe of
+    an outside address, with a warning where it fails). A value the user set in the environment wins."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray's switch: loopback stays loopback
+
+
+#: Ray's notice on every new local instance that it enabled token authentication (its default, which we keep)
+_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 @contextlib.contextmanager
@@ -215,14 +217,21 @@ def ray_instance(ray: Any, options: RayOptions) -> Iterator[None]:
     before = set(driver.children(recursive=True))
     # Enough logical CPUs for the actors plus the decoding tasks, or the pool would starve the decoders.
     need = int(options.actors * options.cpus_per_actor + 1.999)
-    ray.init(
-        num_cpus=max(os.cpu_count() or 1, need),
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=options.object_store_memory,
-        configure_logging=False,
-        _node_ip_address="127.0.0.1",
-    )
+    notices = logging.getLogger(_TOKEN_NOTICE_LOGGER)
+    level = notices.level
+    if not logger.isEnabledFor(logging.DEBUG):  # shown with --verbose
+        notices.setLevel(logging.ERROR)
+    try:
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, need),
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=options.object_store_memory,
+            configure_logging=False,
+            _node_ip_address="127.0.0.1",
+        )
+    finally:
+        notices.setLevel(level)
     try:
         yield
     finally:

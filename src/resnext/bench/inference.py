@@ -400,8 +400,8 @@ def run_inference_benchmark(config: BenchConfig, model: torch.nn.Module | None =
 def emulated_note(precision: str) -> str:
     needs = " or ".join(NATIVE_CPU_FEATURES.get(precision, ()))
     return (
-        f"{precision} is emulated on this CPU (no {needs}): its GEMM peak was timed small, its rows are slow and "
-        "bounded by the time budget"
+        f"{precision} is emulated on this CPU (no {needs}): its GEMM peak was timed on a small GEMM, and its rows "
+        "may be slow (bounded by the time budget)"
     )
 
 

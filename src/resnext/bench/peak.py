@@ -13,7 +13,8 @@ taken during a burst of load would understate it and push rows above 100%.
 Only the precisions asked for are measured (fp32 always: it is the floor). A precision the CPU only emulates
 (:func:`resnext.hardware.native_precisions`: bf16 on a CPU without AVX-512 BF16/AMX, int8 without VNNI/AMX) is timed
 with one small GEMM under a time budget, never at full size (an emulated bf16 GEMM of 2048^3 takes minutes on
-AVX2), and reported as emulated; its peak is fp32's.
+AVX2), and reported as emulated; like any precision, its peak is at least fp32's (a runtime may have fast int8
+kernels without VNNI, as ONNX Runtime has on AVX2, and then the small GEMM's rate stands).
 """
 
 from __future__ import annotations
@@ -230,9 +231,7 @@ def floor_peaks(found: dict[str, Peak]) -> dict[str, Peak]:
     """Every precision of ``found`` (and fp32), none below fp32's (see the module docstring)."""
     fp32 = found["fp32"]
     return {
-        p: peak
-        if peak.gflops >= fp32.gflops and not peak.emulated
-        else Peak(p, fp32.gflops, "fp32 floor", peak.emulated)
+        p: peak if peak.gflops >= fp32.gflops else Peak(p, fp32.gflops, "fp32 floor", peak.emulated)
         for p, peak in found.items()
     }
 
