@@ -30,7 +30,7 @@ DRIVER = textwrap.dedent('''
     import json, os, signal, sys, time
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     from resnext import cli
-    from resnext.bulk_ray import RayOptions, ray_instance
+    from resnext.bulk_ray import RayOptions, quiet_private_ray, ray_instance
 
     folder, weights, out = sys.argv[1:4]
     ns = os.readlink("/proc/self/ns/net")
@@ -82,6 +82,7 @@ DRIVER = textwrap.dedent('''
         time.sleep(0.01)
     """
 
+    quiet_private_ray()  # before Ray is imported, as the CLI does
     import ray
     with ray_instance(ray, RayOptions(actors=2, object_store_memory=80 * 2**20)):
         report["node_ip"] = ray.util.get_node_ip_address()

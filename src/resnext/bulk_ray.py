@@ -200,7 +200,8 @@ def ray_instance(ray: Any, options: RayOptions) -> Iterator[None]:
     """Ray for one run: an already initialised one as it is, ``options.address`` joined (and left), or a private
     instance on 127.0.0.1 sized for the actor pool. A private instance is shut down on leaving, and the run returns
     only once every process it started has exited (those left after :data:`RAY_EXIT_GRACE_S` are killed): a
-    model actor busy with a batch would otherwise outlive the command."""
+    model actor busy with a batch would otherwise outlive the command. Call :func:`quiet_private_ray` before Ray
+    is imported, or Ray probes an outside address for this node's."""
     if ray.is_initialized():
         yield
         return

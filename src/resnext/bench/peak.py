@@ -56,6 +56,8 @@ def machine_info() -> dict[str, Any]:
         "native": sorted(native_precisions("cpu")),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
+    if info["cuda"]:
+        info["cuda_native"] = sorted(native_precisions("cuda"))
     if features_mask():  # a record made with features hidden says so (its "isa" is what the mask left)
         info["features_mask"] = ",".join(features_mask())
     return info
@@ -66,7 +68,7 @@ class Peak:
     precision: str
     gflops: float
     engine: str  # which engine's GEMM reached it ("torch", "onnxruntime", "openvino", or "fp32 floor")
-    emulated: bool = False  # the CPU has no native kernels for it: timed small (or not at all), floored at fp32
+    emulated: bool = False  # the CPU has no native kernels for it: timed on a small GEMM only (or not at all)
 
 
 def best_seconds(fn: Callable[[], Any], repeats: int, budget_s: float = math.inf) -> float:
