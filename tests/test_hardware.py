@@ -119,14 +119,35 @@ def test_peaks_measure_only_the_precisions_asked_for(gemm_calls):
     assert set(peaks) == {"fp32"} and gemm_calls == [(512, ["fp32"])]
 
 
-def test_emulated_precision_is_timed_small_and_reported_as_emulated(gemm_calls):
+@pytest.fixture
+def fake_engine(monkeypatch) -> list[tuple[str, int]]:
+    """An engine whose GEMMs take the time of a CPU at a fixed rate per precision (bf16 emulated at 0.5 GFLOP/s,
+    as on 2 AVX2 cores; fp32 and int8 fast); records every (precision, size) built and every call's size."""
+    rates = {"fp32": 200e9, "bf16": 0.5e9, "int8": 400e9}
+    built: list[tuple[str, int]] = []
+
+    def engine(n, threads, precisions):
+        for precision in precisions:
+            built.append((precision, n))
+            yield precision, lambda n=n, precision=precision: time.sleep(2 * n**3 / rates[precision])
+
+    monkeypatch.setitem(peak.ENGINES, "fake", engine)
+    return built
+
+
+def test_emulated_precision_is_timed_small_and_within_its_budget(fake_engine):
+    started = time.perf_counter()
     peaks = peak.measure_peaks(
-        1, n=512, repeats=1, engines=("torch",), precisions=["fp32", "bf16", "int8"], native={"fp32", "int8"}
+        1, n=2048, repeats=1, engines=("fake",), precisions=["fp32", "bf16", "int8"], native={"fp32"}
     )
-    # the native ones at full size, the emulated one only at the small size (never 512 for bf16)
-    assert gemm_calls == [(512, ["fp32", "int8"]), (peak.EMULATED_GEMM_SIZE, ["bf16"])]
-    assert peaks["bf16"].emulated and not peaks["int8"].emulated and not peaks["fp32"].emulated
-    assert peaks["bf16"].gflops >= peaks["fp32"].gflops  # floored at fp32, as every precision
+    # bf16 at 0.5 GFLOP/s: 34 s per call at 2048, so only the small GEMM (67 ms); the fast "emulated" int8 fits
+    # the budget at full size after its small probe; fp32 (native) at full size directly
+    assert fake_engine == [("fp32", 2048), ("bf16", 256), ("int8", 256), ("int8", 2048)]
+    assert peak.EMULATED_GEMM_SIZE == 256
+    assert time.perf_counter() - started < 5
+    assert peaks["bf16"].emulated and peaks["int8"].emulated and not peaks["fp32"].emulated
+    assert peaks["bf16"].gflops == peaks["fp32"].gflops and peaks["bf16"].engine == "fp32 floor"
+    assert peaks["int8"].gflops > peaks["fp32"].gflops and peaks["int8"].engine == "fake"
 
 
 def test_best_seconds_stops_once_its_budget_is_spent():

@@ -11,10 +11,10 @@ The peak is measured before and after the rows, and the higher value kept: on a 
 taken during a burst of load would understate it and push rows above 100%.
 
 Only the precisions asked for are measured (fp32 always: it is the floor). A precision the CPU only emulates
-(:func:`resnext.hardware.native_precisions`: bf16 on a CPU without AVX-512 BF16/AMX, int8 without VNNI/AMX) is timed
-with one small GEMM under a time budget, never at full size (an emulated bf16 GEMM of 2048^3 takes minutes on
-AVX2), and reported as emulated; like any precision, its peak is at least fp32's (a runtime may have fast int8
-kernels without VNNI, as ONNX Runtime has on AVX2, and then the small GEMM's rate stands).
+(:func:`resnext.hardware.native_precisions`: bf16 on a CPU without AVX-512 BF16/AMX, int8 without VNNI/AMX) is first
+timed with one small GEMM under a time budget, and at full size only where that rate says it fits in the budget
+(an emulated bf16 GEMM of 2048^3 takes minutes on AVX2; ONNX Runtime's int8 without VNNI is fast), and reported as
+emulated; like any precision, its peak is at least fp32's.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Peak:
     precision: str
     gflops: float
     engine: str  # which engine's GEMM reached it ("torch", "onnxruntime", "openvino", or "fp32 floor")
-    emulated: bool = False  # the CPU has no native kernels for it: timed on a small GEMM only (or not at all)
+    emulated: bool = False  # the CPU has no native kernels for it: timed within a budget (see above)
 
 
 def best_seconds(fn: Callable[[], Any], repeats: int, budget_s: float = math.inf) -> float:
@@ -203,30 +203,50 @@ def measure_peaks(
     native = native_precisions("cpu") if native is None else native
     wanted = ["fp32"] + [p for p in PEAK_PRECISIONS if p in precisions and p != "fp32"]
     emulated = [p for p in wanted if p != "fp32" and p not in native]
-    # (GEMM size, timed calls, time budget, precisions): native ones at full size, emulated ones small and bounded
-    passes = [
-        (n, repeats, math.inf, [p for p in wanted if p not in emulated]),
-        (min(n, EMULATED_GEMM_SIZE), 1, EMULATED_BUDGET_S, emulated),
-    ]
     found: dict[str, Peak] = {}
     with torch_threads(threads):
         for engine in engines:
             measured = []
-            for size, calls, budget, group in passes:
+            for precision in wanted:
                 try:
-                    for precision, fn in ENGINES[engine](size, threads, group) if group else ():
-                        gflops = 2 * size**3 / best_seconds(fn, calls, budget) / 1e9
-                        slow = precision in emulated
-                        measured.append(f"{precision}{' (emulated, n=' + str(size) + ')' if slow else ''} {gflops:.1f}")
-                        if gflops > found.get(precision, Peak(precision, 0.0, "")).gflops:
-                            found[precision] = Peak(precision, gflops, engine, emulated=slow)
+                    size, gflops = _gemm_rate(engine, precision, threads, n, repeats, precision in emulated)
                 except Exception as exc:  # noqa: BLE001 - an optional engine (missing, or an op it lacks) is skipped
-                    logger.debug("peak: %s skipped (%s: %s)", engine, type(exc).__name__, exc)
+                    logger.debug("peak: %s %s skipped (%s: %s)", engine, precision, type(exc).__name__, exc)
+                    continue
+                if gflops is None:  # this engine has no GEMM of that precision
+                    continue
+                slow = precision in emulated
+                measured.append(f"{precision}{f' (emulated, n={size})' if slow else ''} {gflops:.1f}")
+                if gflops > found.get(precision, Peak(precision, 0.0, "")).gflops:
+                    found[precision] = Peak(precision, gflops, engine, emulated=slow)
             if measured:
                 logger.info("GEMM peak %s: %s GFLOP/s", engine, ", ".join(measured))
     for precision in emulated:  # reported even where no engine could time it
         found.setdefault(precision, Peak(precision, 0.0, "not measured", emulated=True))
     return floor_peaks(found)
+
+
+def _gemm_rate(
+    engine: str, precision: str, threads: int, n: int, repeats: int, emulated: bool
+) -> tuple[int, float | None]:
+    """(GEMM size, GFLOP/s) of one engine's GEMM in ``precision``; (n, None) where the engine has none.
+
+    An emulated precision is first timed once at :data:`EMULATED_GEMM_SIZE`; it is timed at ``n`` only when that
+    rate says ``repeats + 1`` calls of size ``n`` fit in :data:`EMULATED_BUDGET_S` (ONNX Runtime's int8 without
+    VNNI is fast enough; emulated bf16 is not)."""
+
+    def rate(size: int, calls: int, budget: float) -> float | None:
+        for _, fn in ENGINES[engine](size, threads, [precision]):
+            return 2 * size**3 / best_seconds(fn, calls, budget) / 1e9
+        return None
+
+    if not emulated:
+        return n, rate(n, repeats, math.inf)
+    small = min(n, EMULATED_GEMM_SIZE)
+    gflops = rate(small, 1, EMULATED_BUDGET_S)
+    if gflops is None or small == n or 2 * n**3 / (gflops * 1e9) * (repeats + 1) > EMULATED_BUDGET_S:
+        return small, gflops
+    return n, rate(n, repeats, EMULATED_BUDGET_S)
 
 
 def floor_peaks(found: dict[str, Peak]) -> dict[str, Peak]:
