@@ -212,7 +212,7 @@ def ray_instance(ray: Any, options: RayOptions) -> Iterator[None]:
         finally:
             ray.shutdown()
         return
-    import psutil  # a dependency of Ray
+    import psutil  # Ray ships it (ray/thirdparty_files, on sys.path once Ray is imported)
 
     driver = psutil.Process()
     before = set(driver.children(recursive=True))
