@@ -206,7 +206,7 @@ def test_benchmark_reports_an_emulated_precision_with_progress(monkeypatch, capl
     assert "emulated)" in result.table().split("GEMM peaks in this run")[1].split("bf16")[1]
     assert result.machine["native"] == ["fp32"] and "avx512f" not in result.machine["isa"]
     log = caplog.text
-    for step in ("measuring GEMM peaks (bf16, fp32)", "GEMM peak torch: fp32", "bf16 (emulated, n=256)", "[2/2]"):
+    for step in ("measuring GEMM peaks (fp32, bf16)", "GEMM peak torch: fp32", "bf16 (emulated, n=256)", "[2/2]"):
         assert step in log, step
 
 

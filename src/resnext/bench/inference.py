@@ -42,16 +42,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ResnextError
-from ..hardware import NATIVE_CPU_FEATURES
-from .peak import (
-    PEAK_PRECISIONS,
-    apply_peaks,
-    machine_info,
-    measure_peaks,
-    merge_peaks,
-    ran_precision,
-    torch_threads,
-)
+from .peak import apply_peaks, emulated_note, machine_info, measure_peaks, merge_peaks, ran_precision, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -356,8 +347,8 @@ def run_inference_benchmark(config: BenchConfig, model: torch.nn.Module | None =
             if config.weights in (None, "random"):
                 set_bn_statistics(model, images)
         model = model.eval()
-        peak_precisions = sorted({ran for p in config.precisions for ran in (p, "fp32")} & set(PEAK_PRECISIONS))
-        logger.info("measuring GEMM peaks (%s) at %d threads ...", ", ".join(peak_precisions), config.threads)
+        asked = ", ".join(dict.fromkeys(["fp32", *config.precisions]))
+        logger.info("measuring GEMM peaks (%s) at %d threads ...", asked, config.threads)
         peaks_before = measure_peaks(config.threads, n=config.peak_size, precisions=config.precisions)
         result = BenchResult(
             machine=machine_info(),
@@ -395,14 +386,6 @@ def run_inference_benchmark(config: BenchConfig, model: torch.nn.Module | None =
             f.write(json.dumps(result.to_dict(), indent=1))
         logger.info("wrote %s", config.json_path)
     return result
-
-
-def emulated_note(precision: str) -> str:
-    needs = " or ".join(NATIVE_CPU_FEATURES.get(precision, ()))
-    return (
-        f"{precision} is emulated on this CPU (no {needs}): its GEMM peak was timed on a small GEMM, and its rows "
-        "may be slow (bounded by the time budget)"
-    )
 
 
 def _accuracy(logits: Tensor, labels: Sequence[int]) -> float:

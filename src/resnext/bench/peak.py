@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..hardware import ISA_FLAGS, cpu_features, cpu_model, features_mask, native_precisions
+from ..hardware import ISA_FLAGS, NATIVE_CPU_FEATURES, cpu_features, cpu_model, features_mask, native_precisions
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +247,14 @@ def _gemm_rate(
     if gflops is None or small == n or 2 * n**3 / (gflops * 1e9) * (repeats + 1) > EMULATED_BUDGET_S:
         return small, gflops
     return n, rate(n, repeats, EMULATED_BUDGET_S)
+
+
+def emulated_note(precision: str) -> str:
+    needs = " or ".join(NATIVE_CPU_FEATURES.get(precision, ()))
+    return (
+        f"{precision} is emulated on this CPU (no {needs}): its GEMM peak was timed within a budget, and its rows "
+        "may be slow (bounded by the time budget)"
+    )
 
 
 def floor_peaks(found: dict[str, Peak]) -> dict[str, Peak]:
