@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "resnext"
 #: lowest first; a module must be listed here (a new module forces a decision about its place)
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"util", "labels", "transforms", "download"},
+    {"util", "labels", "transforms", "download", "hardware"},
     {"weights", "models", "hf"},
     {"sources", "images"},
     {"runtimes", "backends"},

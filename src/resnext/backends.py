@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .errors import ResnextError
+from .hardware import native_precisions
 from .runtimes import INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, RUNTIMES
 
 #: Name of the optional second output (pooled penultimate features) of files exported with ``features=True``.
@@ -231,7 +232,12 @@ class OpenVinoBackend(ExportedBackend):
                 f"the openvino backend runs fp32 or bf16 (int8 comes from the exported file), not {precision}"
             )
         ov_device = "CPU" if device in ("auto", "cpu") else device.upper()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
+        hint = _OV_PRECISION[precision]
+        if ov_device == "CPU" and precision == "bf16" and "bf16" not in native_precisions("cpu"):
+            # f32 is what OpenVINO runs on such a CPU anyway; asked for bf16 where the feature mask hides it, its own
+            # detection would disagree with the kernels ONEDNN_MAX_CPU_ISA allows and fail to compile
+            hint = "f32"
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
@@ -240,8 +246,8 @@ class OpenVinoBackend(ExportedBackend):
             raise ResnextError(
                 f"OpenVINO could not compile {path} for {ov_device}: {str(exc).splitlines()[0][:200]}"
             ) from None
-        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        ran = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        name = ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran)
         #: the precision OpenVINO actually runs: "fp32", "bf16" or "fp16"
         self.precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(name, name)
         if precision == "bf16" and self.precision != "bf16":

@@ -23,9 +23,11 @@ drops any input it already holds, so the output has every input exactly once. A 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -159,13 +161,20 @@ class ModelActor:
 # Driver
 
 
+#: after ``ray.shutdown()``, a private instance's processes get this long to exit before they are killed
+RAY_EXIT_GRACE_S = 10.0
+
+
 def run_ray(
     job: BulkJob, spec: ModelSpec, options: RayOptions = RayOptions(), *, writer: OutputWriter | None = None
 ) -> BulkSummary:
     """Run ``job`` as a Ray Data pipeline; joins ``options.address`` or an already initialised Ray, else starts
-    (and afterwards stops) a private instance on this machine. ``writer``: the output :func:`resnext.bulk.open_output`
-    opened for it (default: opened here). The driver holds the output's lock and writes every row."""
+    (and afterwards stops, see :func:`ray_instance`) a private instance on this machine. ``writer``: the output
+    :func:`resnext.bulk.open_output` opened for it (default: opened here). The driver holds the output's lock and
+    writes every row."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if options.address is None:
+        quiet_private_ray()
     ray = require("ray", "ray")
     require("ray.data", "ray")
     writer = writer or open_output(job, spec)
@@ -182,34 +191,98 @@ def run_ray(
             writer.abort()
             raise
         transforms = predictor.transforms
-    started = not ray.is_initialized()
     try:
-        if started:
-            init_ray(ray, options)
-        rows = _stream(job, spec, options, pending, transforms) if pending else iter(())
-        return write_rows(job, writer, rows, skipped=len(job.sources) - len(pending), total=len(job.sources))
+        with ray_instance(ray, options):
+            rows = _stream(job, spec, options, pending, transforms) if pending else iter(())
+            return write_rows(job, writer, rows, skipped=len(job.sources) - len(pending), total=len(job.sources))
     except BaseException:
         writer.abort()  # releases the output (write_rows already did, if it started)
         raise
-    finally:
-        if started:
-            ray.shutdown()
 
 
-def init_ray(ray: Any, options: RayOptions) -> None:
-    """Join ``options.address``, or start a private Ray instance on this machine sized for the actor pool."""
+def quiet_private_ray() -> None:
+    """Before Ray is imported (it reads this then): a private instance is given 127.0.0.1 as its node address, and
+    this makes Ray keep it instead of "resolving" loopback to the address of the route to 8.8.8.8:53 (a probe of
+    an outside address, with a warning where it fails). A value the user set in the environment wins."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray's switch: loopback stays loopback
+
+
+#: Ray's notice on every new local instance that it enabled token authentication (its default, which we keep)
+_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def ray_instance(ray: Any, options: RayOptions) -> Iterator[None]:
+    """Ray for one run: an already initialised one as it is, ``options.address`` joined (and left), or a private
+    instance on 127.0.0.1 sized for the actor pool. A private instance is shut down on leaving, and the run returns
+    only once every process it started has exited (those left after :data:`RAY_EXIT_GRACE_S` are killed): a
+    model actor busy with a batch would otherwise outlive the command. Call :func:`quiet_private_ray` before Ray
+    is imported, or Ray probes an outside address for this node's."""
+    if ray.is_initialized():
+        yield
+        return
     if options.address is not None:
         ray.init(address=options.address, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
         return
+    import psutil  # Ray ships it (ray/thirdparty_files, on sys.path once Ray is imported)
+
+    driver = psutil.Process()
+    before = set(driver.children(recursive=True))
     # Enough logical CPUs for the actors plus the decoding tasks, or the pool would starve the decoders.
     need = int(options.actors * options.cpus_per_actor + 1.999)
-    ray.init(
-        num_cpus=max(os.cpu_count() or 1, need),
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=options.object_store_memory,
-        configure_logging=False,
-    )
+    notices = logging.getLogger(_TOKEN_NOTICE_LOGGER)
+    level = notices.level
+    if not logger.isEnabledFor(logging.DEBUG):  # shown with --verbose
+        notices.setLevel(logging.ERROR)
+    try:
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, need),
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=options.object_store_memory,
+            configure_logging=False,
+            _node_ip_address="127.0.0.1",
+        )
+    finally:
+        notices.setLevel(level)
+    try:
+        yield
+    finally:
+        started = [p for p in driver.children(recursive=True) if p not in before]
+        ray.shutdown()
+        left = stop_processes(started, RAY_EXIT_GRACE_S)
+        if left:
+            logger.warning("Ray processes still running after shutdown: %s", ", ".join(map(str, left)))
+
+
+def stop_processes(processes: list[Any], grace: float) -> list[int]:
+    """Wait up to ``grace`` seconds for ``processes`` (psutil) to exit, kill those left, wait for them (bounded);
+    the pids still running. Zombies count as exited (their parent, or init, reaps them)."""
+    import psutil
+
+    def running(process: Any) -> bool:
+        try:
+            return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+
+    for limit, kill in ((grace, False), (5.0, True)):
+        if kill:
+            for process in processes:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+        deadline = time.monotonic() + limit
+        while (processes := [p for p in processes if running(p)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not processes:
+            return []
+        if not kill:
+            logger.debug("killing %d Ray processes still running %.0f s after shutdown", len(processes), grace)
+    return [p.pid for p in processes]
 
 
 def _stream(job: BulkJob, spec: ModelSpec, options: RayOptions, pending: list[str], transforms: Any) -> Iterator[dict]:

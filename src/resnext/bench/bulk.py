@@ -142,15 +142,13 @@ def run_bulk_benchmark(config: BulkBenchConfig) -> BulkBenchResult:
 def _ray_row(job: Any, spec: Any, config: BulkBenchConfig) -> BulkRow:
     """Ray's own start-up is outside the clock (a cluster is already running); the actors' start is inside."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from ..bulk_ray import RayOptions, init_ray, run_ray
+    from ..bulk_ray import RayOptions, quiet_private_ray, ray_instance, run_ray
     from ..runtimes import require
 
+    quiet_private_ray()
     ray = require("ray", "ray")
     options = RayOptions(actors=config.actors, cpus_per_actor=config.cpus_per_actor)
-    init_ray(ray, options)  # as the engine starts its private instance
-    try:
+    with ray_instance(ray, options):  # as the engine starts its private instance (and waits for it to stop)
         start = time.perf_counter()
         summary = run_ray(job, spec, options)
         return BulkRow("ray", summary.written, time.perf_counter() - start)
-    finally:
-        ray.shutdown()

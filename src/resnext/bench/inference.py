@@ -13,7 +13,10 @@ fp32-equivalent work), its share of the peak *of the precision the row ran in* (
 measured in the same run with the same thread count), and its top-1 agreement with eager fp32 on the agreement
 images (``agreement_dir``, e.g. a labelled folder, where accuracy is reported too; default: the sample photos).
 
-Every runtime gets the same thread count: ``threads``, default PyTorch's current setting.
+Every runtime gets the same thread count: ``threads``, default PyTorch's current setting. A whole run has a time
+budget (``time_budget``, seconds): once it is spent, the row being timed stops after its first timed call, the rows
+not yet started are skipped with a note, and the JSON is still written. A precision the CPU only emulates (bf16
+without AVX-512 BF16/AMX, int8 without VNNI/AMX: :func:`resnext.hardware.native_precisions`) is noted as such.
 Exported backends are exported into a temporary folder first and must pass :func:`resnext.export.check_parity`
 before they are timed. Without ``--weights`` the model has random weights, with batch-norm statistics set from
 the sample photos so activations have realistic ranges (speed does not depend on the weight values; agreement
@@ -39,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ResnextError
-from .peak import apply_peaks, machine_info, measure_peaks, merge_peaks, ran_precision, torch_threads
+from .peak import apply_peaks, emulated_note, machine_info, measure_peaks, merge_peaks, ran_precision, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ class BenchConfig:
     agreement_dir: str | None = None  # images (a labelled folder gives accuracy too); default: the packaged samples
     agreement_count: int = 256  # at most this many agreement images
     peak_size: int = 2048  # GEMM size of the peak measurement
+    time_budget: float = 1800.0  # seconds for the whole run (see the module docstring)
     json_path: str | None = None
 
 
@@ -141,7 +145,10 @@ class BenchResult:
         widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
         fmt = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
         lines = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, body)]
-        peaks = ", ".join(f"{p} {v['gflops']:.0f} ({v['engine']})" for p, v in self.peaks.items())
+        peaks = ", ".join(
+            f"{p} {v['gflops']:.0f} ({v['engine']}{', emulated' if v.get('emulated') else ''})"
+            for p, v in self.peaks.items()
+        )
         lines.append(
             f"model: {self.config['arch']} at {self.config['image_size']} px, {self.model_gflop_per_image:.2f} "
             f"GFLOP/image; GEMM peaks in this run, GFLOP/s at {self.machine['threads']} threads: {peaks}; "
@@ -171,23 +178,28 @@ def model_gflop(model: torch.nn.Module, image_size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def time_calls(fn: Callable[[], Any], *, warmup: int, min_iters: int, min_time: float) -> list[float]:
+def time_calls(
+    fn: Callable[[], Any], *, warmup: int, min_iters: int, min_time: float, deadline: float = math.inf
+) -> list[float]:
     """Per-call wall times (s) after at least ``warmup`` untimed calls.
 
     oneDNN builds its kernels over the first few calls of each shape (seen here: 4.8 s, 1.4 s, 1.2 s, then 0.18 s
-    per call), so warm-up goes on while calls are still getting more than 10% faster, up to 10 extra calls.
+    per call), so warm-up goes on while calls are still getting more than 10% faster, up to 10 extra calls. Past
+    ``deadline`` (a ``time.perf_counter()`` value) warm-up ends and timing stops after one timed call.
     """
     previous = math.inf
     for i in range(warmup + 10):
         t0 = time.perf_counter()
         fn()
         elapsed = time.perf_counter() - t0
-        if i + 1 >= warmup and elapsed > 0.9 * previous:
+        if (i + 1 >= warmup and elapsed > 0.9 * previous) or t0 + elapsed > deadline:
             break
         previous = elapsed
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < min_iters or time.perf_counter() - start < min_time:
+    while not times or (
+        (len(times) < min_iters or time.perf_counter() - start < min_time) and time.perf_counter() < deadline
+    ):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -325,16 +337,19 @@ def run_inference_benchmark(config: BenchConfig, model: torch.nn.Module | None =
 
     pairs, skipped = plan(config)
     config = replace(config, threads=config.threads or torch.get_num_threads())
+    deadline = time.perf_counter() + config.time_budget
     with torch_threads(config.threads):
         images = preprocess(sample_images(), config.image_size)
         if model is None:
+            logger.info("loading %s (%s weights) ...", config.arch, config.weights or "random")
             model = load_source(config.weights, arch=config.arch).model
             assert model is not None
             if config.weights in (None, "random"):
                 set_bn_statistics(model, images)
         model = model.eval()
-        logger.info("measuring GEMM peaks (fp32, bf16, int8) at %d threads", config.threads)
-        peaks_before = measure_peaks(config.threads, n=config.peak_size)
+        asked = ", ".join(dict.fromkeys(["fp32", *config.precisions]))
+        logger.info("measuring GEMM peaks (%s) at %d threads ...", asked, config.threads)
+        peaks_before = measure_peaks(config.threads, n=config.peak_size, precisions=config.precisions)
         result = BenchResult(
             machine=machine_info(),
             config=asdict(config),
@@ -342,25 +357,34 @@ def run_inference_benchmark(config: BenchConfig, model: torch.nn.Module | None =
             peaks={},
         )
         result.notes += ["not supported, skipped: " + ", ".join(skipped)] if skipped else []
+        result.notes += [emulated_note(p) for p, peak in peaks_before.items() if peak.emulated]
         if config.weights in (None, "random"):
             result.notes.append(
                 "random weights with batch-norm statistics from the sample photos (agreement of a "
                 "random network is near-ties: measure it with trained weights)"
             )
         agree_x, labels, result.agreement_images = agreement_images(config, int(getattr(model, "num_classes", 1000)))
+        logger.info("reference logits (eager fp32) on %s ...", result.agreement_images)
         step = max(config.batch_sizes)
         reference_logits = _logits(model, agree_x, step)
         if labels is not None:
             result.reference_accuracy = _accuracy(reference_logits, labels)
-        _measure_rows(config, model, pairs, images, (agree_x, reference_logits, labels), result)
-        peaks = merge_peaks(peaks_before, measure_peaks(config.threads, n=config.peak_size))
-    result.peaks = {p: {"gflops": v.gflops, "engine": v.engine} for p, v in peaks.items()}
+        _measure_rows(config, model, pairs, images, (agree_x, reference_logits, labels), result, deadline)
+        if time.perf_counter() < deadline:
+            logger.info("measuring GEMM peaks again (the higher value is kept) ...")
+            peaks = merge_peaks(
+                peaks_before, measure_peaks(config.threads, n=config.peak_size, precisions=config.precisions)
+            )
+        else:
+            peaks = peaks_before
+    result.peaks = {p: {"gflops": v.gflops, "engine": v.engine, "emulated": v.emulated} for p, v in peaks.items()}
     apply_peaks(result.rows, peaks, result.model_gflop_per_image)
     if config.json_path:
         from ..util import atomic_open
 
         with atomic_open(config.json_path, "w") as f:
             f.write(json.dumps(result.to_dict(), indent=1))
+        logger.info("wrote %s", config.json_path)
     return result
 
 
@@ -377,8 +401,10 @@ def _measure_rows(
     images: Tensor,
     agreement: tuple[Tensor, Tensor, list[int] | None],
     result: BenchResult,
+    deadline: float = math.inf,
 ) -> None:
-    """Build each runner, measure its agreement, then time it at every batch size (progress on the log)."""
+    """Build each runner, measure its agreement, then time it at every batch size (progress on the log); past
+    ``deadline`` (``time.perf_counter()``) the rows not started are skipped with a note."""
     from ..export import _logits, compare
 
     agree_x, reference_logits, labels = agreement
@@ -387,6 +413,11 @@ def _measure_rows(
     with tempfile.TemporaryDirectory() as tmp:
         cache: dict[str, Path] = {}
         for backend, precision in pairs:
+            if time.perf_counter() > deadline and (backend, precision) != REFERENCE:
+                left = [f"{b} {p}" for b, p in pairs[pairs.index((backend, precision)) :]]
+                result.notes.append(f"time budget of {config.time_budget:.0f} s spent: skipped " + ", ".join(left))
+                logger.warning("time budget of %.0f s spent: skipping %s", config.time_budget, ", ".join(left))
+                break
             logger.info("preparing %s %s ...", backend, precision)
             try:
                 runner = make_runner(backend, precision, model, config, Path(tmp), cache)
@@ -408,6 +439,7 @@ def _measure_rows(
                     warmup=config.warmup,
                     min_iters=config.min_iters,
                     min_time=config.min_time,
+                    deadline=deadline,
                 )
                 row = summarise(backend, precision, batch_size, times)
                 if (backend, precision) == REFERENCE:

@@ -9,6 +9,12 @@ may compute a "bf16" or "int8" layer in fp32 (OpenVINO does on CPUs without bf16
 
 The peak is measured before and after the rows, and the higher value kept: on a shared machine one measurement
 taken during a burst of load would understate it and push rows above 100%.
+
+Only the precisions asked for are measured (fp32 always: it is the floor). A precision the CPU only emulates
+(:func:`resnext.hardware.native_precisions`: bf16 on a CPU without AVX-512 BF16/AMX, int8 without VNNI/AMX) is first
+timed with one small GEMM under a time budget, and at full size only where that rate says it fits in the budget
+(an emulated bf16 GEMM of 2048^3 takes minutes on AVX2; ONNX Runtime's int8 without VNNI is fast), and reported as
+emulated; like any precision, its peak is at least fp32's.
 """
 
 from __future__ import annotations
@@ -16,49 +22,44 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import platform
+import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..hardware import ISA_FLAGS, NATIVE_CPU_FEATURES, cpu_features, cpu_model, features_mask, native_precisions
 
 logger = logging.getLogger(__name__)
 
 #: precisions with a measured peak; fp16 rows (GPU) and anything else are divided by the fp32 peak
 PEAK_PRECISIONS = ("fp32", "bf16", "int8")
 GEMM_SIZE = 2048  # 2048^3: large enough to saturate a few cores' vector units, ~20-60 ms per fp32 call on 2 cores
-
-
-#: CPU features that decide which precisions have fast kernels (recorded with every result)
-ISA_FLAGS = ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+EMULATED_GEMM_SIZE = 256  # an emulated precision's GEMM: 2 x 256^3 FLOP, ~50 ms for bf16 emulated on 2 AVX2 cores
+EMULATED_BUDGET_S = 2.0  # an emulated GEMM's timing stops after its first call once this is spent
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, the ISA flags that matter for speed, core and thread counts, and the GPU when there is one."""
+    """CPU model, the ISA flags that matter for speed (after ``RESNEXT_CPU_FEATURES_MASK``), core and thread counts,
+    and the GPU when there is one."""
     import os
 
+    features = cpu_features()
     info: dict[str, Any] = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "isa": [],
+        "isa": [f for f in ISA_FLAGS if f in features],
+        "native": sorted(native_precisions("cpu")),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            info["cpu"] = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            info["isa"] = [f for f in ISA_FLAGS if f in flags]
-            break
+    if info["cuda"]:
+        info["cuda_native"] = sorted(native_precisions("cuda"))
+    if features_mask():  # a record made with features hidden says so (its "isa" is what the mask left)
+        info["features_mask"] = ",".join(features_mask())
     return info
 
 
@@ -67,16 +68,23 @@ class Peak:
     precision: str
     gflops: float
     engine: str  # which engine's GEMM reached it ("torch", "onnxruntime", "openvino", or "fp32 floor")
+    emulated: bool = False  # the CPU has no native kernels for it: timed within a budget (see above)
 
 
-def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    """The fastest of ``repeats`` timed calls after one untimed call."""
+def best_seconds(fn: Callable[[], Any], repeats: int, budget_s: float = math.inf) -> float:
+    """The fastest of ``repeats`` timed calls after one untimed call; once ``budget_s`` is spent, the calls made."""
+    start = time.perf_counter()
     fn()
+    best = time.perf_counter() - start
+    if best > budget_s:
+        return best
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        call = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.perf_counter() - call)
+        if time.perf_counter() - start > budget_s:
+            break
     return best
 
 
@@ -92,14 +100,17 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _torch_gemms(n: int) -> Iterator[tuple[str, Callable[[], Any]]]:
+def _torch_gemms(n: int, precisions: Collection[str]) -> Iterator[tuple[str, Callable[[], Any]]]:
     a, b = torch.randn(n, n), torch.randn(n, n)
-    yield "fp32", lambda: torch.mm(a, b)
-    ab, bb = a.bfloat16(), b.bfloat16()
-    yield "bf16", lambda: torch.mm(ab, bb)
-    ai = torch.randint(-100, 100, (n, n), dtype=torch.int8)
-    bi = torch.randint(-100, 100, (n, n), dtype=torch.int8)
-    yield "int8", lambda: torch._int_mm(ai, bi)
+    if "fp32" in precisions:
+        yield "fp32", lambda: torch.mm(a, b)
+    if "bf16" in precisions:
+        ab, bb = a.bfloat16(), b.bfloat16()
+        yield "bf16", lambda: torch.mm(ab, bb)
+    if "int8" in precisions:
+        ai = torch.randint(-100, 100, (n, n), dtype=torch.int8)
+        bi = torch.randint(-100, 100, (n, n), dtype=torch.int8)
+        yield "int8", lambda: torch._int_mm(ai, bi)
 
 
 def _onnx_gemm_model(n: int, integer: bool) -> bytes:
@@ -129,19 +140,21 @@ def _onnx_gemm_model(n: int, integer: bool) -> bytes:
     return model.SerializeToString()
 
 
-def _onnxruntime_gemms(n: int, threads: int) -> Iterator[tuple[str, Callable[[], Any]]]:
+def _onnxruntime_gemms(n: int, threads: int, precisions: Collection[str]) -> Iterator[tuple[str, Callable[[], Any]]]:
     import numpy as np
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     for precision, integer in (("fp32", False), ("int8", True)):
+        if precision not in precisions:
+            continue
         session = ort.InferenceSession(_onnx_gemm_model(n, integer), options, providers=["CPUExecutionProvider"])
         x = np.random.randint(0, 255, (n, n)).astype(np.uint8) if integer else np.random.rand(n, n).astype(np.float32)
         yield precision, functools.partial(session.run, None, {"x": x})
 
 
-def _openvino_gemms(n: int, threads: int) -> Iterator[tuple[str, Callable[[], Any]]]:
+def _openvino_gemms(n: int, threads: int, precisions: Collection[str]) -> Iterator[tuple[str, Callable[[], Any]]]:
     import numpy as np
     import openvino as ov
     from openvino import opset13 as ops
@@ -152,6 +165,8 @@ def _openvino_gemms(n: int, threads: int) -> Iterator[tuple[str, Callable[[], An
     data = np.random.rand(n, n).astype(np.float32)
     core = ov.Core()
     for precision, hint in (("fp32", "f32"), ("bf16", "bf16")):
+        if precision not in precisions:
+            continue
         compiled = core.compile_model(
             model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads}
         )
@@ -161,47 +176,100 @@ def _openvino_gemms(n: int, threads: int) -> Iterator[tuple[str, Callable[[], An
         yield precision, functools.partial(request.infer, {0: data})
 
 
-ENGINES: dict[str, Callable[[int, int], Iterator[tuple[str, Callable[[], Any]]]]] = {
-    "torch": lambda n, threads: _torch_gemms(n),
+ENGINES: dict[str, Callable[[int, int, Collection[str]], Iterator[tuple[str, Callable[[], Any]]]]] = {
+    "torch": lambda n, threads, precisions: _torch_gemms(n, precisions),
     "onnxruntime": _onnxruntime_gemms,
     "openvino": _openvino_gemms,
 }
 
 
 def measure_peaks(
-    threads: int | None = None, *, n: int = GEMM_SIZE, repeats: int = 3, engines: tuple[str, ...] = tuple(ENGINES)
+    threads: int | None = None,
+    *,
+    n: int = GEMM_SIZE,
+    repeats: int = 3,
+    engines: tuple[str, ...] = tuple(ENGINES),
+    precisions: Collection[str] = PEAK_PRECISIONS,
+    native: Collection[str] | None = None,
 ) -> dict[str, Peak]:
-    """Best GFLOP/s per precision (``PEAK_PRECISIONS``) over the GEMMs of every installed engine in ``engines``.
+    """Best GFLOP/s of fp32 and each of ``precisions`` (of ``PEAK_PRECISIONS``) over every installed engine's GEMMs.
 
     ``threads`` (default: PyTorch's current setting) is given to every engine, as the benchmark gives it to every
-    runtime. An engine that is missing or fails contributes nothing; PyTorch's fp32 GEMM always runs.
+    runtime. An engine that is missing or fails contributes nothing; PyTorch's fp32 GEMM always runs. A precision
+    not in ``native`` (default: :func:`resnext.hardware.native_precisions`) is timed once at
+    :data:`EMULATED_GEMM_SIZE` within :data:`EMULATED_BUDGET_S` and marked emulated (see the module docstring).
     """
     threads = threads or torch.get_num_threads()
+    native = native_precisions("cpu") if native is None else native
+    wanted = ["fp32"] + [p for p in PEAK_PRECISIONS if p in precisions and p != "fp32"]
+    emulated = [p for p in wanted if p != "fp32" and p not in native]
     found: dict[str, Peak] = {}
     with torch_threads(threads):
         for engine in engines:
-            try:
-                for precision, fn in ENGINES[engine](n, threads):
-                    gflops = 2 * n**3 / best_seconds(fn, repeats) / 1e9
-                    if gflops > found.get(precision, Peak(precision, 0.0, "")).gflops:
-                        found[precision] = Peak(precision, gflops, engine)
-            except Exception as exc:  # noqa: BLE001 - an optional engine (missing, or an op it lacks) is skipped
-                logger.debug("peak: %s skipped (%s: %s)", engine, type(exc).__name__, exc)
+            measured = []
+            for precision in wanted:
+                try:
+                    size, gflops = _gemm_rate(engine, precision, threads, n, repeats, precision in emulated)
+                except Exception as exc:  # noqa: BLE001 - an optional engine (missing, or an op it lacks) is skipped
+                    logger.debug("peak: %s %s skipped (%s: %s)", engine, precision, type(exc).__name__, exc)
+                    continue
+                if gflops is None:  # this engine has no GEMM of that precision
+                    continue
+                slow = precision in emulated
+                measured.append(f"{precision}{f' (emulated, n={size})' if slow else ''} {gflops:.1f}")
+                if gflops > found.get(precision, Peak(precision, 0.0, "")).gflops:
+                    found[precision] = Peak(precision, gflops, engine, emulated=slow)
+            if measured:
+                logger.info("GEMM peak %s: %s GFLOP/s", engine, ", ".join(measured))
+    for precision in emulated:  # reported even where no engine could time it
+        found.setdefault(precision, Peak(precision, 0.0, "not measured", emulated=True))
     return floor_peaks(found)
 
 
+def _gemm_rate(
+    engine: str, precision: str, threads: int, n: int, repeats: int, emulated: bool
+) -> tuple[int, float | None]:
+    """(GEMM size, GFLOP/s) of one engine's GEMM in ``precision``; (n, None) where the engine has none.
+
+    An emulated precision is first timed once at :data:`EMULATED_GEMM_SIZE`; it is timed at ``n`` only when that
+    rate says ``repeats + 1`` calls of size ``n`` fit in :data:`EMULATED_BUDGET_S` (ONNX Runtime's int8 without
+    VNNI is fast enough; emulated bf16 is not)."""
+
+    def rate(size: int, calls: int, budget: float) -> float | None:
+        for _, fn in ENGINES[engine](size, threads, [precision]):
+            return 2 * size**3 / best_seconds(fn, calls, budget) / 1e9
+        return None
+
+    if not emulated:
+        return n, rate(n, repeats, math.inf)
+    small = min(n, EMULATED_GEMM_SIZE)
+    gflops = rate(small, 1, EMULATED_BUDGET_S)
+    if gflops is None or small == n or 2 * n**3 / (gflops * 1e9) * (repeats + 1) > EMULATED_BUDGET_S:
+        return small, gflops
+    return n, rate(n, repeats, EMULATED_BUDGET_S)
+
+
+def emulated_note(precision: str) -> str:
+    needs = " or ".join(NATIVE_CPU_FEATURES.get(precision, ()))
+    return (
+        f"{precision} is emulated on this CPU (no {needs}): its GEMM peak was timed within a budget, and its rows "
+        "may be slow (bounded by the time budget)"
+    )
+
+
 def floor_peaks(found: dict[str, Peak]) -> dict[str, Peak]:
-    """Every precision of ``PEAK_PRECISIONS`` present, none below fp32's (see the module docstring)."""
+    """Every precision of ``found`` (and fp32), none below fp32's (see the module docstring)."""
     fp32 = found["fp32"]
     return {
-        p: found[p] if p in found and found[p].gflops >= fp32.gflops else Peak(p, fp32.gflops, "fp32 floor")
-        for p in PEAK_PRECISIONS
+        p: peak if peak.gflops >= fp32.gflops else Peak(p, fp32.gflops, "fp32 floor", peak.emulated)
+        for p, peak in found.items()
     }
 
 
 def merge_peaks(*measurements: dict[str, Peak]) -> dict[str, Peak]:
     """The higher value per precision of several measurements (before and after the rows)."""
-    return {p: max((m[p] for m in measurements if p in m), key=lambda peak: peak.gflops) for p in PEAK_PRECISIONS}
+    precisions = [p for p in PEAK_PRECISIONS if any(p in m for m in measurements)]
+    return {p: max((m[p] for m in measurements if p in m), key=lambda peak: peak.gflops) for p in precisions}
 
 
 def peak_fraction(gflops: float, precision: str, peaks: dict[str, Peak]) -> tuple[float, float]:

@@ -48,6 +48,7 @@ class ReportConfig:
     training_steps: int = 3
     training_batch: int = 16
     peak_size: int = 2048  # GEMM size of the peak measurement
+    time_budget: float = 1800.0  # seconds for the inference part (BenchConfig.time_budget)
     quick: bool = False
 
     @classmethod

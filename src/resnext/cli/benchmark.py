@@ -65,6 +65,14 @@ def add_inference_args(p: argparse.ArgumentParser, *, precisions: str, batch_siz
         default=2.0,
         help="timed seconds per row, at least (default: %(default)s)",
     )
+    p.add_argument(
+        "--time-budget",
+        type=positive_float,
+        default=1800.0,
+        metavar="S",
+        help="seconds for all inference rows and peaks: once spent, the row being timed stops after one call and "
+        "the rest are skipped with a note; the JSON is still written (default: %(default)s)",
+    )
 
 
 def add_benchmark_inference_parser(kinds: argparse._SubParsersAction) -> None:

@@ -58,6 +58,10 @@ def run_bulk(args: argparse.Namespace, task: str) -> int:
     from ..util import call_with
 
     if args.engine == "ray":
+        if args.ray_address is None:  # before Ray is imported
+            from ..bulk_ray import quiet_private_ray
+
+            quiet_private_ray()
         require("ray.data", "ray")  # before any work: one line naming the extra
     if not args.output:
         raise ResnextError(f"{task} {'--engine ray ' if task == 'classify' else ''}needs --output FILE")
