@@ -10,29 +10,44 @@ Rule, from the measurements in ``benchmarks/RESULTS.md`` (batch 16, ResNeXt101-3
 * On a GPU (``device`` resolving to CUDA), and for fp16: eager PyTorch (TensorRT stays an explicit choice).
 * ``$RESNEXT_AUTO`` pins the choice: ``torch`` (never export) or ``onnxruntime``/``openvino``.
 
-The exported file lives in :func:`cache_dir` under a key made of the weights' sha256 (over the tensors, so random,
-in-memory and file weights are all keyed by content), the architecture, image size, precision, runtime and its
-version, and the package version (plus the calibration images for int8). It is written by
+Cold start. With the entry in the cache, the exported file is loaded at once. Without it, the backend
+(:class:`ColdStartBackend`) runs eager PyTorch and exports only when that pays: a job that announces its size
+(:meth:`ColdStartBackend.expect`; ``classify``/``embed`` do, through :func:`resnext.predict.decoded_batches`) runs
+its first batch eagerly, then exports only if the time the runtime would save on the remaining images is at least
+twice the export's cost (:func:`export_pays_off`, from the eager time just measured, the export time and speedup
+measured by earlier exports on this machine, else conservative estimates). One log line says which it chose and
+why. A caller that announces nothing (the Python API, a server, a Ray replica) gets the export before its first
+batch. ``resnext prepare`` (:func:`prepare`) builds the entry ahead of time.
+
+The entry lives in :func:`cache_dir` under a folder named from its :class:`CacheKey`: the weights' sha256 (over the
+tensors, so random, in-memory and file weights are all keyed by content), the architecture, image size, precision,
+runtime and its version, the package and torch versions (plus the calibration images for int8). It is written by
 :func:`resnext.export.export_model` (so it passed the export's parity check against eager fp32: logits within
 1e-4 x max |logit| for fp32) into a staging folder that is renamed into place only when complete, together with a
-manifest holding the sha256 of each file. A later run checks those hashes before loading: a damaged or
-incomplete entry is rebuilt, never used.
+manifest holding the full key and the sha256 of each file. Every load checks both against the request: an entry
+holding another key, a damaged or incomplete one, a symbolic link (never followed) or a file in the entry's place
+is rebuilt, never used. One process exports an entry at a time (a lock file beside it). A cache that cannot be
+written costs the speed-up, not the run: eager PyTorch, with a one-line warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .errors import ResnextError
 from .runtimes import RUNTIMES, Backend, Runtime, TorchBackend, create_backend
@@ -102,14 +117,15 @@ def runtime_version(runtime: Runtime) -> str:
         return "unknown"
 
 
-def choose_runtime(precision: str, device: torch.device) -> tuple[Runtime | None, str]:
-    """The runtime auto uses for ``precision`` on ``device`` (None: eager PyTorch), and why."""
+def choose_runtime(precision: str, device: torch.device, pinned: str | None = None) -> tuple[Runtime | None, str]:
+    """The runtime auto uses for ``precision`` on ``device`` (None: eager PyTorch), and why; ``pinned`` (else
+    ``$RESNEXT_AUTO``) names the runtime to use."""
     if device.type != "cpu":
         return None, f"{device.type} device: eager PyTorch (pass --backend tensorrt for TensorRT)"
     if precision == "fp16":
         return None, "fp16 runs in eager PyTorch"
     order = EXACT_ORDER if precision == "fp32" else APPROXIMATE_ORDER.get(precision, ())
-    pinned = os.environ.get(PIN_ENV, "").strip()
+    pinned = pinned or os.environ.get(PIN_ENV, "").strip()
     if pinned == "torch" and precision != "int8":
         return None, f"{PIN_ENV}=torch: eager PyTorch"
     if pinned:
@@ -137,6 +153,41 @@ def _calibration_digest(calibration_dir: str | None) -> str:
     return digest.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything that decides what a cache entry computes; recorded in its manifest, checked on every load."""
+
+    arch: str
+    image_size: int
+    precision: str
+    runtime: str
+    runtime_version: str
+    resnext_version: str
+    torch_version: str
+    weights_sha256: str
+    features: bool = True  # the file also has the pooled-features output (``embed`` runs on it)
+    calibration: str | None = None  # int8: identity of the calibration images
+
+    @property
+    def folder(self) -> str:
+        """The entry's folder name: readable, and unique for the key (the hashes of weights and calibration)."""
+        parts = [
+            self.arch,
+            f"{self.image_size}px",
+            self.precision,
+            f"{self.runtime}-{self.runtime_version}",
+            f"resnext-{self.resnext_version}",
+            f"torch-{self.torch_version}",
+            self.weights_sha256[:32],
+        ]
+        if self.calibration:
+            parts.append("calib-" + self.calibration)
+        return "-".join(parts).replace("/", "_").replace("+", "_")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def cache_key(
     model: torch.nn.Module,
     *,
@@ -145,97 +196,384 @@ def cache_key(
     runtime: Runtime,
     precision: str,
     calibration_dir: str | None = None,
-) -> str:
+) -> CacheKey:
     from . import __version__
 
-    parts = [
-        arch,
-        f"{image_size}px",
-        precision,
-        f"{runtime.name}-{runtime_version(runtime)}",
-        f"resnext-{__version__}",
-        weights_sha256(model)[:32],
-    ]
-    if precision == "int8":
-        parts.append("calib-" + _calibration_digest(calibration_dir))
-    return "-".join(parts).replace("/", "_").replace("+", "_")
+    return CacheKey(
+        arch=arch,
+        image_size=int(image_size),
+        precision=precision,
+        runtime=runtime.name,
+        runtime_version=runtime_version(runtime),
+        resnext_version=__version__,
+        torch_version=torch.__version__,
+        weights_sha256=weights_sha256(model),
+        calibration=_calibration_digest(calibration_dir) if precision == "int8" else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The cache entry
 
 
-def _valid_entry(entry: Path) -> dict[str, Any] | None:
-    """The manifest of a complete, undamaged entry (every file present with its recorded sha256), else None."""
+class CacheUnwritable(ResnextError):
+    """The cache folder cannot be written (read-only, not a folder, no space): nothing was exported."""
+
+
+def _read_entry(entry: Path, key: CacheKey) -> dict[str, Any] | None:
+    """The manifest of the entry at ``entry`` when it is a real folder holding exactly ``key``, complete and
+    undamaged (every file a plain file with its recorded sha256); else None, after a warning saying why."""
+    if entry.is_symlink():
+        logger.warning("backend auto: %s is a symbolic link: not followed, rebuilding the entry", entry)
+        return None
+    if not entry.exists():
+        return None
+    if not entry.is_dir():
+        logger.warning("backend auto: %s is not a cache folder: replacing it", entry)
+        return None
     try:
-        manifest = json.loads((entry / MANIFEST).read_text())
+        manifest_path = entry / MANIFEST
+        if manifest_path.is_symlink():
+            raise ValueError("a symbolic link")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("key") != key.as_dict():
+            logger.warning("backend auto: %s holds another model or settings: rebuilding it", entry.name)
+            return None
         files = manifest["files"]
         if not files or manifest.get("model_file") not in files:
             return None
         for name, sha in files.items():
-            if file_sha256(entry / name) != sha:
+            path = entry / name
+            if Path(name).name != name or path.is_symlink() or file_sha256(path) != sha:
                 logger.warning("backend auto: %s in the cache is damaged (sha256 differs): rebuilding", name)
                 return None
         return manifest
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
+def _remove(path: Path) -> None:
+    """Whatever occupies a cache entry's name: a link is removed (never what it points to), a folder as a whole."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def _entry_lock(entry: Path) -> Iterator[None]:
+    """One process exports ``entry`` at a time; the others wait, then find it built (the lock dies with its
+    process, so a killed export never blocks the next)."""
+    import fcntl
+
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(entry.with_name(entry.name + ".lock"), "a")  # noqa: SIM115 - held for the whole block
+    except OSError as exc:
+        raise CacheUnwritable(f"cannot write the auto cache {entry.parent}: {exc.strerror or exc}") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or its process dies
+        yield
+
+
 def _build_entry(
-    entry: Path, source: Any, runtime: Runtime, precision: str, calibration_dir: str | None, threads: int | None
-) -> dict[str, Any]:
-    """Export into a staging folder, write the manifest, then rename the folder into place."""
+    entry: Path, key: CacheKey, source: Any, runtime: Runtime, calibration_dir: str | None, threads: int | None
+) -> tuple[dict[str, Any], bool]:
+    """The entry's manifest and whether it was reused: exported into a staging folder that is renamed into place
+    with its manifest, unless another process built it while this one waited for the lock."""
     from .export import ExportConfig, export_model
     from .images import sample_images
 
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temporaries(entry.parent)  # staging folders of builds whose process died during an export
-    stage = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-"))
-    try:
-        calibration = calibration_dir or (str(Path(sample_images()[0]).parent) if precision == "int8" else None)
-        config = ExportConfig(
-            runtime.export_format or runtime.name,
-            str(stage / FILE_NAMES[runtime.name]),
-            arch=source.arch,
-            precision=precision,
-            image_size=source.image_size,
-            calibration_dir=calibration,
-            eval_dir=calibration_dir,
-            threads=threads,
-        )
-        started = time.perf_counter()
-        logger.info(
-            "backend auto: exporting %s to %s %s once (cached for later runs) ...", source.arch, runtime.name, precision
-        )
-        result = export_model(config, source)
-        real = result.parity[-1]
-        manifest = {
-            "model_file": FILE_NAMES[runtime.name],
-            "runtime": runtime.name,
-            "precision": precision,
-            "files": {Path(f).name: file_sha256(Path(f)) for f in result.files},
-            "parity": [p.line() for p in result.parity],
-            "agreement": real.top1_agreement,
-            "accuracy": result.accuracy,
-            "seconds": round(time.perf_counter() - started, 1),
-            "arch": source.arch,
-            "image_size": source.image_size,
-            "weights": source.weights,
-        }
-        (stage / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if entry.exists():
-            finished = _valid_entry(entry)
-            if finished is not None:  # another process finished the same entry meanwhile: keep theirs
-                return finished
-            shutil.rmtree(entry, ignore_errors=True)  # damaged: replaced as a whole
+    with _entry_lock(entry):
+        finished = _read_entry(entry, key)
+        if finished is not None:  # another process built it while this one waited
+            return finished, True
+        sweep_stale_temporaries(entry.parent)  # staging folders of builds whose process died during an export
         try:
+            stage = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-"))
+        except OSError as exc:
+            raise CacheUnwritable(f"cannot write the auto cache {entry.parent}: {exc.strerror or exc}") from None
+        try:
+            precision = key.precision
+            calibration = calibration_dir or (str(Path(sample_images()[0]).parent) if precision == "int8" else None)
+            config = ExportConfig(
+                runtime.export_format or runtime.name,
+                str(stage / FILE_NAMES[runtime.name]),
+                arch=source.arch,
+                precision=precision,
+                image_size=source.image_size,
+                calibration_dir=calibration,
+                eval_dir=calibration_dir,
+                threads=threads,
+                features=key.features,
+                random_batches=(1,),  # with the photos (a batch of 3): batch 1 and a larger batch are both checked
+            )
+            started = time.perf_counter()
+            logger.info(
+                "backend auto: exporting %s to %s %s once (cached for later runs) ...",
+                source.arch,
+                runtime.name,
+                precision,
+            )
+            result = export_model(config, source)
+            seconds = time.perf_counter() - started
+            real = next(p for p in result.parity if p.inputs == "real images")
+            manifest = {
+                "key": key.as_dict(),
+                "model_file": FILE_NAMES[runtime.name],
+                "files": {Path(f).name: file_sha256(Path(f)) for f in result.files},
+                "parity": [p.line() for p in result.parity],
+                "agreement": real.top1_agreement,
+                "accuracy": result.accuracy,
+                "seconds": round(seconds, 1),
+                "weights": source.weights,
+            }
+            (stage / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            _remove(entry)  # a damaged entry, another key's, a link or a file: replaced as a whole
             os.rename(stage, entry)
-        except OSError:  # another process finished the same entry first: use theirs if it is sound
-            if _valid_entry(entry) is None:
-                raise
-        return manifest
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+            _record(key, export_seconds=seconds)
+            return manifest, False
+        except OSError as exc:
+            raise CacheUnwritable(f"cannot write the auto cache {entry.parent}: {exc.strerror or exc}") from None
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cold start: what an export costs and saves
+
+
+#: the export's cost is assumed this many eager images when no export was measured on this machine (ResNeXt101 and
+#: resnext_test both measured ~190: the trace and the parity check scale with the model's size)
+EXPORT_COST_IN_EAGER_IMAGES = 250
+#: speed-up of an exact runtime over eager fp32 assumed before one was measured here (measured 2.4-3.0x on AVX-512,
+#: 2.6x on AVX2: benchmarks/RESULTS.md)
+ASSUMED_SPEEDUP = 2.0
+#: an export is started only when it saves at least this many times its own estimated cost, so an export up to
+#: ~3x slower than estimated still keeps the job within 25% of eager
+PAYBACK_MARGIN = 2.0
+TIMINGS = "timings.json"
+
+
+def export_pays_off(remaining: int, eager_seconds_per_image: float, export_seconds: float, speedup: float) -> bool:
+    """Whether exporting before ``remaining`` images saves at least :data:`PAYBACK_MARGIN` times its cost."""
+    saved = remaining * eager_seconds_per_image * (1.0 - 1.0 / max(speedup, 1.0))
+    return saved >= PAYBACK_MARGIN * export_seconds
+
+
+def _timing_name(key: CacheKey) -> str:
+    return f"{key.arch}-{key.image_size}px-{key.precision}-{key.runtime}"
+
+
+def _timings() -> dict[str, Any]:
+    try:
+        data = json.loads((cache_dir() / TIMINGS).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _record(key: CacheKey, **measured: float) -> None:
+    """Keep the last export time / speed-up measured for this model and runtime (estimates for later cold starts)."""
+    from .util import atomic_open
+
+    timings = _timings()
+    entry = timings.get(_timing_name(key))
+    entry = entry if isinstance(entry, dict) else {}
+    timings[_timing_name(key)] = {**entry, **{k: round(v, 3) for k, v in measured.items()}}
+    with contextlib.suppress(OSError), atomic_open(cache_dir() / TIMINGS, "w") as f:
+        f.write(json.dumps(timings, indent=1))
+
+
+def _estimates(key: CacheKey, eager_seconds_per_image: float) -> tuple[float, float, str]:
+    """Export seconds and speed-up for ``key``: measured earlier on this machine, else the assumptions above."""
+    found = _timings().get(_timing_name(key))
+    measured = found if isinstance(found, dict) else {}
+
+    def number(name: str) -> float | None:
+        value = measured.get(name)
+        if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+            return float(value)
+        return None
+
+    export, speedup = number("export_seconds"), number("speedup")
+    if export is None:
+        return EXPORT_COST_IN_EAGER_IMAGES * eager_seconds_per_image, speedup or ASSUMED_SPEEDUP, "estimated"
+    return export, speedup or ASSUMED_SPEEDUP, "measured earlier"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backends
+
+
+def _load_entry(entry: Path, manifest: dict[str, Any], key: CacheKey, reused: bool, reason: str, threads: Any) -> Any:
+    path = entry / manifest["model_file"]
+    backend: Any = create_backend(key.runtime, model_file=str(path), precision=key.precision, threads=threads)
+    approximate = key.precision != "fp32" or not RUNTIMES[key.runtime].exact
+    backend.auto = AutoChoice(
+        key.runtime,
+        key.precision,
+        str(path),
+        reused,
+        reason,
+        manifest.get("parity", []),
+        manifest.get("agreement") if approximate else None,
+    )
+    (logger.info if approximate or not reused else logger.debug)(backend.auto.line())
+    return backend
+
+
+@dataclass
+class _Plan:
+    """What the backend needs to build its entry later (a cold start)."""
+
+    source: Any
+    runtime: Runtime
+    key: CacheKey
+    entry: Path
+    reason: str
+    calibration_dir: str | None
+    threads: int | None
+
+
+def _plan(
+    source: Any,
+    precision: str,
+    device: torch.device,
+    calibration_dir: str | None,
+    threads: int | None,
+    pinned: str | None = None,
+) -> _Plan | None:
+    """The cache entry ``source`` runs from on this machine; None when auto runs eager PyTorch."""
+    runtime, reason = choose_runtime(precision, device, pinned)
+    if runtime is None:
+        return None
+    key = cache_key(
+        source.model,
+        arch=source.arch,
+        image_size=source.image_size,
+        runtime=runtime,
+        precision=precision,
+        calibration_dir=calibration_dir,
+    )
+    return _Plan(source, runtime, key, cache_dir() / key.folder, reason, calibration_dir, threads)
+
+
+def _build(plan: _Plan) -> Any:
+    manifest, reused = _build_entry(plan.entry, plan.key, plan.source, plan.runtime, plan.calibration_dir, plan.threads)
+    return _load_entry(plan.entry, manifest, plan.key, reused, plan.reason, plan.threads)
+
+
+class ColdStartBackend:
+    """``--backend auto`` before its cache entry exists: eager PyTorch, switching to the exported runtime once an
+    export pays for itself (see the module docstring). ``auto`` describes what runs now."""
+
+    name = "auto"
+
+    def __init__(self, plan: _Plan, eager: TorchBackend) -> None:
+        self.plan, self.eager = plan, eager
+        self.active: Any = eager
+        self.num_classes = eager.num_classes
+        self.device = eager.device
+        self.auto = AutoChoice("torch", plan.key.precision, reason=f"{plan.runtime.name} not in the cache yet")
+        self._planned: int | None = None  # images the announced job still has to run
+        self._decided = False
+        self._eager_per_image: float | None = None  # measured on the batch that decided
+        self._timed_after_switch = 0
+
+    def expect(self, images: int) -> None:
+        """A job of ``images`` images starts: run eager unless exporting first pays (decided after its first
+        batch, from that batch's measured time)."""
+        if self.active is self.eager and not self._decided:
+            self._planned = images
+
+    def __call__(self, batch: Tensor) -> Tensor:
+        return self._run(batch, lambda backend, x: backend(x))
+
+    @property
+    def has_features(self) -> bool:
+        return True  # eager features from the model, or the exported file's features output
+
+    def features(self, batch: Tensor) -> Tensor:
+        from .predict import _torch_features
+
+        def run(backend: Any, x: Tensor) -> Tensor:
+            if backend is self.eager:
+                return _torch_features(self.eager.model, self.eager, x)
+            return backend.features(x)
+
+        return self._run(batch, run)
+
+    def _run(self, batch: Tensor, run: Any) -> Tensor:
+        if self.active is self.eager and not self._decided and self._planned is None:
+            self._switch("no job size was announced: exporting before the first batch")
+        started = time.perf_counter()
+        out = run(self.active, batch)
+        seconds = time.perf_counter() - started
+        if self.active is self.eager:
+            if not self._decided and self._planned is not None:
+                self._decide(batch.shape[0], seconds)
+        elif self._eager_per_image is not None and self._timed_after_switch < 2:
+            self._timed_after_switch += 1  # the runtime's first batch warms it up: the second one is timed
+            if self._timed_after_switch == 2:
+                _record(self.plan.key, speedup=self._eager_per_image / max(seconds / batch.shape[0], 1e-9))
+        return out
+
+    def _decide(self, done: int, seconds: float) -> None:
+        self._decided = True
+        assert self._planned is not None
+        remaining, per_image = self._planned - done, seconds / max(done, 1)
+        self._eager_per_image = per_image
+        export, speedup, how = _estimates(self.plan.key, per_image)
+        eager_left = remaining * per_image
+        if export_pays_off(remaining, per_image, export, speedup):
+            self._switch(
+                f"a job of {self._planned} images: exporting first pays (eager ~{eager_left:.0f} s for the rest; "
+                f"{how} export ~{export:.0f} s, runtime ~{speedup:.1f}x eager)"
+            )
+        else:
+            self.auto.reason = (
+                f"a job of {self._planned} images runs eager PyTorch: too small to repay a {how} ~{export:.0f} s "
+                f"export to {self.plan.runtime.name} (eager ~{eager_left:.0f} s for the rest); `resnext prepare` "
+                "builds the cache ahead of time"
+            )
+            logger.info(self.auto.line())
+
+    def _switch(self, why: str) -> None:
+        self._decided = True
+        logger.info("backend auto: %s", why)
+        try:
+            backend = _build(self.plan)
+        except CacheUnwritable as exc:
+            self.auto.reason = f"{exc}: running eager PyTorch uncached (set ${CACHE_ENV} to a writable folder)"
+            logger.warning(self.auto.line())
+            return
+        self.active, self.auto = backend, backend.auto
+
+
+def prepare(
+    source: Any,
+    *,
+    precision: str | None = None,
+    runtime: str | None = None,
+    device: str = "cpu",
+    calibration_dir: str | None = None,
+    threads: int | None = None,
+) -> Any:
+    """Build (or check) the cache entry ``--backend auto`` runs ``source`` from, now (``runtime`` names the runtime
+    instead of auto's choice); return its backend (with ``auto``). Eager PyTorch (nothing to build) where auto
+    does not export. Raises :class:`CacheUnwritable` when the cache cannot be written."""
+    precision = precision or "fp32"
+    plan = _plan(source, precision, resolve_device(device), calibration_dir, threads, runtime)
+    if plan is None:
+        reason = choose_runtime(precision, resolve_device(device), runtime)[1]
+        backend: Any = TorchBackend(source.model, device=device, precision=precision)
+        backend.auto = AutoChoice("torch", precision, reason=reason)
+        return backend
+    manifest = _read_entry(plan.entry, plan.key)
+    if manifest is not None:
+        return _load_entry(plan.entry, manifest, plan.key, True, plan.reason, threads)
+    return _build(plan)
 
 
 def auto_backend(
@@ -250,7 +588,8 @@ def auto_backend(
     **_: Any,
 ) -> Backend:
     """The backend ``--backend auto`` runs for ``source`` (a :class:`resnext.sources.ModelSource`; or ``model``,
-    wrapped at 224 px). The result has an ``auto`` attribute (:class:`AutoChoice`)."""
+    wrapped at 224 px): the cached export when the cache holds it, else a :class:`ColdStartBackend`. The result
+    has an ``auto`` attribute (:class:`AutoChoice`)."""
     from .sources import source_from_model
 
     if source is None:
@@ -259,35 +598,14 @@ def auto_backend(
         source = source_from_model(model)
     precision = precision or "fp32"
     dev = resolve_device(device)
-    runtime, reason = choose_runtime(precision, dev)
-    if runtime is None:
-        backend: Any = TorchBackend(source.model, device=str(dev), precision=precision, channels_last=channels_last)
-        backend.auto = AutoChoice("torch", precision, reason=reason)
-        logger.debug(backend.auto.line())
-        return backend
-    key = cache_key(
-        source.model,
-        arch=source.arch,
-        image_size=source.image_size,
-        runtime=runtime,
-        precision=precision,
-        calibration_dir=calibration_dir,
-    )
-    entry = cache_dir() / key
-    manifest, reused = _valid_entry(entry), True
-    if manifest is None:
-        manifest, reused = _build_entry(entry, source, runtime, precision, calibration_dir, threads), False
-    path = entry / manifest["model_file"]
-    backend = create_backend(runtime.name, model_file=str(path), precision=precision, threads=threads)
-    approximate = precision != "fp32" or not runtime.exact
-    backend.auto = AutoChoice(
-        runtime.name,
-        precision,
-        str(path),
-        reused,
-        reason,
-        manifest.get("parity", []),
-        manifest.get("agreement") if approximate else None,
-    )
-    (logger.info if approximate or not reused else logger.debug)(backend.auto.line())
-    return backend
+    plan = _plan(source, precision, dev, calibration_dir, threads)
+    eager = TorchBackend(source.model, device=str(dev), precision=precision, channels_last=channels_last)
+    if plan is None:
+        reason = choose_runtime(precision, dev)[1]
+        eager.auto = AutoChoice("torch", precision, reason=reason)  # type: ignore[attr-defined]
+        logger.debug(eager.auto.line())  # type: ignore[attr-defined]
+        return eager
+    manifest = _read_entry(plan.entry, plan.key)
+    if manifest is not None:
+        return _load_entry(plan.entry, manifest, plan.key, True, plan.reason, threads)
+    return ColdStartBackend(plan, eager)  # type: ignore[return-value]

@@ -189,12 +189,10 @@ class ModelSpec:
     threads: int | None = None
 
     def predictor(self, *, device: str | None = None, progress: bool = False) -> Any:
-        import torch
-
         from .predict import Predictor
 
-        if self.weights in (None, "random"):
-            torch.manual_seed(0)  # the same random model wherever this spec is built: Ray replicas, driver, reruns
+        # random weights are the same model wherever this spec is built (Ray replicas, driver, reruns): the
+        # fixed seed of resnext.sources.load_source
         return Predictor.from_pretrained(
             self.arch,
             weights=self.weights,

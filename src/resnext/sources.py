@@ -5,7 +5,9 @@ A *source* is one of:
 * published weights: a :class:`~resnext.weights.WeightsEnum` member, its name (``"IMAGENET1K_NVIDIA"``) or
   ``"DEFAULT"`` (the architecture's default published weights; the default of every entry point);
 * a checkpoint file or an http(s) URL: a flat state_dict, NVIDIA's layouts, or a ``resnext train`` checkpoint;
-* ``None`` or ``"random"``: random initialisation (torchvision's meaning of ``weights=None``).
+* ``None`` or ``"random"``: random initialisation (torchvision's meaning of ``weights=None``), drawn from a fixed
+  seed (:data:`RANDOM_SEED`), so every command, process and rerun builds the same random model (a Ray replica
+  agrees with its driver; ``--backend auto`` reuses one cache entry instead of exporting on every start).
 
 ``None`` means random weights everywhere in the package (as in torchvision); the published weights are asked
 for by name, ``"DEFAULT"``, which is the default of the CLI, :class:`~resnext.predict.Predictor`, evaluation,
@@ -30,6 +32,8 @@ from .transforms import EvalPreset, eval_preset
 
 DEFAULT_ARCH = "resnext101_32x4d"
 RANDOM = "random"
+#: the seed of random weights (``load_source("random")``): the same model everywhere, whatever the caller's RNG
+RANDOM_SEED = 0
 
 WeightsSource = Any  # WeightsEnum member | str (name, "DEFAULT", path, URL, "random") | os.PathLike | None
 
@@ -143,7 +147,10 @@ def load_source(
         arch = arch or next((a for a, e in WEIGHTS_BY_MODEL.items() if isinstance(weights, e)), DEFAULT_ARCH)
     if weights is None or weights == RANDOM:
         arch = arch or DEFAULT_ARCH
-        return _source(arch, create_model(arch, num_classes=num_classes), RANDOM, None, None)
+        with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
+            torch.manual_seed(RANDOM_SEED)
+            model = create_model(arch, num_classes=num_classes)
+        return _source(arch, model, RANDOM, None, None)
     published = published_weights(arch or DEFAULT_ARCH, weights)
     if published is not None:
         arch = arch or DEFAULT_ARCH
