@@ -125,6 +125,7 @@ def test_an_entry_holding_another_model_or_a_link_to_one_is_rebuilt_never_used(c
     assert auto.prepare(other).auto.reused  # the other model's entry is still sound
 
 
+@pytest.mark.slow  # two exports of the small model: ~15 s on 2 quiet cores
 @needs_runtime
 def test_a_file_or_a_dangling_link_in_an_entrys_place_is_replaced(cache, source):
     ours = _entry(cache, source)
@@ -291,8 +292,7 @@ def test_cli_prepare_refuses_an_unwritable_cache_in_one_line(tmp_path, monkeypat
 def test_auto_int8_is_opt_in_and_reports_agreement(cache, source, tmp_path):
     if not any(RUNTIMES[n].installed() for n in auto.APPROXIMATE_ORDER["int8"]):
         pytest.skip("no int8 runtime installed")
-    predictor = Predictor.from_source(source, precision="int8")
-    predictor.backend(_inputs(predictor))  # no job size announced: exported before the first batch
+    predictor = Predictor.from_source(source, precision="int8")  # no eager int8 to start with: exported at once
     choice = predictor.backend.auto
     assert choice.precision == "int8" and choice.runtime in auto.APPROXIMATE_ORDER["int8"]
     assert choice.agreement is not None and 0.0 <= choice.agreement <= 1.0 and "agreement" in choice.line()

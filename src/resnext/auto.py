@@ -599,6 +599,9 @@ def auto_backend(
     precision = precision or "fp32"
     dev = resolve_device(device)
     plan = _plan(source, precision, dev, calibration_dir, threads)
+    if plan is not None and precision not in RUNTIMES["torch"].precisions:  # int8: no eager model to start with
+        manifest = _read_entry(plan.entry, plan.key)
+        return _load_entry(plan.entry, manifest, plan.key, True, plan.reason, threads) if manifest else _build(plan)
     eager = TorchBackend(source.model, device=str(dev), precision=precision, channels_last=channels_last)
     if plan is None:
         reason = choose_runtime(precision, dev)[1]
