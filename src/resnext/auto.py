@@ -14,7 +14,7 @@ Cold start. With the entry in the cache, the exported file is loaded at once. Wi
 (:class:`ColdStartBackend`) runs eager PyTorch and exports only when that pays: a job that announces its size
 (:meth:`ColdStartBackend.expect`; ``classify``/``embed`` do, through :func:`resnext.predict.decoded_batches`) runs
 its first batch eagerly, then exports only if the time the runtime would save on the remaining images is at least
-twice the export's cost (:func:`export_pays_off`, from the eager time just measured, the export time and speedup
+1.5 times the export's cost (:func:`export_pays_off`, from the eager time just measured, the export time and speedup
 measured by earlier exports on this machine, else conservative estimates). One log line says which it chose and
 why. A caller that announces nothing (the Python API, a server, a Ray replica) gets the export before its first
 batch. ``resnext prepare`` (:func:`prepare`) builds the entry ahead of time.
@@ -343,15 +343,17 @@ def _build_entry(
 # Cold start: what an export costs and saves
 
 
-#: the export's cost is assumed this many eager images when no export was measured on this machine (ResNeXt101 and
-#: resnext_test both measured ~190: the trace and the parity check scale with the model's size)
+#: Before an export was measured on this machine its cost is estimated as the larger of these (measured quiet: ~190
+#: eager images for both ResNeXt101 at 224 px and resnext_test at 32 px; ~1 s per million parameters, the trace and
+#: the file's size, which dominate at small image sizes)
 EXPORT_COST_IN_EAGER_IMAGES = 250
-#: speed-up of an exact runtime over eager fp32 assumed before one was measured here (measured 2.4-3.0x on AVX-512,
-#: 2.6x on AVX2: benchmarks/RESULTS.md)
-ASSUMED_SPEEDUP = 2.0
-#: an export is started only when it saves at least this many times its own estimated cost, so an export up to
-#: ~3x slower than estimated still keeps the job within 25% of eager
-PAYBACK_MARGIN = 2.0
+EXPORT_SECONDS_PER_MILLION_PARAMETERS = 1.2
+#: speed-up of an exact runtime over eager fp32 assumed before one was measured here: the warm-cache goal on
+#: AVX-512 (measured 2.4-3.0x there, 2.6x on AVX2: benchmarks/RESULTS.md)
+ASSUMED_SPEEDUP = 1.8
+#: an export is started only when it saves at least this many times its own estimated cost: with the assumed
+#: speed-up, an export up to ~2x slower than estimated still keeps the job within 25% of eager
+PAYBACK_MARGIN = 1.5
 TIMINGS = "timings.json"
 
 
@@ -385,7 +387,7 @@ def _record(key: CacheKey, **measured: float) -> None:
         f.write(json.dumps(timings, indent=1))
 
 
-def _estimates(key: CacheKey, eager_seconds_per_image: float) -> tuple[float, float, str]:
+def _estimates(key: CacheKey, eager_seconds_per_image: float, parameters: int) -> tuple[float, float, str]:
     """Export seconds and speed-up for ``key``: measured earlier on this machine, else the assumptions above."""
     found = _timings().get(_timing_name(key))
     measured = found if isinstance(found, dict) else {}
@@ -398,7 +400,11 @@ def _estimates(key: CacheKey, eager_seconds_per_image: float) -> tuple[float, fl
 
     export, speedup = number("export_seconds"), number("speedup")
     if export is None:
-        return EXPORT_COST_IN_EAGER_IMAGES * eager_seconds_per_image, speedup or ASSUMED_SPEEDUP, "estimated"
+        estimate = max(
+            EXPORT_COST_IN_EAGER_IMAGES * eager_seconds_per_image,
+            EXPORT_SECONDS_PER_MILLION_PARAMETERS * parameters / 1e6,
+        )
+        return estimate, speedup or ASSUMED_SPEEDUP, "estimated"
     return export, speedup or ASSUMED_SPEEDUP, "measured earlier"
 
 
@@ -524,7 +530,8 @@ class ColdStartBackend:
         assert self._planned is not None
         remaining, per_image = self._planned - done, seconds / max(done, 1)
         self._eager_per_image = per_image
-        export, speedup, how = _estimates(self.plan.key, per_image)
+        parameters = sum(p.numel() for p in self.eager.model.parameters())
+        export, speedup, how = _estimates(self.plan.key, per_image, parameters)
         eager_left = remaining * per_image
         if export_pays_off(remaining, per_image, export, speedup):
             self._switch(
@@ -533,9 +540,9 @@ class ColdStartBackend:
             )
         else:
             self.auto.reason = (
-                f"a job of {self._planned} images runs eager PyTorch: too small to repay a {how} ~{export:.0f} s "
-                f"export to {self.plan.runtime.name} (eager ~{eager_left:.0f} s for the rest); `resnext prepare` "
-                "builds the cache ahead of time"
+                f"a job of {self._planned} images runs eager PyTorch: too small to repay the export to "
+                f"{self.plan.runtime.name} ({how} ~{export:.0f} s; eager ~{eager_left:.0f} s for the rest); "
+                "`resnext prepare` builds the cache ahead of time"
             )
             logger.info(self.auto.line())
 
