@@ -62,7 +62,12 @@ def _assert_equals_eager(predictor: Predictor, model: torch.nn.Module) -> None:
 def test_auto_exports_once_reuses_matches_eager_and_rebuilds_damage(cache, source):
     first = Predictor.from_source(source)  # the default backend is auto
     assert isinstance(first.backend, auto.ColdStartBackend) and not cache.exists()  # nothing exported yet
-    first.backend(_inputs(first))  # no job size announced (a plain API call): exported before this batch
+    _assert_equals_eager(first, source.model)  # no job size announced (a plain API call): eager at once ...
+    assert first.backend.auto.runtime == "torch"
+    process = first.backend._background
+    assert process is not None  # ... while the export runs in a background process
+    first.backend.wait(600)
+    assert process.poll() is not None and first.backend._background is None
     choice = first.backend.auto
     assert choice.runtime == EXACT[0] and RUNTIMES[choice.runtime].exact and not choice.reused
     assert choice.precision == "fp32" and choice.agreement is None  # exact: nothing approximate to report
@@ -91,6 +96,18 @@ def test_auto_exports_once_reuses_matches_eager_and_rebuilds_damage(cache, sourc
     _assert_equals_eager(Predictor(rebuilt, transforms=first.transforms), source.model)
     manifest = json.loads((entries[0] / auto.MANIFEST).read_text())
     assert manifest["files"][weights_file.name] == auto.file_sha256(weights_file)
+
+
+@needs_runtime
+def test_a_background_export_is_stopped_when_the_backend_closes(cache, source):
+    predictor = Predictor.from_source(source)
+    _assert_equals_eager(predictor, source.model)
+    process = predictor.backend._background
+    assert process is not None and process.poll() is None
+    predictor.backend.close()
+    assert process.poll() is not None  # stopped, not left running
+    assert not any(cache.glob("*.pth"))  # the weights handed to it are removed
+    assert not any(p.is_dir() and not p.name.startswith(".") for p in cache.iterdir())
 
 
 def _entry(cache: Path, source) -> Path:

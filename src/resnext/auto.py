@@ -16,8 +16,9 @@ Cold start. With the entry in the cache, the exported file is loaded at once. Wi
 its first batch eagerly, then exports only if the time the runtime would save on the remaining images is at least
 1.5 times the export's cost (:func:`export_pays_off`, from the eager time just measured, the export time and speedup
 measured by earlier exports on this machine, else conservative estimates). One log line says which it chose and
-why. A caller that announces nothing (the Python API, a server, a Ray replica) gets the export before its first
-batch. ``resnext prepare`` (:func:`prepare`) builds the entry ahead of time.
+why. A caller that announces nothing (the Python API, a server, the demo, a Ray replica) runs eager at once while
+``resnext prepare`` builds the entry in a background process of lower priority, and switches to it when it is
+ready. ``resnext prepare`` (:func:`prepare`) builds the entry ahead of time.
 
 The entry lives in :func:`cache_dir` under a folder named from its :class:`CacheKey`: the weights' sha256 (over the
 tensors, so random, in-memory and file weights are all keyed by content), the architecture, image size, precision,
@@ -39,8 +40,11 @@ import logging
 import math
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -472,7 +476,8 @@ def _build(plan: _Plan) -> Any:
 
 class ColdStartBackend:
     """``--backend auto`` before its cache entry exists: eager PyTorch, switching to the exported runtime once an
-    export pays for itself (see the module docstring). ``auto`` describes what runs now."""
+    export pays for itself, or (no job size announced) once a background export is ready (see the module
+    docstring). ``auto`` describes what runs now."""
 
     name = "auto"
 
@@ -486,6 +491,8 @@ class ColdStartBackend:
         self._decided = False
         self._eager_per_image: float | None = None  # measured on the batch that decided
         self._timed_after_switch = 0
+        self._background: subprocess.Popen[bytes] | None = None
+        self._stop: weakref.finalize | None = None
 
     def expect(self, images: int) -> None:
         """A job of ``images`` images starts: run eager unless exporting first pays (decided after its first
@@ -512,7 +519,9 @@ class ColdStartBackend:
 
     def _run(self, batch: Tensor, run: Any) -> Tensor:
         if self.active is self.eager and not self._decided and self._planned is None:
-            self._switch("no job size was announced: exporting before the first batch")
+            self._export_in_background()
+        if self._background is not None and self._background.poll() is not None:
+            self._adopt_background()
         started = time.perf_counter()
         out = run(self.active, batch)
         seconds = time.perf_counter() - started
@@ -546,6 +555,64 @@ class ColdStartBackend:
             )
             logger.info(self.auto.line())
 
+    def _export_in_background(self) -> None:
+        """No job size: run eager at once while ``resnext prepare`` builds the entry in a lower-priority process."""
+        self._decided = True
+        plan = self.plan
+        try:
+            plan.entry.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=plan.entry.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=".pth")
+            with open(fd, "wb") as f:
+                torch.save(self.eager.model.state_dict(), f)
+        except OSError as exc:
+            self.auto.reason = (
+                f"cannot write the auto cache {plan.entry.parent}: {exc.strerror or exc}: running eager PyTorch "
+                f"uncached (set ${CACHE_ENV} to a writable folder)"
+            )
+            logger.warning(self.auto.line())
+            return
+        command = [sys.executable, "-m", "resnext", "prepare", "--arch", plan.key.arch, "--weights", name]
+        command += ["--image-size", str(plan.key.image_size), "--precision", plan.key.precision]
+        command += ["--backend", plan.runtime.name]
+        command += ["--calibration-dir", plan.calibration_dir] if plan.calibration_dir else []
+        command += ["--threads", str(plan.threads)] if plan.threads else []
+        env = {**os.environ, CACHE_ENV: str(plan.entry.parent)}
+        self._background = subprocess.Popen(  # noqa: S603 - this interpreter, this package, our own arguments
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=lambda: os.nice(10),  # noqa: PLW1509 - lower priority than the inference it runs beside
+        )
+        self._stop = weakref.finalize(self, _stop_background, self._background, Path(name))
+        self.auto.reason = f"runs eager PyTorch while {plan.runtime.name} is exported in the background"
+        logger.info("backend auto: no job size announced: %s (pid %d)", self.auto.reason, self._background.pid)
+
+    def _adopt_background(self) -> None:
+        assert self._background is not None and self._stop is not None
+        code = self._background.returncode
+        self._background = None
+        self._stop()
+        manifest = _read_entry(self.plan.entry, self.plan.key) if code == 0 else None
+        if manifest is None:
+            self.auto.reason = f"the background export failed (exit status {code}): running eager PyTorch"
+            logger.warning(self.auto.line())
+            return
+        self.active = _load_entry(self.plan.entry, manifest, self.plan.key, False, self.plan.reason, self.plan.threads)
+        self.auto = self.active.auto
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for a background export and switch to it (for callers that want the runtime from now on)."""
+        if self._background is not None:
+            self._background.wait(timeout)
+            self._adopt_background()
+
+    def close(self) -> None:
+        """Stop a background export that is still running (also done when the backend is collected or at exit)."""
+        if self._stop is not None:
+            self._stop()
+
     def _switch(self, why: str) -> None:
         self._decided = True
         logger.info("backend auto: %s", why)
@@ -556,6 +623,17 @@ class ColdStartBackend:
             logger.warning(self.auto.line())
             return
         self.active, self.auto = backend, backend.auto
+
+
+def _stop_background(process: subprocess.Popen[bytes], weights: Path) -> None:
+    if process.poll() is None:
+        process.terminate()  # its staging folder is swept by the next build (its process is gone)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    weights.unlink(missing_ok=True)
 
 
 def prepare(
