@@ -43,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -493,6 +494,7 @@ class ColdStartBackend:
         self._timed_after_switch = 0
         self._background: subprocess.Popen[bytes] | None = None
         self._stop: weakref.finalize | None = None
+        self._lock = threading.Lock()  # a server calls from several threads: one decision, one switch
 
     def expect(self, images: int) -> None:
         """A job of ``images`` images starts: run eager unless exporting first pays (decided after its first
@@ -518,20 +520,23 @@ class ColdStartBackend:
         return self._run(batch, run)
 
     def _run(self, batch: Tensor, run: Any) -> Tensor:
-        if self.active is self.eager and not self._decided and self._planned is None:
-            self._export_in_background()
-        if self._background is not None and self._background.poll() is not None:
-            self._adopt_background()
+        with self._lock:
+            if self.active is self.eager and not self._decided and self._planned is None:
+                self._export_in_background()
+            if self._background is not None and self._background.poll() is not None:
+                self._adopt_background()
+            active = self.active
         started = time.perf_counter()
-        out = run(self.active, batch)
+        out = run(active, batch)
         seconds = time.perf_counter() - started
-        if self.active is self.eager:
-            if not self._decided and self._planned is not None:
-                self._decide(batch.shape[0], seconds)
-        elif self._eager_per_image is not None and self._timed_after_switch < 2:
-            self._timed_after_switch += 1  # the runtime's first batch warms it up: the second one is timed
-            if self._timed_after_switch == 2:
-                _record(self.plan.key, speedup=self._eager_per_image / max(seconds / batch.shape[0], 1e-9))
+        with self._lock:
+            if active is self.eager:
+                if not self._decided and self._planned is not None:
+                    self._decide(batch.shape[0], seconds)
+            elif self._eager_per_image is not None and self._timed_after_switch < 2:
+                self._timed_after_switch += 1  # the runtime's first batch warms it up: the second one is timed
+                if self._timed_after_switch == 2:
+                    _record(self.plan.key, speedup=self._eager_per_image / max(seconds / batch.shape[0], 1e-9))
         return out
 
     def _decide(self, done: int, seconds: float) -> None:
@@ -604,9 +609,12 @@ class ColdStartBackend:
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for a background export and switch to it (for callers that want the runtime from now on)."""
-        if self._background is not None:
-            self._background.wait(timeout)
-            self._adopt_background()
+        process = self._background
+        if process is not None:
+            process.wait(timeout)
+            with self._lock:
+                if self._background is not None:
+                    self._adopt_background()
 
     def close(self) -> None:
         """Stop a background export that is still running (also done when the backend is collected or at exit)."""
