@@ -170,7 +170,9 @@ class CacheKey:
     resnext_version: str
     torch_version: str
     weights_sha256: str
-    features: bool = True  # the file also has the pooled-features output (``embed`` runs on it)
+    #: the file also has a pooled-features output. Off: at 1e-4 of their largest value, a ResNeXt101's features
+    #: failed the parity check (2.27e-4 > 2.25e-4), so ``embed`` runs the eager model, as before
+    features: bool = False
     calibration: str | None = None  # int8: identity of the calibration images
 
     @property
@@ -507,17 +509,13 @@ class ColdStartBackend:
 
     @property
     def has_features(self) -> bool:
-        return True  # eager features from the model, or the exported file's features output
+        return True
 
     def features(self, batch: Tensor) -> Tensor:
+        """Pooled features from the eager model: the cached file has none, so ``embed`` never waits for an export."""
         from .predict import _torch_features
 
-        def run(backend: Any, x: Tensor) -> Tensor:
-            if backend is self.eager:
-                return _torch_features(self.eager.model, self.eager, x)
-            return backend.features(x)
-
-        return self._run(batch, run)
+        return _torch_features(self.eager.model, self.eager, batch)
 
     def _run(self, batch: Tensor, run: Any) -> Tensor:
         with self._lock:
@@ -628,6 +626,10 @@ class ColdStartBackend:
             backend = _build(self.plan)
         except CacheUnwritable as exc:
             self.auto.reason = f"{exc}: running eager PyTorch uncached (set ${CACHE_ENV} to a writable folder)"
+            logger.warning(self.auto.line())
+            return
+        except ResnextError as exc:  # the export failed its parity check: the job goes on, eager
+            self.auto.reason = f"the export failed ({exc}): running eager PyTorch"
             logger.warning(self.auto.line())
             return
         self.active, self.auto = backend, backend.auto
