@@ -17,6 +17,7 @@ from conftest import small_model_flags
 
 from resnext import auto
 from resnext.cli import main
+from resnext.errors import ResnextError
 from resnext.images import sample_images
 from resnext.models import create_model
 from resnext.predict import Predictor
@@ -173,6 +174,22 @@ def test_an_unwritable_cache_runs_eager_with_one_warning(tmp_path, monkeypatch, 
     assert predictor.backend.auto.runtime == "torch"
     with pytest.raises(auto.CacheUnwritable, match="cannot write the auto cache"):
         auto.prepare(source)  # asked for explicitly: an error (resnext prepare: one line, exit 2)
+
+
+def test_a_failed_export_leaves_the_job_running_eager_with_one_warning(cache, source, monkeypatch, caplog):
+    def fail(plan):
+        raise ResnextError("onnx export differs from PyTorch on real images")
+
+    monkeypatch.setattr(auto, "_build", fail)
+    monkeypatch.setattr(auto, "choose_runtime", lambda *a, **k: (RUNTIMES["onnxruntime"], "as if installed"))
+    predictor = Predictor.from_source(source)
+    predictor.backend.expect(10**9)
+    with caplog.at_level(logging.WARNING, logger="resnext"):
+        _assert_equals_eager(predictor, source.model)
+        _assert_equals_eager(predictor, source.model)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "the export failed" in warnings[0]
+    assert predictor.backend.auto.runtime == "torch"
 
 
 def test_export_pays_off_only_for_a_job_that_repays_it_with_margin():
