@@ -113,7 +113,7 @@ def cold_start(arch: str, small: int, large: int, warm_size: int) -> None:
 
     import torch
 
-    from resnext import auto
+    from resnext import auto, auto_cache
     from resnext.bench.inference import machine_info, set_bn_statistics
     from resnext.export import preprocess
     from resnext.images import sample_images
@@ -152,7 +152,7 @@ def cold_start(arch: str, small: int, large: int, warm_size: int) -> None:
         print(f"  prepare (export + parity check): {export_seconds:.1f} s", flush=True)
         cold = folder / "cache-large"  # no entry, but this machine's export time is known (from prepare above)
         cold.mkdir()
-        shutil.copyfile(built / auto.TIMINGS, cold / auto.TIMINGS)
+        shutil.copyfile(built / auto_cache.TIMINGS, cold / auto_cache.TIMINGS)
         rows.append(pair(f"empty cache (export time known), {large} images", large, cold, ("auto", "torch")))
         rows.append(pair(f"warm cache, {warm_size} images", warm_size, built, ("torch", "auto")))
 

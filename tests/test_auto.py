@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import small_model_flags
 
-from resnext import auto
+from resnext import auto, auto_cache
 from resnext.cli import main
 from resnext.errors import ResnextError
 from resnext.images import sample_images
@@ -73,7 +73,7 @@ def test_auto_exports_once_reuses_matches_eager_and_rebuilds_damage(cache, sourc
     assert choice.runtime == EXACT[0] and RUNTIMES[choice.runtime].exact and not choice.reused
     assert choice.precision == "fp32" and choice.agreement is None  # exact: nothing approximate to report
     entries = [p for p in cache.iterdir() if p.is_dir()]
-    assert len(entries) == 1 and (entries[0] / auto.MANIFEST).is_file()  # no staging folder left behind
+    assert len(entries) == 1 and (entries[0] / auto_cache.MANIFEST).is_file()  # no staging folder left behind
     model_file = Path(choice.path)
     assert model_file.parent == entries[0]
     written = {p.name: p.stat().st_mtime_ns for p in entries[0].iterdir()}
@@ -95,8 +95,8 @@ def test_auto_exports_once_reuses_matches_eager_and_rebuilds_damage(cache, sourc
     rebuilt = auto.prepare(source)
     assert not rebuilt.auto.reused and [p for p in cache.iterdir() if p.is_dir()] == entries
     _assert_equals_eager(Predictor(rebuilt, transforms=first.transforms), source.model)
-    manifest = json.loads((entries[0] / auto.MANIFEST).read_text())
-    assert manifest["files"][weights_file.name] == auto.file_sha256(weights_file)
+    manifest = json.loads((entries[0] / auto_cache.MANIFEST).read_text())
+    assert manifest["files"][weights_file.name] == auto_cache.file_sha256(weights_file)
 
 
 @needs_runtime
@@ -127,7 +127,7 @@ def test_an_entry_holding_another_model_or_a_link_to_one_is_rebuilt_never_used(c
     backend = auto.prepare(source)
     assert not backend.auto.reused  # rebuilt: the manifest's key is not the one asked for
     assert (
-        json.loads((ours / auto.MANIFEST).read_text())["key"]
+        json.loads((ours / auto_cache.MANIFEST).read_text())["key"]
         == auto.cache_key(
             source.model, arch=source.arch, image_size=SIZE, runtime=RUNTIMES[EXACT[0]], precision="fp32"
         ).as_dict()
@@ -138,7 +138,7 @@ def test_an_entry_holding_another_model_or_a_link_to_one_is_rebuilt_never_used(c
     ours.symlink_to(theirs, target_is_directory=True)  # a link to a sound entry of another model
     backend = auto.prepare(source)
     assert not backend.auto.reused and ours.is_dir() and not ours.is_symlink()
-    assert (theirs / auto.MANIFEST).is_file()  # the link was removed, never what it pointed to
+    assert (theirs / auto_cache.MANIFEST).is_file()  # the link was removed, never what it pointed to
     _assert_equals_eager(Predictor(backend, transforms=eval_preset(SIZE)), source.model)
     assert auto.prepare(other).auto.reused  # the other model's entry is still sound
 
@@ -228,7 +228,7 @@ def test_cold_cache_big_job_switches_to_the_runtime_after_its_first_batch(cache,
         with torch.no_grad():
             expected = source.model(x)
         assert (out - expected).abs().max() <= 1e-4 * max(1.0, float(expected.abs().max()))
-    timings = json.loads((cache / auto.TIMINGS).read_text())
+    timings = json.loads((cache / auto_cache.TIMINGS).read_text())
     [measured] = timings.values()
     assert measured["export_seconds"] > 0 and measured["speedup"] > 0  # estimates for the next cold start
 
@@ -237,15 +237,15 @@ def test_random_weights_are_one_model_in_every_command_and_leave_the_rng_alone()
     torch.manual_seed(123)
     state = torch.get_rng_state()
     first, second = (load_source("random", arch="resnext_test") for _ in range(2))
-    assert auto.weights_sha256(first.model) == auto.weights_sha256(
+    assert auto_cache.weights_sha256(first.model) == auto_cache.weights_sha256(
         second.model
     )  # one auto cache entry, not one per start
     assert torch.equal(torch.get_rng_state(), state)
     from resnext.demo import create_demo_model
 
     demos = [create_demo_model("resnext_test", weights="random", backend="torch", explain=False) for _ in range(2)]
-    assert auto.weights_sha256(demos[0].predictor.model) == auto.weights_sha256(first.model)
-    assert auto.weights_sha256(demos[1].predictor.model) == auto.weights_sha256(first.model)
+    assert auto_cache.weights_sha256(demos[0].predictor.model) == auto_cache.weights_sha256(first.model)
+    assert auto_cache.weights_sha256(demos[1].predictor.model) == auto_cache.weights_sha256(first.model)
 
 
 def test_cache_key_follows_weights_size_runtime_and_precision(source):
