@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"weights", "models", "hf"},
     {"sources", "images"},
     {"runtimes", "backends"},
-    {"explain", "predict", "export", "export_config", "export_writers", "auto"},
+    {"explain", "predict", "export", "export_config", "export_writers", "auto", "auto_cache"},
     {
         "hub",
         "report",

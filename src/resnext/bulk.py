@@ -183,7 +183,7 @@ def requested_settings(job: BulkJob, spec: ModelSpec | None = None) -> dict[str,
 
 def row_settings(job: BulkJob, predictor: Any, spec: ModelSpec | None = None) -> dict[str, Any]:
     """Everything that defines a row of ``job`` made by ``predictor``: what ``--resume`` must find unchanged."""
-    from .auto import file_sha256, weights_sha256
+    from .auto_cache import file_sha256, weights_sha256
 
     backend = predictor.backend
     if predictor.model is not None:
@@ -248,12 +248,10 @@ class ModelSpec:
     threads: int | None = None
 
     def predictor(self, *, device: str | None = None, progress: bool = False) -> Any:
-        import torch
-
         from .predict import Predictor
 
-        if self.weights in (None, "random"):
-            torch.manual_seed(0)  # the same random model wherever this spec is built: Ray replicas, driver, reruns
+        # random weights are the same model wherever this spec is built (Ray replicas, driver, reruns): the
+        # fixed seed of resnext.sources.load_source
         return Predictor.from_pretrained(
             self.arch,
             weights=self.weights,

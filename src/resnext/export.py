@@ -383,8 +383,8 @@ def check_parity(
     images: Tensor,
     labels: Sequence[int] | None = None,
 ) -> tuple[list[Parity], dict[str, float] | None]:
-    """Compare ``runtime`` with ``model`` (fp32 eager) on random batches of 7 and 1 and on the preprocessed real
-    ``images``.
+    """Compare ``runtime`` with ``model`` (fp32 eager) on random batches (``config.random_batches``: 7 and 1) and
+    on the preprocessed real ``images``.
 
     Raises :class:`ResnextError` when an fp32 export differs beyond tolerance or a reduced-precision one agrees
     less than ``config.min_agreement``.
@@ -396,7 +396,7 @@ def check_parity(
     results, acc = [], None
     reference_images = _logits(model, images, step)
     candidate_images = _logits(runtime, images, step)
-    for batch in (7, 1):
+    for batch in config.random_batches:
         x = torch.randn(batch, 3, size, size, generator=generator)
         results.append(compare(_logits(model, x, step), _logits(runtime, x, step), f"random batch of {batch}", factor))
     results.append(compare(reference_images, candidate_images, "real images", factor))

@@ -33,6 +33,7 @@ class ExportConfig:
     opset: int = ONNX_OPSET
     threads: int | None = None
     features: bool = False  # also expose the pooled penultimate features as a second output named "features"
+    random_batches: tuple[int, ...] = (7, 1)  # parity: random batches checked besides the real images
 
     @property
     def size(self) -> int:

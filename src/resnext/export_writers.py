@@ -64,19 +64,23 @@ def write_onnx(model: torch.nn.Module, path: Path, config: ExportConfig, metadat
     external = sum(p.numel() * p.element_size() for p in model.state_dict().values()) > INLINE_LIMIT_BYTES
     path.parent.mkdir(parents=True, exist_ok=True)
     with _quiet():
-        torch.onnx.export(
+        # Exported in memory and saved once with its metadata: writing the file and then reloading it to add
+        # the metadata cost ~5 s of the ~40 s a ResNeXt101 export takes (benchmarks/RESULTS.md, cold start).
+        program = torch.onnx.export(
             model,
             (example,),
-            str(path),
+            None,
             input_names=[INPUT_NAME],
             output_names=metadata.get("outputs", [OUTPUT_NAME]),
             dynamic_shapes=dynamic,
             opset_version=config.opset,
             dynamo=True,
-            external_data=external,
             verbose=False,
         )
-    _set_onnx_metadata(path, metadata, external)
+        assert program is not None
+        program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
+        program.model.producer_name = "resnext"
+        program.save(str(path), external_data=external)
     onnx.checker.check_model(str(path), full_check=True)
     return [p for p in (path, path.with_name(path.name + ".data")) if p.is_file()]
 

@@ -91,7 +91,8 @@ class Predictor:
         **options: Any,
     ) -> Predictor:
         """A predictor running ``source.model`` on ``backend``: default (``"auto"`` or None) the fastest exact
-        runtime installed, exported once into a cache (:mod:`resnext.auto`); ``"torch"`` for eager PyTorch."""
+        runtime installed, exported once into a cache when that pays (:mod:`resnext.auto`); ``"torch"`` for eager
+        PyTorch."""
         if backend in (None, AUTO):
             if image_size and image_size != source.image_size:  # the export is made at the size it will run at
                 source = dataclasses.replace(source, image_size=image_size, transforms=eval_preset(image_size))
@@ -329,6 +330,9 @@ def decoded_batches(
 
     if batch_size < 1:
         raise ResnextError(f"--batch-size must be at least 1, got {batch_size}")
+    expect = getattr(predictor.backend, "expect", None)
+    if expect is not None:  # --backend auto on an empty cache: exports only when the job is big enough to repay it
+        expect(len(sources))
     loader = torch.utils.data.DataLoader(
         ImageDataset(sources, predictor.transforms),
         batch_size=batch_size,

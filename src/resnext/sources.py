@@ -7,7 +7,9 @@ A *source* is one of:
 * a checkpoint file or an http(s) URL: a flat state_dict, NVIDIA's layouts, or a ``resnext train`` checkpoint;
 * a ``.safetensors`` file, a folder in timm's Hugging Face Hub layout, or ``hf-hub:owner/name[@revision]``
   (:mod:`resnext.hf`);
-* ``None`` or ``"random"``: random initialisation (torchvision's meaning of ``weights=None``).
+* ``None`` or ``"random"``: random initialisation (torchvision's meaning of ``weights=None``), drawn from a fixed
+  seed (:data:`RANDOM_SEED`), so every command, process and rerun builds the same random model (a Ray replica
+  agrees with its driver; ``--backend auto`` reuses one cache entry instead of exporting on every start).
 
 ``None`` means random weights everywhere in the package (as in torchvision); the published weights are asked
 for by name, ``"DEFAULT"``, which is the default of the CLI, :class:`~resnext.predict.Predictor`, evaluation,
@@ -35,6 +37,8 @@ logger = logging.getLogger("resnext")
 
 DEFAULT_ARCH = "resnext101_32x4d"
 RANDOM = "random"
+#: the seed of random weights (``load_source("random")``): the same model everywhere, whatever the caller's RNG
+RANDOM_SEED = 0
 
 WeightsSource = Any  # WeightsEnum member | str (name, "DEFAULT", path, URL, "random") | os.PathLike | None
 
@@ -156,7 +160,10 @@ def load_source(
         arch = arch or next((a for a, e in WEIGHTS_BY_MODEL.items() if isinstance(weights, e)), DEFAULT_ARCH)
     if weights is None or weights == RANDOM:
         arch = arch or DEFAULT_ARCH
-        return _source(arch, create_model(arch, num_classes=num_classes), RANDOM, None, None)
+        with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
+            torch.manual_seed(RANDOM_SEED)
+            model = create_model(arch, num_classes=num_classes)
+        return _source(arch, model, RANDOM, None, None)
     published = published_weights(arch or DEFAULT_ARCH, weights)
     if published is not None:
         arch = arch or DEFAULT_ARCH

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from ..errors import ResnextError
 
 #: command modules of this package, in the order ``resnext --help`` lists them
-COMMANDS = ("classify", "embed", "train", "export", "benchmark", "models", "demo", "serve")
+COMMANDS = ("classify", "embed", "train", "export", "prepare", "benchmark", "models", "demo", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
