@@ -76,7 +76,10 @@ def run_bulk(args: argparse.Namespace, task: str) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        summary = run_local(job, spec.predictor())
+        predictor = spec.predictor()
+        if task == "embed":
+            predictor.check_embeddable()  # before the progress bar: one line naming `resnext export --features`
+        summary = run_local(job, predictor)
     print(f"resnext: {summary.line()}", file=sys.stderr)
     if summary.failed:
         print(
