@@ -142,10 +142,11 @@ def evaluate_folder(
     workers: int = 4,
     device: str = "auto",
     output: str | os.PathLike | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``weights`` (any source: see :mod:`resnext.sources`) on the ImageFolder tree ``root``; rank 0
-    writes the results as JSON to ``output``, atomically.
+    writes the results as JSON to ``output`` when given, atomically (an existing file only with ``overwrite``).
 
     ``image_size`` defaults to the size a training checkpoint (or an ``export-weights`` file) was trained at,
     else the published weights' preset, else 224. Class folders are matched by the checkpoint's class names.
@@ -158,6 +159,8 @@ def evaluate_folder(
     check_evaluate_options(batch_size=batch_size, workers=workers, image_size=image_size, precision=precision)
     if output is not None:
         check_writable(output, "--output")
+        if os.path.lexists(output) and not overwrite:
+            raise ResnextError(f"--output {output} exists: pass --overwrite to replace it, or choose another file")
     dist_info = init_distributed(device)
     try:
         source = load_source(weights, arch=arch, use_ema=use_ema, progress=progress and dist_info.is_main)

@@ -62,7 +62,8 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         p, precision={"default": "fp32", "choices": PRECISIONS, "help": "autocast precision"}, ema={"dest": "use_ema"}
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--output", "-o", default="evaluation.json", help="JSON results file (default: %(default)s)")
+    p.add_argument("--output", "-o", metavar="FILE", help="also write the results as JSON to FILE (default: none)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -81,7 +82,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             print(
                 f"{r['arch']} on {r['data']}: top-1 {r['val.top1']:.2f}%  top-5 {r['val.top5']:.2f}%  "
                 f"loss {r['val.loss']:.4f}  ({r['val.count']} images at {r['image_size']} px, "
-                f"{r['val.total_ips']:.1f} img/s, {r['val.skipped_images']} unreadable); wrote {args.output}"
+                f"{r['val.total_ips']:.1f} img/s, {r['val.skipped_images']} unreadable)"
+                + (f"; wrote {args.output}" if args.output else "")
             )
     return 1 if r["val.skipped_images"] else 0
 
