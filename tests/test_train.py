@@ -197,6 +197,16 @@ def test_recipe_sets_nvidia_values_and_explicit_flags_override() -> None:
     assert (plain.epochs, plain.mixup, plain.precision, plain.last_bn_0_init) == (90, 0.0, "fp32", False)
 
 
+def test_data_loader_workers_default_to_the_usable_cpus_at_most_4() -> None:
+    """train and evaluate start no more loader processes than CPUs this process may use (torch warns beyond them,
+    twice per run on a 2-core machine with the old default of 4)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    parser = cli.build_parser()
+    assert config_from_args(parser.parse_args(["train", "/data"])).workers == min(4, cpus)
+    assert parser.parse_args(["evaluate", "/data/val"]).workers == min(4, cpus)
+    assert config_from_args(parser.parse_args(["train", "/data", "-j", "7"])).workers == 7  # asked for: as given
+
+
 def test_last_bn_0_init_zeroes_exactly_each_blocks_bn3_gamma() -> None:
     args = ["train", "/data", "--arch", "resnext101_32x4d", "--num-classes", "10"]
     cfg_on = config_from_args(cli.build_parser().parse_args([*args, "--last-bn-0-init"]))

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .distributed import Distributed, init_distributed, shutdown_distributed
 from .errors import ResnextError
+from .util import loader_workers
 
 logger = logging.getLogger("resnext")
 
@@ -139,7 +140,7 @@ def evaluate_folder(
     precision: str = "fp32",
     channels_last: bool = False,
     image_size: int | None = None,
-    workers: int = 4,
+    workers: int = loader_workers(),
     device: str = "auto",
     output: str | os.PathLike | None = None,
     overwrite: bool = False,

@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ResnextError
 from .models import list_models
-from .util import AUTOCAST_DTYPES
+from .util import AUTOCAST_DTYPES, loader_workers
 
 __all__ = ["RECIPES", "PRECISIONS", "MAX_IMAGE_SIZE", "TrainConfig", "add_train_arguments", "config_from_args"]
 
@@ -74,7 +74,7 @@ class TrainConfig:
     memory_format: str = "nchw"
     compile: bool = False
     image_size: int = 224
-    workers: int = 4
+    workers: int = loader_workers()  # 4, or one per usable CPU when fewer
     data_backend: str = "pytorch"
     seed: int = 0
     workspace: str = "runs/train"

@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+from ..util import loader_workers
 from .common import add_command, add_flags, add_model_args
 
 PRECISIONS = ["fp32", "bf16", "fp16"]  # evaluation runs eager torch under autocast: no int8
@@ -57,7 +58,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "evaluate", run_evaluate)
     p.add_argument("data", metavar="DATA_DIR/val", help="folder with <class>/<image> (class names as in training)")
     add_model_args(p)
-    add_flags(p, "channels_last", "image_size", "device", "json", batch_size=64, workers=4)
+    add_flags(p, "channels_last", "image_size", "device", "json", batch_size=64, workers=loader_workers())
     add_flags(
         p, precision={"default": "fp32", "choices": PRECISIONS, "help": "autocast precision"}, ema={"dest": "use_ema"}
     )
