@@ -8,6 +8,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -617,6 +618,30 @@ def test_evaluate_gives_the_same_result_from_best_and_from_export_weights(traine
         assert best[key] == exported[key], key
     assert best["val.loss"] == pytest.approx(exported["val.loss"], rel=1e-6)
     assert best["val.top1"] == read_checkpoint(trained_abc["best"])["best_prec1"]  # what training measured
+
+
+def test_train_evaluate_takes_arch_classes_and_size_from_the_checkpoint(trained_abc, tmp_path: Path, capsys) -> None:
+    """`train DATA --resume best.pth --evaluate` with no --arch/--image-size evaluates the checkpoint as
+    `resnext evaluate` does: its architecture, its 64 px, its class names (a val/ lacking a class included)."""
+    common = ["-j", "0", "--no-progress", "--workspace", str(tmp_path / "ws")]
+    expected = cli.main(["evaluate", str(trained_abc["data"] / "val"), "--weights", str(trained_abc["best"]), "--json"])
+    assert expected == 0
+    wanted = json.loads(capsys.readouterr().out)
+    assert wanted["image_size"] == 64 and wanted["arch"] == "resnext_test"
+
+    assert (
+        cli.main(["train", str(trained_abc["data"]), "--resume", str(trained_abc["best"]), "--evaluate", *common]) == 0
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("resnext_test on ") and " at 64 px: " in out, out
+    assert f"top-1 {wanted['val.top1']:.2f}%" in out and f"loss {wanted['val.loss']:.4f}" in out, (out, wanted)
+
+    # val/ without class "a" and no train/: still the checkpoint's label order, so b is b
+    partial = tmp_path / "partial"
+    shutil.copytree(trained_abc["data"] / "val" / "b", partial / "val" / "b")
+    shutil.copytree(trained_abc["data"] / "val" / "c", partial / "val" / "c")
+    assert cli.main(["train", str(partial), "--resume", str(trained_abc["best"]), "--evaluate", *common]) == 0
+    assert "(8 images, 0 unreadable)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -90,6 +90,9 @@ class TrainConfig:
     keep_last: int = 2
     print_freq: int = 10
     progress: bool = True
+    #: label order; None: the sorted train/ folders. config_from_args takes it from a checkpoint that is resumed
+    #: or evaluated, so an evaluated val/ may lack some classes
+    classes: list[str] | None = None
     # resolved at start-up (recorded in checkpoints and config.json)
     resolved: dict[str, Any] = field(default_factory=dict)
 
@@ -282,12 +285,38 @@ def _add_run_flags(parser: argparse.ArgumentParser, add: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace | dict[str, Any]) -> TrainConfig:
-    """Dataclass defaults, then the ``--recipe`` values, then the flags given explicitly; validated."""
+    """Dataclass defaults, then the ``--recipe`` values, then what the starting checkpoint records
+    (:func:`starting_checkpoint_values`), then the flags given explicitly; validated."""
     names = {f.name for f in fields(TrainConfig)}
     given = {k: v for k, v in (vars(args) if isinstance(args, argparse.Namespace) else args).items() if k in names}
     recipe = given.get("recipe")
     if recipe is not None and recipe not in RECIPES:
         raise ResnextError(f"unknown --recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    cfg = TrainConfig(**{**RECIPES.get(recipe or "", {}), **given})
+    cfg = TrainConfig(**{**RECIPES.get(recipe or "", {}), **starting_checkpoint_values(given), **given})
     cfg.validate()
     return cfg
+
+
+def starting_checkpoint_values(given: dict[str, Any]) -> dict[str, Any]:
+    """``arch`` and ``image_size`` of the checkpoint a run starts from (``--resume``, ``auto`` meaning
+    ``<workspace>/last.pth``; else a ``--weights`` file), read as every command reads them
+    (:func:`resnext.sources.checkpoint_metadata`); plus its ``classes`` when the run continues or only evaluates
+    it (fine-tuning with ``--weights`` trains on the data's own classes)."""
+    from pathlib import Path
+
+    from .sources import checkpoint_metadata
+    from .weights import read_checkpoint
+
+    path = given.get("resume")
+    if path == "auto":
+        last = Path(given.get("workspace", TrainConfig.workspace)) / "last.pth"
+        path = str(last) if last.is_file() else None
+    keeps_classes = bool(path or given.get("evaluate"))
+    weights = given.get("weights")
+    path = path or (weights if weights and Path(weights).is_file() else None)
+    if path is None:
+        return {}
+    values = checkpoint_metadata(read_checkpoint(path, progress=False))
+    if not keeps_classes:
+        values.pop("classes", None)
+    return values
