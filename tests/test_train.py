@@ -629,9 +629,8 @@ def test_train_evaluate_takes_arch_classes_and_size_from_the_checkpoint(trained_
     wanted = json.loads(capsys.readouterr().out)
     assert wanted["image_size"] == 64 and wanted["arch"] == "resnext_test"
 
-    assert (
-        cli.main(["train", str(trained_abc["data"]), "--resume", str(trained_abc["best"]), "--evaluate", *common]) == 0
-    )
+    resume = ["--resume", str(trained_abc["best"]), "--evaluate", *common]
+    assert cli.main(["train", str(trained_abc["data"]), *resume]) == 0
     out = capsys.readouterr().out
     assert out.startswith("resnext_test on ") and " at 64 px: " in out, out
     assert f"top-1 {wanted['val.top1']:.2f}%" in out and f"loss {wanted['val.loss']:.4f}" in out, (out, wanted)
@@ -640,7 +639,7 @@ def test_train_evaluate_takes_arch_classes_and_size_from_the_checkpoint(trained_
     partial = tmp_path / "partial"
     shutil.copytree(trained_abc["data"] / "val" / "b", partial / "val" / "b")
     shutil.copytree(trained_abc["data"] / "val" / "c", partial / "val" / "c")
-    assert cli.main(["train", str(partial), "--resume", str(trained_abc["best"]), "--evaluate", *common]) == 0
+    assert cli.main(["train", str(partial), *resume]) == 0
     assert "(8 images, 0 unreadable)" in capsys.readouterr().out
 
 
