@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import signal
@@ -487,6 +488,22 @@ def test_corrupt_training_image_is_logged_skipped_and_counted(tmp_path: Path, ca
 
 # ---------------------------------------------------------------------------------------------------------------
 # --evaluate, fine-tuning and weight export
+
+
+def test_finished_run_prints_its_best_epoch_top1_and_best_pth(tmp_path: Path, capsys) -> None:
+    data = make_tiny_dataset(tmp_path / "data", num_classes=2, train_per_class=4, val_per_class=3)
+    workspace = tmp_path / "ws"
+    flags = ["--arch", "resnext_test", "--image-size", "32", "-b", "4", "-j", "0", "--no-progress"]
+    assert cli.main(["train", str(data), *flags, "--epochs", "2", "--workspace", str(workspace)]) == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    match = re.fullmatch(r"trained 2/2 epochs: best val top-1 (\S+)% at epoch (\d), weights in (\S+)", last_line)
+    assert match, last_line
+    best = read_checkpoint(workspace / "best.pth")
+    assert match.group(3) == str(workspace / "best.pth")
+    assert float(match.group(1)) == pytest.approx(best["best_prec1"], abs=0.005)
+    assert int(match.group(2)) == best["best_epoch"] == best["epoch"]  # best.pth is that epoch's checkpoint
+    top1 = {r["epoch"]: r["val.top1"] for r in log_records(workspace) if "val.top1" in r}
+    assert top1[best["best_epoch"]] == max(top1.values()) == best["best_prec1"]
 
 
 def test_train_evaluate_prints_result_without_a_full_training_batch(tmp_path: Path, capsys) -> None:

@@ -94,6 +94,7 @@ class TrainResult:
     status: Status
     epochs_done: int = 0
     best_top1: float = -1.0
+    best_epoch: int = 0  # the epoch of best.pth (0: none yet)
     metrics: dict[str, Any] = field(default_factory=dict)
     stopped_by: int | None = None  # the signal number, for Status.STOPPED
     checkpoint: str | None = None
@@ -108,6 +109,7 @@ class TrainState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps done in the current epoch
     best_top1: float = -1.0
+    best_epoch: int = 0
 
 
 class Trainer:
@@ -166,7 +168,9 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt.get("state_dict_ema", ckpt["state_dict"]))
-        self.state = TrainState(int(ckpt["epoch"]), int(ckpt.get("step", 0)), float(ckpt["best_prec1"]))
+        self.state = TrainState(
+            int(ckpt["epoch"]), int(ckpt.get("step", 0)), float(ckpt["best_prec1"]), int(ckpt.get("best_epoch", 0))
+        )
         set_rng_state(ckpt["rng"])
         if self.di.is_main:
             logger.info("resumed from %s at epoch %d, step %d", path, self.state.epoch + 1, self.state.step)
@@ -199,12 +203,12 @@ class Trainer:
             return TrainResult(Status.EVALUATED, s.epoch, s.best_top1, self.validate())
         self.start()
         end_epoch = cfg.epochs if cfg.run_epochs is None else min(cfg.epochs, s.epoch + cfg.run_epochs)
-        result = TrainResult(Status.COMPLETED, s.epoch, s.best_top1)
+        result = TrainResult(Status.COMPLETED, s.epoch, s.best_top1, s.best_epoch)
         while s.epoch < end_epoch:
             if self.train_epoch() is Status.STOPPED:
                 return self._stopped(result, self.save(end_of_epoch=False, is_best=False))
             result.metrics = self.finish_epoch()
-            result.epochs_done, result.best_top1 = s.epoch, s.best_top1
+            result.epochs_done, result.best_top1, result.best_epoch = s.epoch, s.best_top1, s.best_epoch
             if self.stop.signum is not None:  # arrived during validation: the epoch checkpoint is already written
                 return self._stopped(result, self.workspace / "last.pth")
         return result
@@ -403,6 +407,8 @@ class Trainer:
             **val,
         }
         s.epoch, s.step = s.epoch + 1, 0
+        if is_best:
+            s.best_epoch = s.epoch
         path = self.save(end_of_epoch=True, is_best=is_best)
         if self.di.is_main:
             self.log(s.epoch, None, metrics, s.epoch * self.data.steps_per_epoch)
@@ -426,6 +432,7 @@ class Trainer:
             "epoch": s.epoch,
             "step": s.step,
             "best_prec1": s.best_top1,
+            "best_epoch": s.best_epoch,
             "arch": cfg.arch,
             "classes": self.data.classes,
             "image_size": cfg.image_size,

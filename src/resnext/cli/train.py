@@ -51,7 +51,19 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"{cfg.arch} on {cfg.data}/val at {cfg.image_size} px: {shown}")
     if result.status is Status.STOPPED:
         return 128 + int(result.stopped_by or signal.SIGTERM)
+    if result.status is Status.COMPLETED and int(os.environ.get("RANK", "0")) == 0:
+        print(_closing_summary(cfg, result))
     return 0
+
+
+def _closing_summary(cfg: Any, result: Any) -> str:
+    """What a finished run leaves: the best epoch, its top-1 and where its weights are."""
+    best = os.path.join(cfg.workspace, "best.pth")
+    done = f"trained {result.epochs_done}/{cfg.epochs} epochs"
+    if result.best_top1 < 0:  # no val/ folder: best.pth follows last.pth
+        return f"{done} (no validation data): the last epoch's weights are in {best}"
+    at = f" at epoch {result.best_epoch}" if result.best_epoch else ""  # 0: a checkpoint older than best_epoch
+    return f"{done}: best val top-1 {result.best_top1:.2f}%{at}, weights in {best}"
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
