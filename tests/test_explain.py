@@ -75,6 +75,25 @@ def test_predictor_explain_and_overlay():
         predictor.explain(SAMPLES[0], target="no such class")
 
 
+def test_overlay_of_a_small_model_is_enlarged_for_display_and_files(tmp_path):
+    """A 32 px model's crop is enlarged 7x (a whole factor) to 224 px, the map with it, hot areas still hot."""
+    from resnext.explain import save_overlay
+
+    source = load_source("random", arch="resnext_test")
+    predictor = Predictor.from_source(source, backend="torch", image_size=32)
+    explanation = predictor.explain(SAMPLES[0])
+    assert explanation.image.size == (32, 32)
+    overlay = explanation.overlay()
+    assert overlay.size == (224, 224) and overlay.mode == "RGB"
+    base = np.asarray(explanation.image.resize((224, 224), Image.Resampling.BICUBIC), dtype=np.float32)
+    heat = np.kron(explanation.heatmap.numpy(), np.ones((7, 7)))  # each model pixel's value over its 7x7 block
+    diff = np.abs(np.asarray(overlay, dtype=np.float32) - base).mean(axis=2)
+    assert diff[heat > 0.8].mean() > diff[heat < 0.2].mean()
+    with Image.open(save_overlay(explanation, tmp_path / "cam.png")) as png:
+        assert png.size == (224, 224)
+    assert explanation.overlay(min_size=32).size == (32, 32)  # already large enough: as the model saw it
+
+
 def test_explain_needs_the_torch_model():
     model = create_model("resnext_test").eval()
     predictor = Predictor(create_backend("torch", model=model))  # like an exported file: no eager model attached
