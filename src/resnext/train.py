@@ -7,10 +7,11 @@
         --resume auto
     # fine-tune the published weights on a 5-class folder, training only the head:
     resnext train /data/flowers --pretrained --num-classes 5 --freeze-backbone --epochs 10 --lr 0.1 --warmup 0
-    # from scratch on a small data set: every residual block starts as the identity (NVIDIA's flag):
-    resnext train /data/small --last-bn-0-init --epochs 8 --lr 0.1 --warmup 0 --workspace runs/small
-    # only evaluate a checkpoint on DATA_DIR/val (prints top-1/top-5; writes nothing):
-    resnext train /data/flowers --arch resnext_test --resume runs/flowers/best.pth --evaluate
+    # from scratch on a small data set on a CPU (every residual block starts as the identity; lr per 256 images):
+    resnext train /data/small --arch resnext_test --image-size 32 --last-bn-0-init --lr 0.2 -b 32 --warmup 1 \\
+        --epochs 6 --workspace runs/small
+    # only evaluate a checkpoint on DATA_DIR/val (prints top-1/top-5; writes nothing; arch, classes, size from it):
+    resnext train /data/small --resume runs/small/best.pth --evaluate
     # speed: synthetic data, 100 iterations per epoch
     resnext train --data-backend synthetic --prof 100 --epochs 1 --precision bf16 --memory-format nhwc
     # plain weights (or EMA weights) with their arch, class names and image size, for --weights anywhere:
