@@ -201,7 +201,7 @@ class Trainer:
         """Train from the current state to ``--epochs`` (or ``--run-epochs`` more); ``--evaluate``: validate only."""
         cfg, s = self.cfg, self.state
         if cfg.evaluate:
-            return TrainResult(Status.EVALUATED, s.epoch, s.best_top1, self.validate())
+            return TrainResult(Status.EVALUATED, s.epoch, s.best_top1, s.best_epoch, self.validate())
         self.start()
         end_epoch = cfg.epochs if cfg.run_epochs is None else min(cfg.epochs, s.epoch + cfg.run_epochs)
         result = TrainResult(Status.COMPLETED, s.epoch, s.best_top1, s.best_epoch)
