@@ -83,9 +83,12 @@ def grad_cam(
     weights = grads.mean(dim=(2, 3), keepdim=True)
     cams = F.relu((weights * features.detach()).sum(dim=1, keepdim=True))
     cams = F.interpolate(cams, size=batch.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    low = cams.amin(dim=(1, 2), keepdim=True)
-    span = cams.amax(dim=(1, 2), keepdim=True) - low
-    cams = torch.where(span > 0, (cams - low) / span.clamp_min(1e-12), torch.zeros_like(cams))
+    low, high = cams.amin(dim=(1, 2), keepdim=True), cams.amax(dim=(1, 2), keepdim=True)
+    span = high - low
+    # a constant map (a 1x1 last stage: 32 px inputs) differs only by the interpolation's rounding, which scaling
+    # to [0, 1] would blow up into speckles: it has no location information and stays zero
+    located = span > 1e-5 * high.abs()
+    cams = torch.where(located, (cams - low) / span.clamp_min(1e-12), torch.zeros_like(cams))
     return cams.cpu(), targets.cpu(), logits.detach().float().cpu()
 
 
