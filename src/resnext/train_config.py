@@ -3,7 +3,7 @@ checks that run before any work (a bad value is one line and exit status 2, neve
 
     resnext train /data/imagenet --recipe nvidia-90e --workspace runs/r101          # NVIDIA's 90-epoch recipe
     resnext train /data/flowers --pretrained --num-classes 5 --freeze-backbone --epochs 10 --lr 0.1 --warmup 0
-    resnext train /data/small --arch resnext_test --image-size 32 --last-bn-0-init --lr 0.2 -b 32 --warmup 1 --epochs 6
+    resnext train /data/small --arch resnext_test --image-size 32 --last-bn-0-init --lr 0.4 -b 16 --warmup 1 --epochs 5
 
 Precedence: dataclass defaults, then ``--recipe``, then the flags given explicitly.
 """
