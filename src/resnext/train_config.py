@@ -5,7 +5,8 @@ checks that run before any work (a bad value is one line and exit status 2, neve
     resnext train /data/flowers --pretrained --num-classes 5 --freeze-backbone --epochs 10 --lr 0.1 --warmup 0
     resnext train /data/small --arch resnext_test --image-size 32 --last-bn-0-init --lr 0.4 -b 16 --warmup 1 --epochs 5
 
-Precedence: dataclass defaults, then ``--recipe``, then the flags given explicitly.
+Precedence: dataclass defaults, then ``--recipe``, then the architecture, image size (and, resumed or only
+evaluated, class names) of the starting checkpoint, then the flags given explicitly.
 """
 
 from __future__ import annotations
