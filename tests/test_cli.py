@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,6 +143,13 @@ def test_model_file_without_backend_uses_the_runtime_of_its_suffix(tmp_path, sma
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 3 and all(len(r["predictions"]) == 5 for r in rows)
 
+    # a file exported without --features cannot embed: one line naming the CLI flag, before any progress bar
+    vectors = tmp_path / "vectors.npy"
+    assert cli.main(["embed", "--model-file", str(path), "--workers", "0", "--output", str(vectors)]) == 2
+    err = capsys.readouterr().err
+    assert "resnext export --features" in err and "embedding" not in err and "%|" not in err, err
+    assert not vectors.exists()
+
 
 def test_missing_model_file_is_an_error_not_a_silent_torch_run(capsys, tmp_path):
     assert cli.main(["classify", "--model-file", str(tmp_path / "nope.onnx"), "--workers", "0"]) == 2
@@ -153,10 +161,11 @@ def test_python_m_resnext_runs_the_cli():
     assert out.returncode == 0 and out.stdout.startswith("resnext ")
 
 
-def test_export_features_flag_feeds_resnext_embed(tmp_path, small_checkpoint, capsys):
+def test_export_features_flag_feeds_resnext_embed(tmp_path, small_checkpoint, capsys, monkeypatch):
     """`resnext export --features` writes the second output that `resnext embed --model-file` runs."""
-    path = tmp_path / "m.onnx"
     pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)
+    path = Path("exp") / "m.onnx"  # relative, in a folder: the summary names it as given
     common = ["--arch", "resnext_test", "--weights", str(small_checkpoint), "--image-size", "64"]
     assert (
         cli.main(
@@ -164,7 +173,7 @@ def test_export_features_flag_feeds_resnext_embed(tmp_path, small_checkpoint, ca
         )
         == 0
     )
-    capsys.readouterr()
+    assert "wrote onnx fp32: exp/m.onnx (" in capsys.readouterr().out
     out = tmp_path / "vectors.npy"
     assert cli.main(["embed", "--model-file", str(path), "--workers", "0", "--output", str(out)]) == 0
     import numpy as np

@@ -114,6 +114,28 @@ def test_evaluate_cli_prints_and_writes_json(tiny, tmp_path: Path, capsys) -> No
     assert {"val.top5", "val.loss", "val.compute_ips", "val.total_ips", "val.compute_latency_at99"} <= set(data)
 
 
+def test_evaluate_prints_by_default_and_writes_a_file_only_when_asked(tiny, tmp_path: Path, monkeypatch, capsys):
+    """No evaluation.json appears in the working folder; -o writes one, and an existing file is kept unless
+    --overwrite (one line, exit 2)."""
+    val, ckpt, _ = tiny
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    quiet = ["--image-size", "32", "-j", "0", "--no-progress"]
+    assert cli.main(["evaluate", str(val), "--weights", str(ckpt), *quiet]) == 0
+    assert "top-1" in capsys.readouterr().out
+    assert list(here.iterdir()) == []
+
+    out = tmp_path / "e.json"
+    out.write_text("the user's notes\n")
+    assert evaluate_cli(val, ckpt, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--overwrite" in err, err
+    assert out.read_text() == "the user's notes\n"
+    assert evaluate_cli(val, ckpt, out, "--overwrite") == 0
+    assert json.loads(out.read_text())["val.count"] == 13
+
+
 def test_plain_weights_need_matching_folder_count(tiny, tmp_path: Path) -> None:
     val, _, state_dict = tiny
     plain = tmp_path / "plain.pth"

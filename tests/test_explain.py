@@ -75,6 +75,34 @@ def test_predictor_explain_and_overlay():
         predictor.explain(SAMPLES[0], target="no such class")
 
 
+def test_overlay_of_a_small_model_is_enlarged_for_display_and_files(tmp_path):
+    """A 48 px model's crop is enlarged 5x (a whole factor) to 240 px, the map with it, hot areas still hot."""
+    from resnext.explain import save_overlay
+
+    source = load_source("random", arch="resnext_test")
+    predictor = Predictor.from_source(source, backend="torch", image_size=48)
+    explanation = predictor.explain(SAMPLES[0])
+    assert explanation.image.size == (48, 48)
+    overlay = explanation.overlay()
+    assert overlay.size == (240, 240) and overlay.mode == "RGB"
+    base = np.asarray(explanation.image.resize((240, 240), Image.Resampling.BICUBIC), dtype=np.float32)
+    heat = np.kron(explanation.heatmap.numpy(), np.ones((5, 5)))  # each model pixel's value over its 5x5 block
+    diff = np.abs(np.asarray(overlay, dtype=np.float32) - base).mean(axis=2)
+    assert diff[heat > 0.8].mean() > diff[heat < 0.2].mean()
+    with Image.open(save_overlay(explanation, tmp_path / "cam.png")) as png:
+        assert png.size == (240, 240)
+    assert explanation.overlay(min_size=48).size == (48, 48)  # already large enough: as the model saw it
+
+
+def test_a_constant_map_stays_zero_instead_of_speckles():
+    """At 32 px the last stage is 1x1: the map is constant, and only interpolation rounding told its pixels apart,
+    which min-max scaling turned into hot and cold speckles."""
+    torch.manual_seed(0)
+    model = create_model("resnext_test", num_classes=10).eval()
+    maps, _, _ = grad_cam(model, torch.randn(3, 3, 32, 32))
+    assert torch.count_nonzero(maps) == 0
+
+
 def test_explain_needs_the_torch_model():
     model = create_model("resnext_test").eval()
     predictor = Predictor(create_backend("torch", model=model))  # like an exported file: no eager model attached

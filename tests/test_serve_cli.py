@@ -41,6 +41,44 @@ def test_client_without_server_is_one_line(capsys):
     assert len(err.splitlines()) == 1 and "no Triton server answers" in err
 
 
+def test_client_lists_inputs_as_classify_does_each_file_once(tmp_path, monkeypatch, capsys):
+    """A file named alone and again inside its folder is sent once, like `classify` (no server needed: the
+    client class is replaced by one that records what it is asked to classify)."""
+    import shutil
+
+    import resnext.serve.client as client_module
+    from resnext.bulk import list_inputs
+    from resnext.predict import ClassifyResult, Prediction
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for sample in SAMPLES[:2]:
+        shutil.copy(sample, folder / sample.name)
+    asked: list[str] = []
+
+    class RecordingClient:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def classify(self, sources, *, model=None, topk=5):
+            for source in sources:
+                asked.append(source)
+                yield ClassifyResult(str(source), predictions=[Prediction(0, "x", 1.0)])
+
+    monkeypatch.setattr(client_module, "TritonClient", RecordingClient)
+    inputs = [str(folder / SAMPLES[0].name), str(folder)]
+    assert main(["client", *inputs, "--json"]) == 0
+    assert sorted(asked) == sorted(str(folder / s.name) for s in SAMPLES[:2]), asked
+    assert asked == list_inputs(inputs)  # the same listing, in the same order, as classify
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_serve_process_stops_cleanly(sig, tmp_path):

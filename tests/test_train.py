@@ -7,7 +7,9 @@ import importlib.util
 import json
 import math
 import os
+import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -195,6 +197,16 @@ def test_recipe_sets_nvidia_values_and_explicit_flags_override() -> None:
     assert (cfg.lr, cfg.batch_size, cfg.data) == (0.1, 64, "/data")
     plain = config_from_args(cli.build_parser().parse_args(["train", "/data"]))
     assert (plain.epochs, plain.mixup, plain.precision, plain.last_bn_0_init) == (90, 0.0, "fp32", False)
+
+
+def test_data_loader_workers_default_to_the_usable_cpus_at_most_4() -> None:
+    """train and evaluate start no more loader processes than CPUs this process may use (torch warns beyond them,
+    twice per run on a 2-core machine with the old default of 4)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    parser = cli.build_parser()
+    assert config_from_args(parser.parse_args(["train", "/data"])).workers == min(4, cpus)
+    assert parser.parse_args(["evaluate", "/data/val"]).workers == min(4, cpus)
+    assert config_from_args(parser.parse_args(["train", "/data", "-j", "7"])).workers == 7  # asked for: as given
 
 
 def test_last_bn_0_init_zeroes_exactly_each_blocks_bn3_gamma() -> None:
@@ -478,6 +490,22 @@ def test_corrupt_training_image_is_logged_skipped_and_counted(tmp_path: Path, ca
 # --evaluate, fine-tuning and weight export
 
 
+def test_finished_run_prints_its_best_epoch_top1_and_best_pth(tmp_path: Path, capsys) -> None:
+    data = make_tiny_dataset(tmp_path / "data", num_classes=2, train_per_class=4, val_per_class=3)
+    workspace = tmp_path / "ws"
+    flags = ["--arch", "resnext_test", "--image-size", "32", "-b", "4", "-j", "0", "--no-progress"]
+    assert cli.main(["train", str(data), *flags, "--epochs", "2", "--workspace", str(workspace)]) == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    match = re.fullmatch(r"trained 2/2 epochs: best val top-1 (\S+)% at epoch (\d), weights in (\S+)", last_line)
+    assert match, last_line
+    best = read_checkpoint(workspace / "best.pth")
+    assert match.group(3) == str(workspace / "best.pth")
+    assert float(match.group(1)) == pytest.approx(best["best_prec1"], abs=0.005)
+    assert int(match.group(2)) == best["best_epoch"] == best["epoch"]  # best.pth is that epoch's checkpoint
+    top1 = {r["epoch"]: r["val.top1"] for r in log_records(workspace) if "val.top1" in r}
+    assert top1[best["best_epoch"]] == max(top1.values()) == best["best_prec1"]
+
+
 def test_train_evaluate_prints_result_without_a_full_training_batch(tmp_path: Path, capsys) -> None:
     data = make_tiny_dataset(tmp_path / "data", num_classes=2, train_per_class=1, val_per_class=3)
     workspace = tmp_path / "ws"
@@ -607,6 +635,29 @@ def test_evaluate_gives_the_same_result_from_best_and_from_export_weights(traine
         assert best[key] == exported[key], key
     assert best["val.loss"] == pytest.approx(exported["val.loss"], rel=1e-6)
     assert best["val.top1"] == read_checkpoint(trained_abc["best"])["best_prec1"]  # what training measured
+
+
+def test_train_evaluate_takes_arch_classes_and_size_from_the_checkpoint(trained_abc, tmp_path: Path, capsys) -> None:
+    """`train DATA --resume best.pth --evaluate` with no --arch/--image-size evaluates the checkpoint as
+    `resnext evaluate` does: its architecture, its 64 px, its class names (a val/ lacking a class included)."""
+    common = ["-j", "0", "--no-progress", "--workspace", str(tmp_path / "ws")]
+    expected = cli.main(["evaluate", str(trained_abc["data"] / "val"), "--weights", str(trained_abc["best"]), "--json"])
+    assert expected == 0
+    wanted = json.loads(capsys.readouterr().out)
+    assert wanted["image_size"] == 64 and wanted["arch"] == "resnext_test"
+
+    resume = ["--resume", str(trained_abc["best"]), "--evaluate", *common]
+    assert cli.main(["train", str(trained_abc["data"]), *resume]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("resnext_test on ") and " at 64 px: " in out, out
+    assert f"top-1 {wanted['val.top1']:.2f}%" in out and f"loss {wanted['val.loss']:.4f}" in out, (out, wanted)
+
+    # val/ without class "a" and no train/: still the checkpoint's label order, so b is b
+    partial = tmp_path / "partial"
+    shutil.copytree(trained_abc["data"] / "val" / "b", partial / "val" / "b")
+    shutil.copytree(trained_abc["data"] / "val" / "c", partial / "val" / "c")
+    assert cli.main(["train", str(partial), *resume]) == 0
+    assert "(8 images, 0 unreadable)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

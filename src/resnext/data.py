@@ -267,7 +267,7 @@ def build_train_data(cfg: TrainConfig, di: Distributed) -> TrainData:
     train_dir, val_dir = data / "train", data / "val"
     if not train_dir.is_dir() and not (cfg.evaluate and val_dir.is_dir()):
         raise ResnextError(f"{data} has no train/ folder; expected {data}/train/<class>/* and {data}/val/<class>/*")
-    classes = find_classes(train_dir if train_dir.is_dir() else val_dir)
+    classes = cfg.classes or find_classes(train_dir if train_dir.is_dir() else val_dir)
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
         raise ResnextError(f"--num-classes {cfg.num_classes} but {data} has {len(classes)} class folders")
     out = TrainData(classes, 0, accumulation, per_step * accumulation)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .distributed import Distributed, init_distributed, shutdown_distributed
 from .errors import ResnextError
+from .util import loader_workers
 
 logger = logging.getLogger("resnext")
 
@@ -139,13 +140,14 @@ def evaluate_folder(
     precision: str = "fp32",
     channels_last: bool = False,
     image_size: int | None = None,
-    workers: int = 4,
+    workers: int = loader_workers(),
     device: str = "auto",
     output: str | os.PathLike | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``weights`` (any source: see :mod:`resnext.sources`) on the ImageFolder tree ``root``; rank 0
-    writes the results as JSON to ``output``, atomically.
+    writes the results as JSON to ``output`` when given, atomically (an existing file only with ``overwrite``).
 
     ``image_size`` defaults to the size a training checkpoint (or an ``export-weights`` file) was trained at,
     else the published weights' preset, else 224. Class folders are matched by the checkpoint's class names.
@@ -158,6 +160,8 @@ def evaluate_folder(
     check_evaluate_options(batch_size=batch_size, workers=workers, image_size=image_size, precision=precision)
     if output is not None:
         check_writable(output, "--output")
+        if os.path.lexists(output) and not overwrite:
+            raise ResnextError(f"--output {output} exists: pass --overwrite to replace it, or choose another file")
     dist_info = init_distributed(device)
     try:
         source = load_source(weights, arch=arch, use_ema=use_ema, progress=progress and dist_info.is_main)

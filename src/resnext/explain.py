@@ -16,6 +16,7 @@ image exactly as the model saw it.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from .errors import ResnextError
 from .images import ImageSource, load_image
 from .transforms import EvalPreset
 from .util import atomic_path
+
+#: smallest shorter side of an overlay as shown and saved (enlarged from smaller model crops)
+DISPLAY_SIZE = 224
 
 #: colour stops of the heat-map palette (dark blue -> cyan -> yellow -> red), perceptually ordered like "jet"
 #: but without its dark red end, so the hottest areas stay bright on any photo
@@ -79,9 +83,12 @@ def grad_cam(
     weights = grads.mean(dim=(2, 3), keepdim=True)
     cams = F.relu((weights * features.detach()).sum(dim=1, keepdim=True))
     cams = F.interpolate(cams, size=batch.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    low = cams.amin(dim=(1, 2), keepdim=True)
-    span = cams.amax(dim=(1, 2), keepdim=True) - low
-    cams = torch.where(span > 0, (cams - low) / span.clamp_min(1e-12), torch.zeros_like(cams))
+    low, high = cams.amin(dim=(1, 2), keepdim=True), cams.amax(dim=(1, 2), keepdim=True)
+    span = high - low
+    # a constant map (a 1x1 last stage: 32 px inputs) differs only by the interpolation's rounding, which scaling
+    # to [0, 1] would blow up into speckles: it has no location information and stays zero
+    located = span > 1e-5 * high.abs()
+    cams = torch.where(located, (cams - low) / span.clamp_min(1e-12), torch.zeros_like(cams))
     return cams.cpu(), targets.cpu(), logits.detach().float().cpu()
 
 
@@ -124,8 +131,16 @@ class Explanation:
     probability: float  # the model's probability of ``target`` for this image
     image: Image.Image
 
-    def overlay(self, alpha: float = 0.5) -> Image.Image:
-        return overlay_heatmap(self.image, self.heatmap, alpha)
+    def overlay(self, alpha: float = 0.5, min_size: int = DISPLAY_SIZE) -> Image.Image:
+        """The heat-map over the image, enlarged by a whole factor until its shorter side is at least
+        ``min_size``: a 32 px model's crop would otherwise be a thumbnail on screen and in files."""
+        image, heatmap = self.image, self.heatmap
+        factor = math.ceil(min_size / min(image.size))
+        if factor > 1:
+            image = image.resize((image.width * factor, image.height * factor), Image.Resampling.BICUBIC)
+            enlarged = F.interpolate(heatmap[None, None].float(), size=(image.height, image.width), mode="bilinear")
+            heatmap = enlarged[0, 0].clamp(0, 1)
+        return overlay_heatmap(image, heatmap, alpha)
 
 
 def resolve_target(target: int | str | None, categories: Sequence[str]) -> int | None:

@@ -71,7 +71,7 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> list[str]:
-        sizes = ", ".join(f"{Path(f).name} ({Path(f).stat().st_size / 2**20:.1f} MiB)" for f in self.files)
+        sizes = ", ".join(f"{f} ({Path(f).stat().st_size / 2**20:.1f} MiB)" for f in self.files)  # as given
         lines = [f"wrote {self.format} {self.precision}: {sizes}"]
         lines += [f"  parity vs PyTorch fp32, {p.line()}" for p in self.parity]
         if self.accuracy:

@@ -186,17 +186,23 @@ class Predictor:
         """Pooled penultimate features ``[N, D]`` (float32, CPU) of a preprocessed batch:
         ``model.forward_head(model.forward_features(x), pre_logits=True)`` on the eager model, or the ``features``
         output of an exported file written with them. ``normalize`` scales each row to unit L2 norm."""
+        self.check_embeddable()
         if getattr(self.backend, "has_features", False):
             out = self.backend.features(batch)  # type: ignore[attr-defined]
-        elif self.model is not None and hasattr(self.model, "forward_features"):
-            out = _torch_features(self.model, self.backend, batch)
         else:
-            raise ResnextError(
-                "this model file has no 'features' output: re-export it with features "
-                "(resnext.export.ExportConfig(features=True)) or embed with the torch backend"
-            )
+            assert self.model is not None  # check_embeddable
+            out = _torch_features(self.model, self.backend, batch)
         out = out.float().cpu()
         return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+    def check_embeddable(self) -> None:
+        """A one-line error naming the fix when :meth:`embed` cannot run: an exported file without features."""
+        if getattr(self.backend, "has_features", False) or hasattr(self.model, "forward_features"):
+            return
+        raise ResnextError(
+            "this model file has no 'features' output: re-export it with `resnext export --features` "
+            "(Python: ExportConfig(features=True)), or embed with --backend torch"
+        )
 
     def explain(self, image: ImageSource, target: int | str | None = None) -> Explanation:
         """Grad-CAM heat-map of ``image`` for ``target`` (class index or name; default: the top class), aligned

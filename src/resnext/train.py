@@ -7,10 +7,11 @@
         --resume auto
     # fine-tune the published weights on a 5-class folder, training only the head:
     resnext train /data/flowers --pretrained --num-classes 5 --freeze-backbone --epochs 10 --lr 0.1 --warmup 0
-    # from scratch on a small data set: every residual block starts as the identity (NVIDIA's flag):
-    resnext train /data/small --last-bn-0-init --epochs 8 --lr 0.1 --warmup 0 --workspace runs/small
-    # only evaluate a checkpoint on DATA_DIR/val (prints top-1/top-5; writes nothing):
-    resnext train /data/flowers --arch resnext_test --resume runs/flowers/best.pth --evaluate
+    # from scratch on a small data set on a CPU (every residual block starts as the identity; lr per 256 images):
+    resnext train /data/small --arch resnext_test --image-size 32 --last-bn-0-init --lr 0.4 -b 16 --warmup 1 \\
+        --epochs 5 --workspace runs/small
+    # only evaluate a checkpoint on DATA_DIR/val (prints top-1/top-5; writes nothing; arch, classes, size from it):
+    resnext train /data/small --resume runs/small/best.pth --evaluate
     # speed: synthetic data, 100 iterations per epoch
     resnext train --data-backend synthetic --prof 100 --epochs 1 --precision bf16 --memory-format nhwc
     # plain weights (or EMA weights) with their arch, class names and image size, for --weights anywhere:
@@ -94,6 +95,7 @@ class TrainResult:
     status: Status
     epochs_done: int = 0
     best_top1: float = -1.0
+    best_epoch: int = 0  # the epoch of best.pth (0: none yet)
     metrics: dict[str, Any] = field(default_factory=dict)
     stopped_by: int | None = None  # the signal number, for Status.STOPPED
     checkpoint: str | None = None
@@ -108,6 +110,7 @@ class TrainState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps done in the current epoch
     best_top1: float = -1.0
+    best_epoch: int = 0
 
 
 class Trainer:
@@ -166,7 +169,9 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt.get("state_dict_ema", ckpt["state_dict"]))
-        self.state = TrainState(int(ckpt["epoch"]), int(ckpt.get("step", 0)), float(ckpt["best_prec1"]))
+        self.state = TrainState(
+            int(ckpt["epoch"]), int(ckpt.get("step", 0)), float(ckpt["best_prec1"]), int(ckpt.get("best_epoch", 0))
+        )
         set_rng_state(ckpt["rng"])
         if self.di.is_main:
             logger.info("resumed from %s at epoch %d, step %d", path, self.state.epoch + 1, self.state.step)
@@ -196,15 +201,15 @@ class Trainer:
         """Train from the current state to ``--epochs`` (or ``--run-epochs`` more); ``--evaluate``: validate only."""
         cfg, s = self.cfg, self.state
         if cfg.evaluate:
-            return TrainResult(Status.EVALUATED, s.epoch, s.best_top1, self.validate())
+            return TrainResult(Status.EVALUATED, s.epoch, s.best_top1, s.best_epoch, self.validate())
         self.start()
         end_epoch = cfg.epochs if cfg.run_epochs is None else min(cfg.epochs, s.epoch + cfg.run_epochs)
-        result = TrainResult(Status.COMPLETED, s.epoch, s.best_top1)
+        result = TrainResult(Status.COMPLETED, s.epoch, s.best_top1, s.best_epoch)
         while s.epoch < end_epoch:
             if self.train_epoch() is Status.STOPPED:
                 return self._stopped(result, self.save(end_of_epoch=False, is_best=False))
             result.metrics = self.finish_epoch()
-            result.epochs_done, result.best_top1 = s.epoch, s.best_top1
+            result.epochs_done, result.best_top1, result.best_epoch = s.epoch, s.best_top1, s.best_epoch
             if self.stop.signum is not None:  # arrived during validation: the epoch checkpoint is already written
                 return self._stopped(result, self.workspace / "last.pth")
         return result
@@ -403,6 +408,8 @@ class Trainer:
             **val,
         }
         s.epoch, s.step = s.epoch + 1, 0
+        if is_best:
+            s.best_epoch = s.epoch
         path = self.save(end_of_epoch=True, is_best=is_best)
         if self.di.is_main:
             self.log(s.epoch, None, metrics, s.epoch * self.data.steps_per_epoch)
@@ -426,6 +433,7 @@ class Trainer:
             "epoch": s.epoch,
             "step": s.step,
             "best_prec1": s.best_top1,
+            "best_epoch": s.best_epoch,
             "arch": cfg.arch,
             "classes": self.data.classes,
             "image_size": cfg.image_size,

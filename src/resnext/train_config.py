@@ -3,9 +3,10 @@ checks that run before any work (a bad value is one line and exit status 2, neve
 
     resnext train /data/imagenet --recipe nvidia-90e --workspace runs/r101          # NVIDIA's 90-epoch recipe
     resnext train /data/flowers --pretrained --num-classes 5 --freeze-backbone --epochs 10 --lr 0.1 --warmup 0
-    resnext train /data/small --arch resnext101_32x4d --last-bn-0-init --epochs 8 --lr 0.1 --warmup 0
+    resnext train /data/small --arch resnext_test --image-size 32 --last-bn-0-init --lr 0.4 -b 16 --warmup 1 --epochs 5
 
-Precedence: dataclass defaults, then ``--recipe``, then the flags given explicitly.
+Precedence: dataclass defaults, then ``--recipe``, then the architecture, image size (and, resumed or only
+evaluated, class names) of the starting checkpoint, then the flags given explicitly.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from .errors import ResnextError
 from .models import list_models
-from .util import AUTOCAST_DTYPES
+from .util import AUTOCAST_DTYPES, loader_workers
 
 __all__ = ["RECIPES", "PRECISIONS", "MAX_IMAGE_SIZE", "TrainConfig", "add_train_arguments", "config_from_args"]
 
@@ -74,7 +75,7 @@ class TrainConfig:
     memory_format: str = "nchw"
     compile: bool = False
     image_size: int = 224
-    workers: int = 4
+    workers: int = loader_workers()  # 4, or one per usable CPU when fewer
     data_backend: str = "pytorch"
     seed: int = 0
     workspace: str = "runs/train"
@@ -90,6 +91,9 @@ class TrainConfig:
     keep_last: int = 2
     print_freq: int = 10
     progress: bool = True
+    #: label order; None: the sorted train/ folders. config_from_args takes it from a checkpoint that is resumed
+    #: or evaluated, so an evaluated val/ may lack some classes
+    classes: list[str] | None = None
     # resolved at start-up (recorded in checkpoints and config.json)
     resolved: dict[str, Any] = field(default_factory=dict)
 
@@ -282,12 +286,38 @@ def _add_run_flags(parser: argparse.ArgumentParser, add: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace | dict[str, Any]) -> TrainConfig:
-    """Dataclass defaults, then the ``--recipe`` values, then the flags given explicitly; validated."""
+    """Dataclass defaults, then the ``--recipe`` values, then what the starting checkpoint records
+    (:func:`starting_checkpoint_values`), then the flags given explicitly; validated."""
     names = {f.name for f in fields(TrainConfig)}
     given = {k: v for k, v in (vars(args) if isinstance(args, argparse.Namespace) else args).items() if k in names}
     recipe = given.get("recipe")
     if recipe is not None and recipe not in RECIPES:
         raise ResnextError(f"unknown --recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    cfg = TrainConfig(**{**RECIPES.get(recipe or "", {}), **given})
+    cfg = TrainConfig(**{**RECIPES.get(recipe or "", {}), **starting_checkpoint_values(given), **given})
     cfg.validate()
     return cfg
+
+
+def starting_checkpoint_values(given: dict[str, Any]) -> dict[str, Any]:
+    """``arch`` and ``image_size`` of the checkpoint a run starts from (``--resume``, ``auto`` meaning
+    ``<workspace>/last.pth``; else a ``--weights`` file), read as every command reads them
+    (:func:`resnext.sources.checkpoint_metadata`); plus its ``classes`` when the run continues or only evaluates
+    it (fine-tuning with ``--weights`` trains on the data's own classes)."""
+    from pathlib import Path
+
+    from .sources import checkpoint_metadata
+    from .weights import read_checkpoint
+
+    path = given.get("resume")
+    if path == "auto":
+        last = Path(given.get("workspace", TrainConfig.workspace)) / "last.pth"
+        path = str(last) if last.is_file() else None
+    keeps_classes = bool(path or given.get("evaluate"))
+    weights = given.get("weights")
+    path = path or (weights if weights and Path(weights).is_file() else None)
+    if path is None:
+        return {}
+    values = checkpoint_metadata(read_checkpoint(path, progress=False))
+    if not keeps_classes:
+        values.pop("classes", None)
+    return values

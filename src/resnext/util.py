@@ -28,6 +28,16 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def loader_workers(wanted: int = 4) -> int:
+    """``wanted`` DataLoader processes, at most one per CPU this process may use (torch's DataLoader warns
+    beyond that, counting the same affinity mask)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(1, min(wanted, cpus))
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     if precision not in AUTOCAST_DTYPES:
         raise ResnextError(f"unknown precision {precision!r}; choose one of {', '.join(AUTOCAST_DTYPES)}")

@@ -82,7 +82,10 @@ def run_bulk(args: argparse.Namespace, task: str) -> int:
                 import torch
 
                 torch.set_num_threads(args.threads)
-            summary = run_local(job, spec.predictor(), writer=writer, spec=spec)
+            predictor = spec.predictor()
+            if task == "embed":
+                predictor.check_embeddable()  # before the progress bar: one line naming `resnext export --features`
+            summary = run_local(job, predictor, writer=writer, spec=spec)
     except BaseException:
         writer.abort()
         raise

@@ -97,11 +97,13 @@ def run_client(args: argparse.Namespace) -> int:
     Print the top-k classes of each image as a Triton server answers them. Exit status 1 if any image could not be
     classified.
     """
-    from ..images import find_images, sample_images
+    from ..bulk import list_inputs
+    from ..images import sample_images
     from ..report import format_json, format_table
     from ..serve.client import TritonClient
 
-    sources = find_images(args.inputs) if args.inputs else sample_images()
+    # classify's listing: folders and globs expanded, a file named twice (alone and in its folder) classified once
+    sources = list_inputs(args.inputs) if args.inputs else sample_images()
     if not sources:
         raise ResnextError(f"no images found in {', '.join(args.inputs)}")
     failed = 0

@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+from ..util import loader_workers
 from .common import add_command, add_flags, add_model_args
 
 PRECISIONS = ["fp32", "bf16", "fp16"]  # evaluation runs eager torch under autocast: no int8
@@ -50,19 +51,32 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"{cfg.arch} on {cfg.data}/val at {cfg.image_size} px: {shown}")
     if result.status is Status.STOPPED:
         return 128 + int(result.stopped_by or signal.SIGTERM)
+    if result.status is Status.COMPLETED and int(os.environ.get("RANK", "0")) == 0:
+        print(_closing_summary(cfg, result))
     return 0
+
+
+def _closing_summary(cfg: Any, result: Any) -> str:
+    """What a finished run leaves: the best epoch, its top-1 and where its weights are."""
+    best = os.path.join(cfg.workspace, "best.pth")
+    done = f"trained {result.epochs_done}/{cfg.epochs} epochs"
+    if result.best_top1 < 0:  # no val/ folder: best.pth follows last.pth
+        return f"{done} (no validation data): the last epoch's weights are in {best}"
+    at = f" at epoch {result.best_epoch}" if result.best_epoch else ""  # 0: a checkpoint older than best_epoch
+    return f"{done}: best val top-1 {result.best_top1:.2f}%{at}, weights in {best}"
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "evaluate", run_evaluate)
     p.add_argument("data", metavar="DATA_DIR/val", help="folder with <class>/<image> (class names as in training)")
     add_model_args(p)
-    add_flags(p, "channels_last", "image_size", "device", "json", batch_size=64, workers=4)
+    add_flags(p, "channels_last", "image_size", "device", "json", batch_size=64, workers=loader_workers())
     add_flags(
         p, precision={"default": "fp32", "choices": PRECISIONS, "help": "autocast precision"}, ema={"dest": "use_ema"}
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--output", "-o", default="evaluation.json", help="JSON results file (default: %(default)s)")
+    p.add_argument("--output", "-o", metavar="FILE", help="also write the results as JSON to FILE (default: none)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -81,7 +95,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             print(
                 f"{r['arch']} on {r['data']}: top-1 {r['val.top1']:.2f}%  top-5 {r['val.top5']:.2f}%  "
                 f"loss {r['val.loss']:.4f}  ({r['val.count']} images at {r['image_size']} px, "
-                f"{r['val.total_ips']:.1f} img/s, {r['val.skipped_images']} unreadable); wrote {args.output}"
+                f"{r['val.total_ips']:.1f} img/s, {r['val.skipped_images']} unreadable)"
+                + (f"; wrote {args.output}" if args.output else "")
             )
     return 1 if r["val.skipped_images"] else 0
 
