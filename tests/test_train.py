@@ -199,6 +199,30 @@ def test_recipe_sets_nvidia_values_and_explicit_flags_override() -> None:
     assert (plain.epochs, plain.mixup, plain.precision, plain.last_bn_0_init) == (90, 0.0, "fp32", False)
 
 
+def test_no_augmentation_trains_on_the_evaluation_preprocessing(tmp_path: Path) -> None:
+    # tiny, centred, not flip-invariant objects (digits) need training views that look like the evaluation crop
+    from conftest import load_labelled
+
+    from resnext.data import build_train_data
+    from resnext.distributed import Distributed
+
+    data = make_tiny_dataset(tmp_path, num_classes=2, train_per_class=4, val_per_class=1, size=48)
+    expected, _ = load_labelled(data / "train", 32)
+    seen = {}
+    for flags in ([], ["--no-augmentation"]):
+        cfg = config_from_args(
+            cli.build_parser().parse_args(["train", str(data), "--image-size", "32", "-b", "8", "-j", "0", *flags])
+        )
+        loader = build_train_data(cfg, Distributed()).loader
+        loader.sampler.set_epoch(0)
+        images, _, _ = next(iter(loader))
+        order = [index for index, _ in loader.sampler]
+        seen[bool(flags)] = (images, expected[order])
+    plain, augmented = seen[True], seen[False]
+    assert torch.equal(plain[0], plain[1])  # exactly the eval preset's tensors, in the sampler's order
+    assert not torch.allclose(augmented[0], augmented[1], atol=0.1)  # NVIDIA's random crops and flips by default
+
+
 def test_data_loader_workers_default_to_the_usable_cpus_at_most_4() -> None:
     """train and evaluate start no more loader processes than CPUs this process may use (torch warns beyond them,
     twice per run on a 2-core machine with the old default of 4)."""

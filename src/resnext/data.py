@@ -209,13 +209,15 @@ def train_loader(
     process: Distributed = _ONE_PROCESS,
     accumulation: int = 1,
     seed: int = 0,
+    augment: bool = True,
 ) -> DataLoader:
-    """Loader over ``root`` with NVIDIA's training augmentation; ``loader.sampler`` is the :class:`TrainSampler`.
+    """Loader over ``root`` with NVIDIA's training augmentation (``augment=False``: the evaluation preset);
+    ``loader.sampler`` is the :class:`TrainSampler`.
 
     ``process`` is this process's place in the run: its rank picks its share of each batch, and a CUDA device
     gets pinned memory.
     """
-    dataset = ImageFolder(root, train_preset(image_size))
+    dataset = ImageFolder(root, train_preset(image_size) if augment else eval_preset(image_size))
     sampler = TrainSampler(
         len(dataset), batch_size, rank=process.rank, world_size=process.world_size, accumulation=accumulation, seed=seed
     )
@@ -279,7 +281,9 @@ def build_train_data(cfg: TrainConfig, di: Distributed) -> TrainData:
         "process": di,
     }
     if not cfg.evaluate:
-        out.loader = train_loader(train_dir, accumulation=accumulation, seed=cfg.seed, **shared)
+        out.loader = train_loader(
+            train_dir, accumulation=accumulation, seed=cfg.seed, augment=not cfg.no_augmentation, **shared
+        )
         out.steps_per_epoch = min(out.loader.sampler.steps_per_epoch, cfg.prof or out.loader.sampler.steps_per_epoch)
     if val_dir.is_dir():
         out.val_loader = eval_loader(val_dir, classes=classes, **shared)

@@ -71,6 +71,7 @@ class TrainConfig:
     weight_decay: float = 1 / 16384
     use_ema: float | None = None
     last_bn_0_init: bool = False
+    no_augmentation: bool = False
     precision: str = "fp32"
     memory_format: str = "nchw"
     compile: bool = False
@@ -228,6 +229,13 @@ def _add_recipe_flags(parser: argparse.ArgumentParser, add: Any) -> None:
         "last_bn_0_init",
         "zero-initialise the gamma of each block's last BatchNorm (bn3), as NVIDIA's flag: "
         "every residual block starts as the identity (helps short runs from scratch)",
+        action="store_true",
+    )
+    add(
+        "no_augmentation",
+        "train on the evaluation preprocessing (resize to --image-size + 32, centre crop) instead of NVIDIA's "
+        "random-resized crop (8-100%% of the area) and horizontal flip: for small data sets of tiny, centred or "
+        "not flip-invariant objects (digits)",
         action="store_true",
     )
 
