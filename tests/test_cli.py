@@ -1,19 +1,24 @@
 """The CLI behaves the same everywhere: --version, `resnext models`, -v after the command, inputs checked before
-the model is loaded, --threads, and model files classified by the runtime their suffix names."""
+the model is loaded, --threads, model files classified by the runtime their suffix names, and -v printing the
+causes of a user error."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import SAMPLES
 
 import resnext
 from resnext import cli
+from resnext.errors import WeightsError
 from resnext.runtimes import RUNTIMES
+from resnext.weights import read_checkpoint
 
 
 def test_version_is_the_package_version(capsys):
@@ -189,3 +194,23 @@ def test_export_features_flag_feeds_resnext_embed(tmp_path, small_checkpoint, ca
         expected = source.model.forward_head(source.model.forward_features(batch), pre_logits=True)
     assert vectors.shape == (3, expected.shape[1])
     assert np.abs(vectors - expected.numpy()).max() <= 1e-4 * max(1.0, float(expected.abs().max()))
+
+
+def test_verbose_prints_the_cause_chain_above_the_one_line_error(tmp_path, small_checkpoint, capsys):
+    data = small_checkpoint.read_bytes()
+    weights = tmp_path / "truncated.pth"
+    weights.write_bytes(data[: len(data) // 2])
+    argv = ["classify", str(SAMPLES[0]), "--arch", "resnext_test", "--workers", "0", "--weights", str(weights)]
+    assert cli.main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()  # by default: the message alone, one line
+    assert line.startswith("resnext: error: ") and "truncated or corrupt" in line
+
+    assert cli.main([*argv, "-v"]) == 2
+    verbose = capsys.readouterr().err
+    assert verbose.splitlines()[-1] == line  # the same line, last, under the chain
+    with pytest.raises(WeightsError) as info:
+        read_checkpoint(weights)
+    root = info.value.__cause__
+    assert root is not None
+    assert "The above exception was the direct cause of the following exception" in verbose
+    assert "".join(traceback.format_exception_only(type(root), root)) in verbose

@@ -200,7 +200,7 @@ def _entry_lock(entry: Path) -> Iterator[None]:
         entry.parent.mkdir(parents=True, exist_ok=True)
         lock = open(entry.with_name(entry.name + ".lock"), "a")  # noqa: SIM115 - held for the whole block
     except OSError as exc:
-        raise CacheUnwritable(f"cannot write the auto cache {entry.parent}: {exc.strerror or exc}") from None
+        raise CacheUnwritable(f"cannot write the auto cache {entry.parent}: {exc.strerror or exc}") from exc
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or its process dies
         yield
@@ -222,7 +222,7 @@ def build_entry(
         try:
             stage = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-"))
         except OSError as exc:
-            raise CacheUnwritable(f"cannot write the auto cache {entry.parent}: {exc.strerror or exc}") from None
+            raise CacheUnwritable(f"cannot write the auto cache {entry.parent}: {exc.strerror or exc}") from exc
         try:
             precision = key.precision
             calibration = calibration_dir or (str(Path(sample_images()[0]).parent) if precision == "int8" else None)
@@ -264,7 +264,7 @@ def build_entry(
             record_timing(key, export_seconds=seconds)
             return manifest, False
         except OSError as exc:
-            raise CacheUnwritable(f"cannot write the auto cache {entry.parent}: {exc.strerror or exc}") from None
+            raise CacheUnwritable(f"cannot write the auto cache {entry.parent}: {exc.strerror or exc}") from exc
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 

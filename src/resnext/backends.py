@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import ResnextError
+from .errors import ResnextError, first_line
 from .hardware import native_precisions
 from .runtimes import INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, RUNTIMES
 
@@ -166,7 +166,7 @@ class OnnxRuntimeBackend(ExportedBackend):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable or invalid files
-            raise ResnextError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})") from None
+            raise ResnextError(f"{path} is not a valid ONNX model ({first_line(exc)})") from exc
         meta = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
@@ -217,9 +217,7 @@ class OpenVinoBackend(ExportedBackend):
         try:
             model = core.read_model(str(path))
         except Exception as exc:  # openvino raises RuntimeError with a multi-line C++ trace
-            raise ResnextError(
-                f"{path} is not a readable OpenVINO/ONNX model ({str(exc).splitlines()[0][:200]})"
-            ) from None
+            raise ResnextError(f"{path} is not a readable OpenVINO/ONNX model ({first_line(exc)})") from exc
         metadata: dict[str, Any] = {}
         if model.has_rt_info(METADATA_KEY):
             metadata = json.loads(model.get_rt_info(METADATA_KEY).astype(str))
@@ -243,9 +241,7 @@ class OpenVinoBackend(ExportedBackend):
         try:
             self.compiled = core.compile_model(model, ov_device, config)
         except Exception as exc:
-            raise ResnextError(
-                f"OpenVINO could not compile {path} for {ov_device}: {str(exc).splitlines()[0][:200]}"
-            ) from None
+            raise ResnextError(f"OpenVINO could not compile {path} for {ov_device}: {first_line(exc)}") from exc
         ran = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         name = ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran)
         #: the precision OpenVINO actually runs: "fp32", "bf16" or "fp16"
@@ -279,9 +275,7 @@ def _archive_metadata(path: Path, loader: Callable[..., Any]) -> tuple[Any, dict
     try:
         obj = loader(str(path), extra)
     except Exception as exc:  # torch raises RuntimeError/zipfile errors for foreign files
-        raise ResnextError(
-            f"{path} is not a readable archive for this backend ({str(exc).splitlines()[0][:200]})"
-        ) from None
+        raise ResnextError(f"{path} is not a readable archive for this backend ({first_line(exc)})") from exc
     raw = extra[METADATA_FILE]
     if not raw:
         raise ResnextError(f"{path} has no {METADATA_FILE} entry: export it with `resnext export`")

@@ -49,7 +49,7 @@ def read_list_file(path: str | os.PathLike[str]) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ResnextError(f"cannot read --from-list {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise ResnextError(f"cannot read --from-list {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 

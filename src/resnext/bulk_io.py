@@ -93,8 +93,8 @@ class LineWriter(OutputWriter):
                 position += len(raw)
                 try:
                     yield raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise damaged(self.path, f"line {number} is not UTF-8") from None
+                except UnicodeDecodeError as exc:
+                    raise damaged(self.path, f"line {number} is not UTF-8") from exc
 
     def parse(self, lines: Iterator[str]) -> Iterator[str]:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -123,7 +123,7 @@ class LineWriter(OutputWriter):
             self._cut_back(start)
             if isinstance(exc, ResnextError):
                 raise
-            raise ResnextError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+            raise ResnextError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
     def _cut_back(self, committed: int) -> None:
         """After a failed write (a full disk): back to the last complete record, so a resume finds no torn one."""
@@ -151,7 +151,7 @@ class LineWriter(OutputWriter):
                     f.write(self.header())
                 self.write_manifest(committed=len(self.header().encode("utf-8")))
         except OSError as exc:
-            raise ResnextError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+            raise ResnextError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         finally:
             self.lock.release()
 
@@ -168,8 +168,8 @@ class JsonlWriter(LineWriter):
         for number, line in enumerate(lines, 1):
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
-                raise damaged(self.path, f"line {number} is not JSON") from None
+            except json.JSONDecodeError as exc:
+                raise damaged(self.path, f"line {number} is not JSON") from exc
             if not _is_row(row, self.task):
                 raise damaged(self.path, f"line {number} is not a {self.task} row")
             yield row["path"]
@@ -221,7 +221,7 @@ class CsvWriter(LineWriter):
                     raise damaged(self.path, f"line {reader.line_num} is blank or has other cells than a row")
                 yield row[0]
         except csv.Error as exc:
-            raise damaged(self.path, f"line {reader.line_num} is not CSV ({exc})") from None
+            raise damaged(self.path, f"line {reader.line_num} is not CSV ({exc})") from exc
 
     def header(self) -> str:
         return self._csv([self.columns()])

@@ -106,7 +106,7 @@ class OutputLock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
             except OSError as exc:
-                raise ResnextError(f"cannot lock {self.output}: {exc.strerror or exc}") from None
+                raise ResnextError(f"cannot lock {self.output}: {exc.strerror or exc}") from exc
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -116,7 +116,7 @@ class OutputLock:
                 raise ResnextError(
                     f"{self.output} is being written by another run (pid {holder if holder.isdigit() else 'unknown'}"
                     "): wait for it to finish, or choose another --output"
-                ) from None
+                ) from None  # flock's EWOULDBLOCK only says the lock is held, which this says
             try:
                 current = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
             except FileNotFoundError:
@@ -223,7 +223,7 @@ class OutputWriter:
         try:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ResnextError(f"cannot read {self.manifest_path}: {getattr(exc, 'strerror', None) or exc}") from None
+            raise ResnextError(f"cannot read {self.manifest_path}: {getattr(exc, 'strerror', None) or exc}") from exc
         if (
             not isinstance(manifest, dict)
             or manifest.get("format") != MANIFEST_FORMAT

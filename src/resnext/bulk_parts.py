@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .bulk_output import OutputWriter, Row, damaged, embed_row, fingerprint, rows_to_table
+from .errors import first_line
 from .runtimes import require
 from .util import atomic_path, sweep_stale_temporaries
 
@@ -69,7 +70,7 @@ class PartsWriter(OutputWriter):
                     raise damaged(part, "is not a part of a resnext output")
                 paths += pq.read_table(part, columns=["path"]).column("path").to_pylist()
         except (OSError, ValueError, KeyError) as exc:  # pyarrow's errors derive from these
-            raise damaged(self.path, f"cannot be read ({str(exc).splitlines()[0][:200]})") from None
+            raise damaged(self.path, f"cannot be read ({first_line(exc)})") from exc
         return paths
 
     def append(self, rows: Sequence[Row]) -> None:

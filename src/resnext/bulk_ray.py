@@ -37,7 +37,7 @@ import numpy as np
 from .bulk import BulkJob, BulkSummary, ModelSpec, is_remote, open_output, row_settings, write_rows
 from .bulk_io import OutputWriter, classify_row, embed_row, rows_to_table
 from .download import is_url
-from .errors import ImageError, ResnextError
+from .errors import ImageError, ResnextError, first_line
 from .runtimes import require
 
 logger = logging.getLogger(__name__)
@@ -75,11 +75,11 @@ def read_bytes(uri: str, max_bytes: int) -> bytes:
 
             stream = fsspec.open(uri, "rb").open()
         except Exception as exc:  # noqa: BLE001 - missing driver package, credentials, no such object, ...
-            raise ImageError(f"{uri}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+            raise ImageError(f"{uri}: cannot read ({type(exc).__name__}: {first_line(exc)})") from exc
     try:
         data = stream.read(max_bytes + 1)
     except Exception as exc:  # noqa: BLE001
-        raise ImageError(f"{uri}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise ImageError(f"{uri}: cannot read ({type(exc).__name__}: {first_line(exc)})") from exc
     finally:
         stream.close()
     if len(data) > max_bytes:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .errors import ResnextError
+from .errors import ResnextError, first_line
 from .sources import checkpoint_metadata, with_metadata
 from .util import _alive, atomic_open, atomic_path, check_writable, sweep_stale_temporaries
 from .weights import read_checkpoint
@@ -60,7 +60,7 @@ def prepare_workspace(workspace: str | os.PathLike[str], *, resume: str | None, 
     try:
         workspace.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ResnextError(f"cannot create --workspace {workspace}: {exc.strerror or exc}") from None
+        raise ResnextError(f"cannot create --workspace {workspace}: {exc.strerror or exc}") from exc
     if not os.access(workspace, os.W_OK | os.X_OK):
         raise ResnextError(f"--workspace {workspace} is not writable")
     for path in sweep_stale_temporaries(workspace) + _sweep_legacy_temporaries(workspace):
@@ -96,7 +96,7 @@ def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> Path:
         try:
             torch.save(obj, f)
         except RuntimeError as exc:  # torch's zip writer reports a full disk as RuntimeError: make it an OSError
-            raise OSError(str(exc).strip().splitlines()[0] if str(exc).strip() else "write failed") from None
+            raise OSError(first_line(exc)) from exc
     return Path(path)
 
 

@@ -149,12 +149,12 @@ def _open(url: str, deadline: _Deadline):
     try:
         return _opener(deadline).open(request, timeout=deadline.remaining())
     except urllib.error.HTTPError as exc:
-        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         if deadline.expired() or isinstance(reason, TimeoutError) or "timed out" in str(reason):
             deadline.remaining()  # the deadline's own message when that is what ran out
-        raise DownloadError(f"{url}: {reason or type(exc).__name__}") from None
+        raise DownloadError(f"{url}: {reason or type(exc).__name__}") from exc
 
 
 def _declared_length(response, url: str, max_bytes: int) -> int | None:
@@ -178,12 +178,12 @@ def _stream(response, deadline: _Deadline, max_bytes: int, sink: Callable[[bytes
         deadline.arm(response)
         try:
             chunk = response.read1(_CHUNK)
-        except TimeoutError:
+        except TimeoutError as exc:
             deadline.remaining()
-            raise DownloadError(f"{url}: no data for {deadline.timeout:g} s after {received} bytes") from None
+            raise DownloadError(f"{url}: no data for {deadline.timeout:g} s after {received} bytes") from exc
         except (OSError, ValueError, http.client.HTTPException) as exc:
             deadline.remaining()  # a socket cut by the deadline's watchdog reports the deadline
-            raise DownloadError(f"{url}: connection failed after {received} bytes ({exc!r})") from None
+            raise DownloadError(f"{url}: connection failed after {received} bytes ({exc!r})") from exc
         if not chunk:
             deadline.remaining()  # an end of data caused by the watchdog is no complete body
             return received
@@ -233,7 +233,7 @@ def download_file(
         sweep_stale_temporaries(destination.parent)
         tmp = temporary_beside(destination, ".partial")
     except OSError as exc:
-        raise DownloadError(f"cannot write into {destination.parent}: {exc.strerror or exc}") from None
+        raise DownloadError(f"cannot write into {destination.parent}: {exc.strerror or exc}") from exc
     limit = _Deadline(url, deadline or deadline_s(WEIGHTS_DEADLINE_S), timeout)
     try:
         with open(tmp, "wb") as out:
@@ -246,7 +246,7 @@ def download_file(
         os.replace(tmp, destination)
         write_source_record(destination, url, digest.hexdigest())
     except OSError as exc:
-        raise DownloadError(f"cannot write {destination}: {exc.strerror or exc}") from None
+        raise DownloadError(f"cannot write {destination}: {exc.strerror or exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return destination
@@ -285,9 +285,9 @@ def _verify(verify: Callable[[Path], None] | None, path: Path, url: str) -> None
     try:
         verify(path)
     except ResnextError as exc:
-        raise DownloadError(f"{url}: the downloaded file was refused and not cached: {exc}") from None
+        raise DownloadError(f"{url}: the downloaded file was refused and not cached: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - any failure to verify means: do not cache it
-        raise DownloadError(f"{url}: the downloaded file is incomplete or damaged and was not cached ({exc})") from None
+        raise DownloadError(f"{url}: the downloaded file is incomplete or damaged and was not cached ({exc})") from exc
 
 
 def write_source_record(path: Path, url: str, sha256: str) -> Path:

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from .backends import FEATURES_NAME, require_tensorrt
-from .errors import ResnextError
+from .errors import ResnextError, first_line
 from .export_config import ExportConfig, ExportResult, Parity
 from .export_writers import (
     WithFeatures,
@@ -266,7 +266,7 @@ def export_model(config: ExportConfig, model: ModelSource | torch.nn.Module | No
         raise
     except Exception as exc:
         if isinstance(exc, OSError) or _disk_full(final.parent):  # full disk: some writers wrap the OSError
-            raise ResnextError(f"cannot write {final}: {_reason(exc, final.parent)}") from None
+            raise ResnextError(f"cannot write {final}: {_reason(exc, final.parent)}") from exc
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -339,7 +339,7 @@ def _staging_folder(final: Path) -> Path:
         sweep_stale_temporaries(final.parent, prefix=STAGING_PREFIX)
         return Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
     except OSError as exc:
-        raise ResnextError(f"cannot write {final}: {exc.strerror or exc}") from None
+        raise ResnextError(f"cannot write {final}: {exc.strerror or exc}") from exc
 
 
 def _disk_full(folder: Path) -> bool:
@@ -351,8 +351,7 @@ def _disk_full(folder: Path) -> bool:
 def _reason(exc: Exception, folder: Path) -> str:
     if _disk_full(folder):
         return f"no space left on the device holding {folder}"
-    text = getattr(exc, "strerror", None) or str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return getattr(exc, "strerror", None) or first_line(exc)
 
 
 def check_features(model: Any, runtime: Any, config: ExportConfig, precision: str, images: Tensor) -> Parity:

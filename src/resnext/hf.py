@@ -34,7 +34,7 @@ from typing import Any
 from torch import Tensor
 
 from .download import DEADLINE_ENV, MAX_WEIGHTS_BYTES, WEIGHTS_DEADLINE_S, deadline_s
-from .errors import ResnextError, WeightsError
+from .errors import ResnextError, WeightsError, first_line
 from .labels import imagenet_categories, imagenet_wnids
 from .transforms import EvalPreset
 from .util import TMP_PREFIX, atomic_open, atomic_path, sweep_stale_temporaries
@@ -127,9 +127,8 @@ def read_safetensors(path: Path, *, max_elements: int | None = None) -> dict[str
     except WeightsError:
         raise
     except Exception as exc:  # noqa: BLE001 - the Rust library raises its own error type for every bad header
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise WeightsError(
-            f"{path} is not a readable safetensors file (truncated, corrupt or hostile): {reason}"
+            f"{path} is not a readable safetensors file (truncated, corrupt or hostile): {first_line(exc, 160)}"
         ) from exc
     if not tensors:
         raise WeightsError(f"{path} holds no tensors")
@@ -408,8 +407,9 @@ def fetch_hf_hub(source: str) -> Path:
         except WeightsError:
             raise
         except Exception as exc:  # noqa: BLE001 - offline, unknown repo/revision, HTTP errors: one line each
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise WeightsError(f"could not get {filename} of {source}: {type(exc).__name__}: {reason}") from exc
+            raise WeightsError(
+                f"could not get {filename} of {source}: {type(exc).__name__}: {first_line(exc)}"
+            ) from exc
         _verify_cached_file(Path(path), source)
         return Path(path)
 

@@ -91,13 +91,13 @@ def load_image(
         return rgb
     except ResnextError:
         raise
-    except Image.DecompressionBombError:
-        raise ImageError(f"{name}: image dimensions exceed the limit of {max_pixels} pixels") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name}: image dimensions exceed the limit of {max_pixels} pixels") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated data, broken headers
-        raise ImageError(f"{name}: image data is corrupt or truncated ({exc})") from None
+        raise ImageError(f"{name}: image data is corrupt or truncated ({exc})") from exc
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders and EXIF parsing also raise struct.error,
         # TypeError, OverflowError, NotImplementedError, MemoryError, ... on damaged files: all mean "corrupt".
-        raise ImageError(f"{name}: image data is corrupt ({type(exc).__name__}: {exc})") from None
+        raise ImageError(f"{name}: image data is corrupt ({type(exc).__name__}: {exc})") from exc
 
 
 def _open_data(source: str | os.PathLike | bytes, name: str, max_bytes: int) -> tuple[Any, bytes | None]:
@@ -119,7 +119,7 @@ def _checked_file(path: Path, name: str, max_bytes: int) -> Path:
         if path.stat().st_size > max_bytes:
             raise ImageError(f"{name}: file is larger than {max_bytes} bytes")
     except (OSError, ValueError) as exc:  # name too long, NUL byte, permission denied on a parent folder
-        raise ImageError(f"{name}: cannot read ({exc})") from None
+        raise ImageError(f"{name}: cannot read ({exc})") from exc
     return path
 
 
@@ -134,14 +134,14 @@ def _open_image(data: Any, name: str, max_pixels: int) -> Image.Image:
     try:
         # Only the header is read here; Pillow's own bomb check may fire already (2x its limit).
         return Image.open(data)
-    except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image file, or a format Pillow cannot read") from None
-    except Image.DecompressionBombError:
-        raise ImageError(f"{name}: image dimensions exceed the limit of {max_pixels} pixels") from None
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name}: not an image file, or a format Pillow cannot read") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name}: image dimensions exceed the limit of {max_pixels} pixels") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"{name}: cannot open image ({exc})") from None
+        raise ImageError(f"{name}: cannot open image ({exc})") from exc
     except Exception as exc:  # noqa: BLE001 - header parsers raise struct.error, TypeError, ... on damage
-        raise ImageError(f"{name}: cannot open image ({type(exc).__name__}: {exc})") from None
+        raise ImageError(f"{name}: cannot open image ({type(exc).__name__}: {exc})") from exc
 
 
 def _check_size(image: Image.Image, name: str, max_pixels: int) -> None:

@@ -38,7 +38,7 @@ def read_label_file(path: str | os.PathLike[str]) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ResnextError(f"cannot read label file {path}: {exc}") from None
+        raise ResnextError(f"cannot read label file {path}: {exc}") from exc
     names = [line.strip() for line in lines if line.strip()]
     if not names:
         raise ResnextError(f"label file {path} holds no class names")

@@ -317,5 +317,5 @@ def model_from_state_dict(
     try:
         load_state_dict_into(model, state_dict)
     except WeightsError as exc:
-        raise WeightsError(f"{source} is not a {name} checkpoint: {exc}") from None
+        raise WeightsError(f"{source} is not a {name} checkpoint: {exc}") from exc
     return model

@@ -52,8 +52,8 @@ def plot_predictions(results: Sequence[ClassifyResult], path: str | os.PathLike[
 
         matplotlib.use("Agg")  # files only; never needs a display
         import matplotlib.pyplot as plt
-    except ImportError:
-        raise ResnextError("--plot needs matplotlib: pip install 'resnext[plot]'") from None
+    except ImportError as exc:
+        raise ResnextError("--plot needs matplotlib: pip install 'resnext[plot]'") from exc
     results = [r for r in results if r.predictions is not None][:MAX_PLOT_ROWS]
     if not results:
         raise ResnextError("nothing to plot: no image was classified")

@@ -131,8 +131,8 @@ def require(module: str, extra: str) -> Any:
     """Import an optional dependency, or fail with the pip command that installs it."""
     try:
         return importlib.import_module(module)
-    except ImportError:
-        raise ResnextError(f"this needs the {module} package: pip install 'resnext[{extra}]'") from None
+    except ImportError as exc:
+        raise ResnextError(f"this needs the {module} package: pip install 'resnext[{extra}]'") from exc
 
 
 class TorchBackend:

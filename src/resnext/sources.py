@@ -186,7 +186,7 @@ def load_source(
     except WeightsError as exc:
         fits = infer_arch(state_dict)
         hint = f"; its tensors fit --arch {fits}" if fits and fits != arch else ""
-        raise WeightsError(f"{exc}{hint}") from None
+        raise WeightsError(f"{exc}{hint}") from exc
     classes = stored.get("classes") if num_classes is None else None
     source = _source(arch, model, str(weights), classes, stored.get("image_size"))
     if "transforms" in stored:

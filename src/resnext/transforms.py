@@ -85,7 +85,7 @@ def preset_from_config(config: Mapping[str, Any]) -> EvalPreset:
         raise ValueError(f"resize_size {resize} is smaller than crop_size {crop}")
     try:
         interpolation = InterpolationMode(config.get("interpolation", "bilinear"))
-    except ValueError:
+    except ValueError:  # from None: the enum's own error only repeats the value quoted here
         raise ValueError(f"unknown interpolation {config.get('interpolation')!r}") from None
     if interpolation not in (InterpolationMode.BILINEAR, InterpolationMode.BICUBIC, InterpolationMode.NEAREST):
         raise ValueError(f"interpolation {interpolation.value} is not bilinear, bicubic or nearest")

@@ -50,8 +50,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ResnextError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    except (RuntimeError, TypeError) as exc:
+        raise ResnextError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ResnextError("--device cuda was requested but no CUDA GPU is available")
     return resolved
@@ -89,13 +89,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         tmp = temporary_beside(path)
     except OSError as exc:
-        raise ResnextError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise ResnextError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise ResnextError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise ResnextError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

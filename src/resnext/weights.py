@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .download import download_file, is_url, url_cache_name, url_file_name
-from .errors import DownloadError, WeightsError
+from .errors import DownloadError, WeightsError, first_line
 from .labels import imagenet_categories
 from .transforms import EvalPreset, eval_preset
 
@@ -90,7 +90,7 @@ class Weights:
             raise WeightsError(
                 f"could not download pretrained weights from {exc}{source}; download the file by hand and place "
                 f"it at {path}, or set {MIRROR_ENV} to a base URL serving {self.file_name}, or pass --weights FILE"
-            ) from None
+            ) from exc
 
     def load_into(self, model: nn.Module, *, progress: bool = True) -> nn.Module:
         return load_checkpoint_into(model, self.fetch(progress=progress), progress=progress)
@@ -110,7 +110,7 @@ class WeightsEnum(Enum):
             except KeyError:
                 raise WeightsError(
                     f"unknown weights {obj!r} for {cls.__name__}; choose one of {', '.join(cls.__members__)}"
-                ) from None
+                ) from None  # the KeyError only repeats the name quoted above
         raise WeightsError(f"expected {cls.__name__} or its name, got {type(obj).__name__}")
 
     def __getattr__(self, name: str) -> Any:
@@ -247,7 +247,7 @@ def _fetch_url(url: str, *, progress: bool) -> Path:
         if not path.is_file():
             download_file(url, path, progress=progress, verify=verify_download)
     except DownloadError as exc:
-        raise WeightsError(f"could not download weights: {exc}") from None
+        raise WeightsError(f"could not download weights: {exc}") from exc
     return path
 
 
@@ -275,15 +275,15 @@ def _torch_load(path: Path) -> Any:
                 f"{path} was refused: it holds Python objects that are not loaded for safety ({name} is "
                 f"not a tensor or a plain container; loading it could run code). Nothing in it was run; only "
                 f"tensors, numbers, strings and plain containers are read (torch.load weights_only=True)"
-            ) from None
-        raise WeightsError(f"{path} is not a PyTorch checkpoint, or it is corrupt (unreadable pickle data)") from None
+            ) from exc
+        raise WeightsError(f"{path} is not a PyTorch checkpoint, or it is corrupt (unreadable pickle data)") from exc
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for damaged files; all mean the same
-        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc).split(". ")[0]
         if isinstance(exc, KeyError):
             reason = "unrecognised file format"
         raise WeightsError(
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason[:120]}"
-        ) from None
+        ) from exc
 
 
 #: torch's refusals of a non-allow-listed object, as worded by torch 2.0 - 2.14 (the wording keeps changing).
@@ -302,7 +302,7 @@ def _verify_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        raise WeightsError(f"{path} is a damaged checkpoint archive ({exc})") from None
+        raise WeightsError(f"{path} is a damaged checkpoint archive ({exc})") from exc
     if bad is not None:
         raise WeightsError(
             f"{path} is corrupt: the checksum of its record {bad!r} does not match (damaged or tampered)"

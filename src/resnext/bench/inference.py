@@ -292,8 +292,8 @@ def make_runner(
 def parse_list(text: str, kind: type = str) -> list[Any]:
     try:
         return [kind(item.strip()) for item in str(text).split(",") if item.strip()]
-    except ValueError:
-        raise ResnextError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
+    except ValueError as exc:
+        raise ResnextError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from exc
 
 
 def plan(config: BenchConfig) -> tuple[list[tuple[str, str]], list[str]]:

@@ -259,10 +259,10 @@ def start_server(config: ServingConfig, model: str) -> tuple[subprocess.Popen, s
     url = f"127.0.0.1:{http}"
     try:
         wait_ready(url, config.timeout, process, models=[model])
-    except ResnextError:
+    except ResnextError as exc:
         stop_server(process)
         err = process.stderr.read().decode(errors="replace").strip().splitlines() if process.stderr else []
-        raise ResnextError(f"resnext serve did not start: {err[-1] if err else 'no output'}") from None
+        raise ResnextError(f"resnext serve did not start: {err[-1] if err else 'no output'}") from exc
     return process, url, f"http://127.0.0.1:{metrics}/metrics"
 
 

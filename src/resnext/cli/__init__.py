@@ -1,7 +1,8 @@
 """``resnext`` command line: argument parsing and output only; each command calls into the library modules.
 
 User mistakes (bad paths, unreachable weights, corrupt images, ...) raise :class:`resnext.errors.ResnextError`;
-``main`` prints its message as one line on stderr and exits with status 2, without a traceback. Any other
+``main`` prints its message as one line on stderr and exits with status 2, without a traceback (with ``-v``, the
+chain of causes comes first, from :func:`error_chain`). Any other
 exception is a bug: one line naming the file holding its traceback, exit status 3 (table: ``EXIT_*`` below).
 Each command lives in a module of this package whose ``PARSERS`` add its subcommands.
 """
@@ -90,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ResnextError as exc:
+        if args.verbose:
+            print(error_chain(exc), end="", file=sys.stderr)
         print(f"resnext: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -104,6 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_CRASH
+
+
+def error_chain(exc: BaseException) -> str:
+    """The traceback of ``exc`` and of every error that caused it (``raise ... from``), root cause first: what
+    ``-v`` adds above a user error's one line, where the message alone hides which library call refused what."""
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 def write_crash_log(argv: Sequence[str]) -> str:

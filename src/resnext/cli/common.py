@@ -31,8 +31,8 @@ def _number(kind: type, low: float, what: str, *, strict: bool = False) -> Calla
     def parse(text: str) -> Any:
         try:
             value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from exc
         if not (value > low if strict else value >= low):  # also rejects NaN
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value

@@ -33,7 +33,7 @@ def _check_port(host: str, port: int) -> None:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.bind((host, port))
     except OSError as exc:
-        raise ResnextError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+        raise ResnextError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from exc
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -60,7 +60,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"resnext: serving the demo on http://{args.host}:{args.port} (Ctrl+C stops it)", file=sys.stderr)
         launch(app, host=args.host, port=args.port, block=True, quiet=True)
     except OSError as exc:  # port taken, address not available
-        raise ResnextError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
+        raise ResnextError(f"cannot serve on {args.host}:{args.port}: {exc}") from exc
     finally:
         if app is not None:
             app.close()

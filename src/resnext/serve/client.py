@@ -66,7 +66,7 @@ class TritonClient:
         try:
             live = self.client.is_server_live()
         except Exception as exc:  # noqa: BLE001 - any transport failure means "no server here"
-            raise ResnextError(f"no Triton server answers at {url} ({protocol}): {server_message(exc)}") from None
+            raise ResnextError(f"no Triton server answers at {url} ({protocol}): {server_message(exc)}") from exc
         if not live:
             raise ResnextError(f"the Triton server at {url} is not live")
 
@@ -135,7 +135,7 @@ class TritonClient:
         try:
             return self.client.infer(model, inputs, outputs=outputs)
         except Exception as exc:  # noqa: BLE001 - InferenceServerException or transport errors
-            raise ResnextError(server_message(exc)) from None
+            raise ResnextError(server_message(exc)) from exc
 
     def classify_bytes(self, info: ModelInfo, data: Sequence[bytes], topk: int) -> list[list[Prediction]]:
         """``<arch>_image``: encoded images -> the server's top-k."""

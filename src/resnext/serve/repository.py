@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ResnextError
+from ..errors import ResnextError, first_line
 from ..runtimes import RUNTIMES, require
 from ..sources import ModelSource, load_source
 from . import LABELS_FILE, SERVE_EXTRA
@@ -141,7 +141,7 @@ def parse_config(path: str | os.PathLike) -> Any:
     try:
         return text_format.Parse(Path(path).read_text(encoding="utf-8"), pb.ModelConfig())
     except (OSError, text_format.ParseError) as exc:
-        raise ResnextError(f"{path}: not a valid Triton model config ({str(exc).splitlines()[0]})") from None
+        raise ResnextError(f"{path}: not a valid Triton model config ({first_line(exc)})") from exc
 
 
 def validate_repository(root: str | os.PathLike, *, allow_missing_engine: bool = False) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..download import MAX_IMAGE_BYTES
-from ..errors import ResnextError
+from ..errors import ResnextError, first_line
 from ..images import MAX_IMAGE_PIXELS, load_image, sample_images
 from ..predict import Predictor, top_k
 from ..runtimes import INPUT_NAME, OUTPUT_NAME, run_merged
@@ -129,7 +129,7 @@ class ImageModel:
             try:
                 tensors.append(self.decode(item))
             except ResnextError as exc:  # names the item by its place in the request: bytes have no file name
-                raise ClientError(f"image {index} of the request ({len(items)} images): {exc}") from None
+                raise ClientError(f"image {index} of the request ({len(items)} images): {exc}") from exc
         return tensors
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -277,9 +277,8 @@ class ResnextServer:
             if isinstance(exc, ResnextError):
                 raise
             raise ResnextError(
-                f"Triton failed to start: {str(exc).splitlines()[0] if str(exc) else exc!r}"
-                + (f"; log: {tail}" if tail else "")
-            ) from None
+                f"Triton failed to start: {first_line(exc)}" + (f"; log: {tail}" if tail else "")
+            ) from exc
         return self
 
     def _warm_in_process(self) -> None:

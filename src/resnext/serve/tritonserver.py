@@ -227,7 +227,7 @@ class TritonProcess:
         except ResnextError as exc:
             tail = self.log_tail()
             self.stop()
-            raise ResnextError(f"{exc}; last log line: {tail}") from None
+            raise ResnextError(f"{exc}; last log line: {tail}") from exc
         return self
 
     def log_tail(self) -> str:
