@@ -17,8 +17,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "resnext"
 LAYERS: list[set[str]] = [
     {"errors"},
     {"util", "labels", "transforms", "download", "hardware"},
-    {"weights", "models", "hf"},
-    {"sources", "images"},
+    {"weights", "resnet", "hf"},
+    {"sources", "models", "images"},
     {"runtimes", "backends"},
     {"explain", "predict", "export", "export_config", "export_writers", "auto", "auto_cache"},
     {

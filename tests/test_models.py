@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
 from conftest import randomize_bn
 
-from resnext import create_model, list_models
+from resnext import create_model, get_model_weights, list_models
+from resnext.errors import WeightsError
 from resnext.models import ResNet, SEBottleneck, se_resnext101_32x4d
-from resnext.weights import WEIGHTS_BY_MODEL, load_checkpoint_into
+from resnext.weights import WeightsEnum, load_checkpoint_into
 
 # 64 px keeps every stage's spatial size >= 2 (64 / 32) while staying cheap on 2 CPU cores.
 X64 = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -36,7 +39,8 @@ def test_registry_lists_the_family() -> None:
 def test_parameter_counts(name: str, expected: int) -> None:
     model = create_model(name)
     assert sum(p.numel() for p in model.parameters()) == expected
-    assert WEIGHTS_BY_MODEL[name].DEFAULT.meta["num_params"] == expected
+    weights = get_model_weights(name)
+    assert weights is not None and weights.DEFAULT.meta["num_params"] == expected
 
 
 def test_resnext101_matches_torchvision_resnet_with_groups(tv_reference) -> None:
@@ -121,3 +125,44 @@ def test_resnext_test_has_no_published_weights() -> None:
 
     with pytest.raises(WeightsError, match="no published weights"):
         create_model("resnext_test", weights="DEFAULT")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_builds_with_its_own_weights_enum(name: str) -> None:
+    """The builder's ``weights`` parameter is the one record of its published weights (torchvision's pattern)."""
+    weights = get_model_weights(name)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = create_model(name)
+    assert model.arch_name == name
+    if weights is None:
+        with pytest.raises(WeightsError, match="no published weights"):
+            create_model(name, weights="DEFAULT")
+        return
+    assert issubclass(weights, WeightsEnum) and weights.DEFAULT in weights
+    assert weights.DEFAULT.meta["num_params"] == sum(p.numel() for p in model.parameters())
+    other = next(get_model_weights(n) for n in list_models() if get_model_weights(n) not in (None, weights))
+    with pytest.raises(WeightsError, match=weights.__name__):
+        create_model(name, weights=other.DEFAULT)  # another architecture's weights are refused, not loaded
+
+
+def test_create_model_from_a_file_is_built_once_and_in_training_mode(small_checkpoint) -> None:
+    """A file goes through load_source (the one resolver) and comes back like a fresh module: training mode."""
+    model = create_model("resnext_test", weights=str(small_checkpoint))
+    assert model.training and all(m.training for m in model.modules())
+    assert model.arch_name == "resnext_test"
+    expected = torch.load(small_checkpoint, weights_only=True)
+    torch.testing.assert_close(model.state_dict()["fc.weight"], expected["fc.weight"])
+    with pytest.raises(ValueError, match="cannot be combined"):
+        create_model("resnext_test", weights=str(small_checkpoint), zero_init_residual=True)
+
+
+def test_no_module_reaches_into_the_private_registry() -> None:
+    """``list_models``/``get_model_builder``/``get_model_weights`` are the registry's public face."""
+    root = Path(__file__).resolve().parents[1]
+    files = [*(root / "src").rglob("*.py"), *(root / "tests").glob("*.py"), root / "hubconf.py"]
+    users = sorted(
+        str(f.relative_to(root))
+        for f in files
+        if f.name not in ("resnet.py", Path(__file__).name) and "_MODEL_REGISTRY" in f.read_text()
+    )
+    assert users == []

@@ -14,11 +14,11 @@ from conftest import NGC_RESNEXT_FILE, place_file, randomize_bn, tv_resnext101_3
 import hubconf
 from resnext import ResNeXt101_32X4D_Weights, create_model
 from resnext.errors import WeightsError
+from resnext.models import get_weights
 from resnext.transforms import eval_preset
 from resnext.weights import (
     MIRROR_ENV,
     extract_state_dict,
-    get_weights,
     load_checkpoint_into,
     read_checkpoint,
     remap_state_dict,

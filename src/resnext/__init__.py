@@ -4,6 +4,7 @@ from .errors import DownloadError, ImageError, ResnextError, WeightsError
 from .models import (
     ResNet,
     create_model,
+    get_model_weights,
     list_models,
     resnet50,
     resnext101_32x4d,
@@ -30,6 +31,7 @@ __all__ = [
     "WeightsError",
     "create_model",
     "eval_preset",
+    "get_model_weights",
     "list_models",
     "load_source",
     "resnet50",

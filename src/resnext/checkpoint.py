@@ -202,7 +202,6 @@ def export_weights(
     """
     from .hf import describe_weights, save_hf_folder, save_safetensors
     from .sources import load_source
-    from .weights import published_weights
 
     output = Path(output)
     format = format or ("safetensors" if output.suffix == ".safetensors" else "pth")
@@ -223,8 +222,7 @@ def export_weights(
     state_dict = {k: v.detach().contiguous() for k, v in resolved.model.state_dict().items()}
     metadata = describe_weights(resolved.arch, resolved.classes, resolved.transforms, resolved.num_classes)
     if format == "hf":
-        published = published_weights(resolved.arch, source) if resolved.weights != "random" else None
-        meta = dict(published.meta) if published is not None else None
+        meta = dict(resolved.published.meta) if resolved.published is not None else None
         return save_hf_folder(state_dict, output, metadata, published=meta, overwrite=overwrite)
     if format == "safetensors":
         return save_safetensors(state_dict, output, metadata)

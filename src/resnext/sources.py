@@ -22,6 +22,8 @@ image size (:func:`checkpoint_metadata`), so a fine-tuned model classifies with 
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +33,9 @@ from torch import Tensor, nn
 
 from .errors import WeightsError
 from .labels import imagenet_categories, imagenet_wnids
+from .resnet import build_model, get_model_builder, get_model_weights, list_models, model_from_state_dict
 from .transforms import EvalPreset, eval_preset, preset_from_config
+from .weights import WeightsEnum, extract_state_dict, read_checkpoint, remap_state_dict
 
 logger = logging.getLogger("resnext")
 
@@ -39,6 +43,9 @@ DEFAULT_ARCH = "resnext101_32x4d"
 RANDOM = "random"
 #: the seed of random weights (``load_source("random")``): the same model everywhere, whatever the caller's RNG
 RANDOM_SEED = 0
+
+#: a published weights name: ``DEFAULT``, ``IMAGENET1K_NVIDIA`` or ``ResNeXt101_32X4D_Weights.IMAGENET1K_NVIDIA``
+_WEIGHTS_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 WeightsSource = Any  # WeightsEnum member | str (name, "DEFAULT", path, URL, "random") | os.PathLike | None
 
@@ -56,6 +63,7 @@ class ModelSource:
     classes: list[str] | None = None  # folder names / ImageNet wnids the model was trained with, for label matching
     transforms: EvalPreset = field(default=None)  # type: ignore[assignment]
     metadata: dict[str, Any] = field(default_factory=dict)
+    published: WeightsEnum | None = None  # the published weights it was built with, if any
 
     def __post_init__(self) -> None:
         if self.transforms is None:
@@ -91,8 +99,6 @@ def checkpoint_metadata(checkpoint: Any) -> dict[str, Any]:
     found: dict[str, Any] = {}
     arch = checkpoint.get("arch")
     if isinstance(arch, str):
-        from .models import list_models
-
         arch = arch.replace("-", "_")  # NVIDIA's training scripts write "resnext101-32x4d"
         if arch in list_models():
             found["arch"] = arch
@@ -123,17 +129,33 @@ def with_metadata(state_dict: Mapping[str, Tensor], **metadata: Any) -> dict[str
 
 def infer_arch(state_dict: Mapping[str, Tensor]) -> str | None:
     """The registered architecture whose parameter names and shapes (head aside) match ``state_dict``."""
-    from .models import _MODEL_REGISTRY
-    from .weights import remap_state_dict
-
     state_dict = remap_state_dict(state_dict)
     wanted = {k: tuple(v.shape) for k, v in state_dict.items() if not k.startswith("fc.")}
-    for name, builder in _MODEL_REGISTRY.items():
+    for name in list_models():
         with torch.device("meta"):
-            candidate = builder(weights=None).state_dict()
+            candidate = get_model_builder(name)(weights=None).state_dict()
         shapes = {k: tuple(v.shape) for k, v in candidate.items() if not k.startswith("fc.")}
         if shapes == wanted:
             return name
+    return None
+
+
+def published_weights(arch: str | None, weights: WeightsSource) -> WeightsEnum | None:
+    """The published weights ``weights`` names for ``arch`` (default resnext101_32x4d): a member, ``"DEFAULT"``,
+    a member name or ``"<Enum>.<member>"``; ``None`` when it names a file, URL or Hub source instead. The one place
+    that tells them apart: an existing file always wins over a name."""
+    if isinstance(weights, WeightsEnum):
+        return weights
+    # a name is dotted identifiers: a URL, an hf-hub: id or a path with a folder never is, so no reader is asked
+    if not isinstance(weights, str) or not _WEIGHTS_NAME.fullmatch(weights) or os.path.exists(weights):
+        return None
+    model_name = arch or DEFAULT_ARCH
+    name = weights.rsplit(".", 1)[-1]
+    enum = get_model_weights(model_name)
+    if name == "DEFAULT" and enum is None:
+        raise WeightsError(f"{model_name} has no published weights; pass --weights FILE (or --weights random)")
+    if enum is not None and name in enum.__members__:
+        return enum[name]
     return None
 
 
@@ -150,27 +172,24 @@ def load_source(
     ``arch`` defaults to the checkpoint's own, else the architecture its tensors fit, else resnext101_32x4d.
     ``num_classes`` different from the checkpoint's re-initialises the head (fine-tuning); inference callers
     leave it ``None`` so a fine-tuned file keeps its own head.
-    """
-    from .models import create_model, list_models, model_from_state_dict
-    from .weights import WEIGHTS_BY_MODEL, WeightsEnum, extract_state_dict, published_weights, read_checkpoint
 
+    The value is looked at once, here (:func:`published_weights`), and goes down one branch: published weights
+    to the builder (:func:`~resnext.resnet.build_model`, which fetches and loads them), anything else to
+    :func:`~resnext.weights.read_checkpoint` (file, URL, Hub folder, ``hf-hub:``), read once for its tensors and
+    metadata, then into the model (:func:`~resnext.resnet.model_from_state_dict`). Nothing below asks again
+    whether it is a name or a file.
+    """
     if arch is not None and arch not in list_models():
         raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(list_models())}")
-    if isinstance(weights, WeightsEnum):
-        arch = arch or next((a for a, e in WEIGHTS_BY_MODEL.items() if isinstance(weights, e)), DEFAULT_ARCH)
     if weights is None or weights == RANDOM:
         arch = arch or DEFAULT_ARCH
         with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
             torch.manual_seed(RANDOM_SEED)
-            model = create_model(arch, num_classes=num_classes)
+            model = build_model(arch, num_classes=num_classes)
         return _source(arch, model, RANDOM, None, None)
-    published = published_weights(arch or DEFAULT_ARCH, weights)
+    published = published_weights(arch, weights)
     if published is not None:
-        arch = arch or DEFAULT_ARCH
-        model = create_model(arch, weights=published, num_classes=num_classes, progress=progress)
-        source = _source(arch, model, repr(published), imagenet_wnids(), published.transforms().crop_size)
-        source.transforms = published.transforms()
-        return source
+        return _published_source(arch or _arch_of(published), published, num_classes=num_classes, progress=progress)
 
     checkpoint = read_checkpoint(weights, progress=progress)  # read once: the tensors and the metadata
     stored = checkpoint_metadata(checkpoint)
@@ -191,6 +210,19 @@ def load_source(
     source = _source(arch, model, str(weights), classes, stored.get("image_size"))
     if "transforms" in stored:
         source.transforms = stored["transforms"]
+    return source
+
+
+def _arch_of(published: WeightsEnum) -> str:
+    """The architecture whose builder takes these weights."""
+    return next((a for a in list_models() if get_model_weights(a) is type(published)), DEFAULT_ARCH)
+
+
+def _published_source(arch: str, published: WeightsEnum, *, num_classes: int | None, progress: bool) -> ModelSource:
+    model = build_model(arch, weights=published, num_classes=num_classes, progress=progress)
+    source = _source(arch, model, repr(published), imagenet_wnids(), published.transforms().crop_size)
+    source.transforms = published.transforms()
+    source.published = published
     return source
 
 

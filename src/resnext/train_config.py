@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ResnextError
-from .models import list_models
+from .models import get_model_weights, list_models
 from .util import AUTOCAST_DTYPES, loader_workers
 
 __all__ = ["RECIPES", "PRECISIONS", "MAX_IMAGE_SIZE", "TrainConfig", "add_train_arguments", "config_from_args"]
@@ -106,11 +106,8 @@ class TrainConfig:
             raise ResnextError("DATA_DIR is required (a folder with train/<class>/* and val/<class>/*)")
         if self.pretrained and self.weights:
             raise ResnextError("use either --pretrained (published weights) or --weights FILE, not both")
-        if self.pretrained:
-            from .weights import WEIGHTS_BY_MODEL
-
-            if self.arch not in WEIGHTS_BY_MODEL:
-                raise ResnextError(f"{self.arch} has no published weights; drop --pretrained or pass --weights FILE")
+        if self.pretrained and get_model_weights(self.arch) is None:
+            raise ResnextError(f"{self.arch} has no published weights; drop --pretrained or pass --weights FILE")
         if self.last_bn_0_init and (self.pretrained or self.weights):
             raise ResnextError(
                 "--last-bn-0-init initialises a model trained from scratch; loaded weights would "

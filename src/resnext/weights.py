@@ -51,8 +51,9 @@ def cache_path_for(url: str) -> Path:
 
 
 def _published(url: str) -> Weights | None:
-    """The published checkpoint whose URL this is, if any."""
-    return next((m.value for enum in WEIGHTS_BY_MODEL.values() for m in enum if m.value.url == url), None)
+    """The published checkpoint whose URL this is, if any (of every weights enum: an architecture's is the one its
+    builder's ``weights`` annotation names, :func:`resnext.resnet.get_model_weights`)."""
+    return next((m.value for enum in WeightsEnum.__subclasses__() for m in enum if m.value.url == url), None)
 
 
 @dataclass(frozen=True)
@@ -167,39 +168,6 @@ class SE_ResNeXt101_32X4D_Weights(WeightsEnum):
         ),
     )
     DEFAULT = IMAGENET1K_NVIDIA
-
-
-WEIGHTS_BY_MODEL: dict[str, type[WeightsEnum]] = {
-    "resnet50": ResNet50_Weights,
-    "resnext101_32x4d": ResNeXt101_32X4D_Weights,
-    "se_resnext101_32x4d": SE_ResNeXt101_32X4D_Weights,
-}
-
-
-def get_weights(model_name: str, weights: str = "DEFAULT") -> WeightsEnum:
-    """The published weights for ``model_name`` (``"DEFAULT"`` or a member name)."""
-    if model_name not in WEIGHTS_BY_MODEL:
-        raise WeightsError(f"no published weights for {model_name!r}; known: {', '.join(WEIGHTS_BY_MODEL)}")
-    return WEIGHTS_BY_MODEL[model_name].verify(weights)
-
-
-def published_weights(model_name: str, weights: Any) -> WeightsEnum | None:
-    """The published weights ``weights`` names for ``model_name`` (a member, ``"DEFAULT"``, a member name, or
-    ``"<Enum>.<member>"``), or ``None`` when it names a file or URL instead. The one place that tells them apart:
-    an existing file always wins over a name."""
-    if isinstance(weights, WeightsEnum):
-        return weights
-    from .hf import is_hf_hub
-
-    if not isinstance(weights, str) or is_url(weights) or is_hf_hub(weights) or os.path.exists(weights):
-        return None
-    name = weights.rsplit(".", 1)[-1]
-    enum = WEIGHTS_BY_MODEL.get(model_name)
-    if name == "DEFAULT" and enum is None:
-        raise WeightsError(f"{model_name} has no published weights; pass --weights FILE (or --weights random)")
-    if enum is not None and name in enum.__members__:
-        return enum[name]
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------

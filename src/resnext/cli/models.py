@@ -15,13 +15,12 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
 
 def describe() -> dict[str, Any]:
     """Everything ``resnext models`` shows, as plain data (from the registries, so it cannot drift)."""
-    from ..models import _MODEL_REGISTRY
+    from ..models import get_model_weights, list_models
     from ..runtimes import RUNTIMES
-    from ..weights import WEIGHTS_BY_MODEL
 
     architectures = []
-    for name in sorted(_MODEL_REGISTRY):
-        enum: Any = WEIGHTS_BY_MODEL.get(name)
+    for name in list_models():
+        enum: Any = get_model_weights(name)
         weights = []
         for member_name, member in enum.__members__.items() if enum else []:
             if member_name == "DEFAULT":
