@@ -152,8 +152,8 @@ def evaluate_folder(
     ``image_size`` defaults to the size a training checkpoint (or an ``export-weights`` file) was trained at,
     else the published weights' preset, else 224. Class folders are matched by the checkpoint's class names.
     """
+    from .backend import TorchBackend
     from .data import eval_loader, match_classes
-    from .runtimes import TorchBackend
     from .sources import load_source
     from .util import atomic_open, check_writable
 
