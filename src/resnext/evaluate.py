@@ -6,7 +6,7 @@
 The model comes from :func:`resnext.sources.load_source` (any source: published weights, a file, a URL, a
 training checkpoint with its class names and image size); images go through the one inference path
 (:func:`resnext.images.load_image`, the eval preset of :mod:`resnext.transforms`, a
-:class:`resnext.runtimes.TorchBackend`). Each process
+:class:`resnext.backend.TorchBackend`). Each process
 evaluates an unpadded shard; the per-process sums (correct, loss, count) are added with ``all_reduce``.
 """
 
