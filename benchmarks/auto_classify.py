@@ -134,7 +134,8 @@ def cold_start(arch: str, small: int, large: int, warm_size: int) -> None:
             predictor = Predictor.from_source(source, backend=backend)
             results = list(classify_sources(predictor, sources[:n], topk=5, batch_size=16, workers=2, progress=False))
             seconds = time.perf_counter() - t0
-            return seconds, results, getattr(predictor.backend, "auto", None) and predictor.backend.auto.line()
+            chosen = predictor.backend.auto.line() if isinstance(predictor.backend, auto.AutoBackend) else ""
+            return seconds, results, chosen
 
         def pair(name: str, n: int, cache: Path, order: tuple[str, str]) -> tuple[str, dict]:
             runs = {}

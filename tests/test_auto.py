@@ -16,12 +16,13 @@ import torch
 from conftest import small_model_flags
 
 from resnext import auto, auto_cache
+from resnext.backend import TorchBackend
 from resnext.cli import main
 from resnext.errors import ResnextError
 from resnext.images import sample_images
 from resnext.models import create_model
 from resnext.predict import Predictor
-from resnext.runtimes import RUNTIMES, Runtime, TorchBackend
+from resnext.runtimes import RUNTIMES, Runtime
 from resnext.sources import load_source, source_from_model
 from resnext.transforms import eval_preset
 
@@ -272,11 +273,13 @@ def test_cache_key_follows_weights_size_runtime_and_precision(source):
 def test_auto_runs_torch_without_runtimes_and_when_pinned(cache, source, monkeypatch):
     monkeypatch.setattr(Runtime, "installed", lambda self: self.module is None)  # as if no runtime extra
     predictor = Predictor.from_source(source)
-    assert isinstance(predictor.backend, TorchBackend) and predictor.backend.auto.runtime == "torch"
+    assert isinstance(predictor.backend, auto.AutoBackend) and isinstance(predictor.backend.active, TorchBackend)
+    assert predictor.backend.auto.runtime == "torch" and predictor.backend.name == "torch"
     assert "no onnxruntime or openvino installed" in predictor.backend.auto.reason
     monkeypatch.undo()
     monkeypatch.setenv(auto.PIN_ENV, "torch")
-    assert isinstance(Predictor.from_source(source).backend, TorchBackend)
+    pinned = Predictor.from_source(source).backend
+    assert isinstance(pinned, auto.AutoBackend) and isinstance(pinned.active, TorchBackend)
     assert not cache.exists()  # nothing was exported
 
 

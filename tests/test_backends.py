@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
+from resnext import export_writers
+from resnext.backend import Backend, TorchBackend
+from resnext.backends import BACKENDS, create_backend
 from resnext.errors import ResnextError
 from resnext.export import ExportConfig, export_model
 from resnext.images import sample_images
 from resnext.models import create_model
 from resnext.predict import Predictor
-from resnext.runtimes import RUNTIMES, create_backend
+from resnext.runtimes import EXPORT_FORMATS, RUNTIMES
 
 SIZE = 32
 EXTENSIONS = {
@@ -45,15 +48,45 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"model": model, "files": files, "root": root}
 
 
-def test_every_runtime_in_the_registry_names_a_loadable_backend_class():
+def test_every_runtime_in_the_table_has_a_backend_class_a_writer_and_an_extra():
     assert {"torch", "onnxruntime", "openvino", "tensorrt", "torchscript", "torch-export"} == set(RUNTIMES)
+    assert set(BACKENDS) | {TorchBackend.name} == set(RUNTIMES)  # the backends' own table covers the data table
+    assert all(cls.name == name for name, cls in BACKENDS.items())
+    for fmt in EXPORT_FORMATS:  # every export format has its writer (export.write_model calls them explicitly)
+        assert callable(getattr(export_writers, f"write_{fmt}"))
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     for runtime in RUNTIMES.values():
-        assert callable(runtime.backend_class())
-        assert runtime.name == "torch" or runtime.backend_class().name == runtime.name
-        if runtime.writer:  # the naming conventions the one-line registry entries rely on
-            module, _, function = runtime.writer.partition(":")
-            assert callable(getattr(importlib.import_module(module), function))
         assert (runtime.module is None) == (runtime.extra is None)
+        assert runtime.extra is None or runtime.extra in extras["optional-dependencies"]
+
+
+def _check_contract(backend: Backend, model: torch.nn.Module, size: int) -> None:
+    """The Backend protocol, kept: what it runs, its metadata and image size, logits and (when it has them)
+    features equal to the eager model's."""
+    assert backend.name in RUNTIMES and backend.device == torch.device("cpu")
+    assert backend.precision == "fp32" and isinstance(backend.metadata, dict)
+    assert backend.image_size in (None, size)
+    backend.expect(3)  # a job size is only a hint
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        logits, features = model(x), model.forward_head(model.forward_features(x), pre_logits=True)
+    assert (backend(x) - logits).abs().max() <= 1e-4 * max(1.0, float(logits.abs().max()))
+    if backend.has_features:
+        assert (backend.features(x) - features).abs().max() <= 1e-4 * max(1.0, float(features.abs().max()))
+    else:
+        with pytest.raises(ResnextError, match="features"):
+            backend.features(x)
+
+
+@pytest.mark.parametrize("backend", ["torch", *EXTENSIONS])
+def test_every_backend_keeps_the_backend_contract(exported, backend):
+    if backend == "torch":
+        runtime = create_backend("torch", model=exported["model"], device="cpu")
+        assert runtime.has_features and runtime.metadata == {} and runtime.image_size is None
+    else:
+        runtime = create_backend(backend, model_file=str(exported["files"][backend]))
+        assert runtime.metadata["image_size"] == SIZE and not runtime.has_features  # exported without features
+    _check_contract(runtime, exported["model"], SIZE)
 
 
 @pytest.mark.parametrize("backend", list(EXTENSIONS))

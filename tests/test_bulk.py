@@ -412,14 +412,19 @@ def test_ray_model_step_reports_non_finite_scores_as_the_local_engine_does(image
 
     spec = ModelSpec("resnext_test", str(small_checkpoint), "torch", device="cpu", image_size=IMAGE_SIZE)
     actor = ModelActor(spec, "classify", topk=3, normalize=False, threads=None)
-    real = actor.predictor.backend
+    from resnext.backend import TorchBackend
 
-    def damaged(batch: torch.Tensor) -> torch.Tensor:  # the second image's scores overflow
-        logits = real(batch).clone()
-        logits[1] = float("nan")
-        return logits
+    class Damaged(torch.nn.Module):  # the second image's scores overflow
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model, self.num_classes = model, model.num_classes
 
-    actor.predictor.backend = damaged
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            logits = self.model(batch).clone()
+            logits[1] = float("nan")
+            return logits
+
+    actor.predictor.backend = TorchBackend(Damaged(actor.predictor.backend.model), device="cpu")
     good = [p for p in images if "bad" not in p][:3]
     table = actor(decode_batch({"path": np.array(good, dtype=object)}, actor.predictor.transforms)).to_pylist()
     local = list(classify_sources(actor.predictor, good, topk=3, batch_size=3, workers=0, progress=False))

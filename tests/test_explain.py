@@ -10,11 +10,11 @@ from conftest import SAMPLES, randomize_bn, small_model_flags
 from PIL import Image
 
 from resnext import create_model
+from resnext.backends import create_backend
 from resnext.errors import ResnextError
 from resnext.explain import grad_cam, overlay_heatmap, overlay_name
 from resnext.models import list_models
 from resnext.predict import Predictor
-from resnext.runtimes import create_backend
 from resnext.sources import load_source, source_from_model
 from resnext.transforms import eval_preset
 

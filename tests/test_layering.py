@@ -1,6 +1,7 @@
 """The package's import rules (README, "Architecture"): imports point down the layers, and there are no cycles.
 
-Every import counts, also those inside functions (lazy imports of optional parts): a lower module never imports a
+Every import counts, also those inside functions (lazy imports of optional parts) and imports by name
+(``importlib.import_module("resnext.x")``, ``__import__``, f-strings of that shape): a lower module never imports a
 higher one. Modules of the same layer may import each other as long as no cycle forms.
 """
 
@@ -19,8 +20,8 @@ LAYERS: list[set[str]] = [
     {"util", "labels", "transforms", "download", "hardware"},
     {"weights", "resnet", "hf"},
     {"sources", "models", "images"},
-    {"runtimes", "backends"},
-    {"explain", "predict", "export", "export_config", "export_writers", "auto", "auto_cache"},
+    {"runtimes", "backend", "backends"},
+    {"explain", "predict", "export", "export_config", "export_writers", "auto", "auto_choice", "auto_cache"},
     {
         "hub",
         "report",
@@ -53,11 +54,45 @@ def package_of(path: Path) -> list[str]:
     return ["resnext", *path.relative_to(SRC).parts[:-1]]
 
 
+#: what a module imported by a name computed at run time (``import_module(f"resnext.{name}")``) is recorded as
+COMPUTED = "<computed name>"
+
+
+def _name_imported(node: ast.Call) -> str | None:
+    """``"resnext.x..."`` for ``import_module("resnext.x...")`` / ``__import__(...)`` (an f-string keeps its literal
+    start, so ``f"resnext.{name}"`` gives ``"resnext.<computed name>"``); None for any other call."""
+    func = node.func
+    called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    if called not in ("import_module", "__import__") or not node.args:
+        return None
+    arg = node.args[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    if isinstance(arg, ast.JoinedStr):
+        literal = ""
+        for value in arg.values:
+            if not (isinstance(value, ast.Constant) and isinstance(value.value, str)):
+                return literal + COMPUTED
+            literal += value.value
+        return literal
+    return None  # a variable: a third-party runtime's package name (an optional dependency), never ours
+
+
 def imported_modules(path: Path) -> set[str]:
     """Top-level modules of the package that ``path`` imports, anywhere in the file."""
+    return modules_imported_by(ast.parse(path.read_text()), path)
+
+
+def modules_imported_by(tree: ast.AST, path: Path) -> set[str]:
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = _name_imported(node)
+            if name is not None and name.startswith("resnext."):
+                found.add(name.split(".")[1])
+            elif name is not None and name.startswith(COMPUTED):  # e.g. f"{__name__}.{command}"
+                found.add(COMPUTED)
+        elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package_of(path)[: len(package_of(path)) - node.level + 1]
                 parts = base + (node.module.split(".") if node.module else [])
@@ -87,6 +122,28 @@ def edges() -> dict[str, set[str]]:
 def test_every_module_has_a_layer():
     unplaced = sorted(set(edges()) - set(RANK))
     assert not unplaced, f"give these modules a layer in tests/test_layering.py: {unplaced}"
+
+
+def test_imports_by_name_are_read_as_imports():
+    """An import spelled as a string is still an import: it can close a cycle the ``import`` statements do not."""
+    code = """
+import importlib
+from importlib import import_module
+def late(kind):
+    importlib.import_module("resnext.auto").auto_backend()
+    import_module(f"resnext.backends").BACKENDS
+    __import__("resnext.export_writers")
+    import_module(f"resnext.{kind}")
+    import_module("numpy")
+"""
+    found = modules_imported_by(ast.parse(code), SRC / "runtimes.py")
+    assert found == {"auto", "backends", "export_writers", COMPUTED}
+
+
+def test_no_module_is_imported_by_a_computed_name():
+    """Explicit imports over names computed at run time: the layering (and mypy) cannot follow those."""
+    computed = sorted(module for module, targets in edges().items() if COMPUTED in targets)
+    assert not computed, f"import these modules explicitly: {computed}"
 
 
 def test_imports_point_down():

@@ -15,12 +15,12 @@ from conftest import SAMPLES
 from PIL import Image
 
 from resnext import create_model
+from resnext.backend import TorchBackend
 from resnext.errors import ImageError, ResnextError
 from resnext.hub import ProcessingUtils
 from resnext.images import ImageDataset, collate_images, find_images, load_image
 from resnext.labels import imagenet_categories, imagenet_wnids
 from resnext.predict import ClassifyResult, Predictor, classify_sources, top_k
-from resnext.runtimes import TorchBackend
 from resnext.transforms import eval_preset
 from resnext.util import resolve_device
 

@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,11 @@ from .auto_cache import (
     timing_name,
     timings,
 )
+from .auto_choice import AutoBackend, AutoChoice
+from .backend import TorchBackend
+from .backends import create_backend
 from .errors import ResnextError
-from .runtimes import RUNTIMES, Backend, Runtime, TorchBackend, create_backend
+from .runtimes import RUNTIMES, Runtime
 from .util import TMP_PREFIX, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -73,24 +76,6 @@ EXACT_ORDER = ("onnxruntime", "openvino")
 APPROXIMATE_ORDER = {"bf16": ("openvino",), "int8": ("openvino", "onnxruntime")}
 #: pins what auto picks: "torch" (no export; what the test suite uses outside the auto tests) or a runtime name
 PIN_ENV = "RESNEXT_AUTO"
-
-
-@dataclass
-class AutoChoice:
-    """What ``--backend auto`` chose and where the file came from (``backend.auto`` of an auto backend)."""
-
-    runtime: str
-    precision: str
-    path: str | None = None  # the cached model file; None for eager PyTorch
-    reused: bool = False  # True: loaded from the cache; False: exported in this call (or torch)
-    reason: str = ""
-    parity: list[str] = field(default_factory=list)
-    agreement: float | None = None  # top-1 agreement with eager fp32 on the check images (approximate runs)
-
-    def line(self) -> str:
-        where = "" if self.path is None else f" ({'cached' if self.reused else 'exported to'} {self.path})"
-        agreement = "" if self.agreement is None else f", top-1 agreement with eager fp32 {100 * self.agreement:.1f}%"
-        return f"backend auto: {self.runtime} {self.precision}{where}{agreement}; {self.reason}"
 
 
 def choose_runtime(precision: str, device: torch.device, pinned: str | None = None) -> tuple[Runtime | None, str]:
@@ -165,11 +150,13 @@ def _estimates(key: CacheKey, eager_seconds_per_image: float, parameters: int) -
 # Backends
 
 
-def _load_entry(entry: Path, manifest: dict[str, Any], key: CacheKey, reused: bool, reason: str, threads: Any) -> Any:
+def _load_entry(
+    entry: Path, manifest: dict[str, Any], key: CacheKey, reused: bool, reason: str, threads: int | None
+) -> AutoBackend:
     path = entry / manifest["model_file"]
-    backend: Any = create_backend(key.runtime, model_file=str(path), precision=key.precision, threads=threads)
+    backend = create_backend(key.runtime, model_file=str(path), precision=key.precision, threads=threads)
     approximate = key.precision != "fp32" or not RUNTIMES[key.runtime].exact
-    backend.auto = AutoChoice(
+    choice = AutoChoice(
         key.runtime,
         key.precision,
         str(path),
@@ -178,8 +165,8 @@ def _load_entry(entry: Path, manifest: dict[str, Any], key: CacheKey, reused: bo
         manifest.get("parity", []),
         manifest.get("agreement") if approximate else None,
     )
-    (logger.info if approximate or not reused else logger.debug)(backend.auto.line())
-    return backend
+    (logger.info if approximate or not reused else logger.debug)(choice.line())
+    return AutoBackend(backend, choice)
 
 
 @dataclass
@@ -218,24 +205,20 @@ def _plan(
     return _Plan(source, runtime, key, cache_dir() / key.folder, reason, calibration_dir, threads)
 
 
-def _build(plan: _Plan) -> Any:
+def _build(plan: _Plan) -> AutoBackend:
     manifest, reused = build_entry(plan.entry, plan.key, plan.source, plan.runtime, plan.calibration_dir, plan.threads)
     return _load_entry(plan.entry, manifest, plan.key, reused, plan.reason, plan.threads)
 
 
-class ColdStartBackend:
+class ColdStartBackend(AutoBackend):
     """``--backend auto`` before its cache entry exists: eager PyTorch, switching to the exported runtime once an
     export pays for itself, or (no job size announced) once a background export is ready (see the module
     docstring). ``auto`` describes what runs now."""
 
-    name = "auto"
-
     def __init__(self, plan: _Plan, eager: TorchBackend) -> None:
+        reason = f"{plan.runtime.name} not in the cache yet"
+        super().__init__(eager, AutoChoice("torch", plan.key.precision, reason=reason))
         self.plan, self.eager = plan, eager
-        self.active: Any = eager
-        self.num_classes = eager.num_classes
-        self.device = eager.device
-        self.auto = AutoChoice("torch", plan.key.precision, reason=f"{plan.runtime.name} not in the cache yet")
         self._planned: int | None = None  # images the announced job still has to run
         self._decided = False
         self._eager_per_image: float | None = None  # measured on the batch that decided
@@ -254,14 +237,20 @@ class ColdStartBackend:
         return self._run(batch, lambda backend, x: backend(x))
 
     @property
+    def name(self) -> str:
+        return "auto"  # not settled: what runs may change between calls
+
+    @property
+    def device(self) -> torch.device:
+        return self.eager.device
+
+    @property
     def has_features(self) -> bool:
-        return True
+        return self.eager.has_features
 
     def features(self, batch: Tensor) -> Tensor:
         """Pooled features from the eager model: the cached file has none, so ``embed`` never waits for an export."""
-        from .predict import _torch_features
-
-        return _torch_features(self.eager.model, self.eager, batch)
+        return self.eager.features(batch)
 
     def _run(self, batch: Tensor, run: Any) -> Tensor:
         with self._lock:
@@ -348,8 +337,8 @@ class ColdStartBackend:
             self.auto.reason = f"the background export failed (exit status {code}): running eager PyTorch"
             logger.warning(self.auto.line())
             return
-        self.active = _load_entry(self.plan.entry, manifest, self.plan.key, False, self.plan.reason, self.plan.threads)
-        self.auto = self.active.auto
+        loaded = _load_entry(self.plan.entry, manifest, self.plan.key, False, self.plan.reason, self.plan.threads)
+        self.active, self.auto = loaded.active, loaded.auto
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for a background export and switch to it (for callers that want the runtime from now on)."""
@@ -378,7 +367,7 @@ class ColdStartBackend:
             self.auto.reason = f"the export failed ({exc}): running eager PyTorch"
             logger.warning(self.auto.line())
             return
-        self.active, self.auto = backend, backend.auto
+        self.active, self.auto = backend.active, backend.auto
 
 
 def _stop_background(process: subprocess.Popen[bytes], weights: Path) -> None:
@@ -400,7 +389,7 @@ def prepare(
     device: str = "cpu",
     calibration_dir: str | None = None,
     threads: int | None = None,
-) -> Any:
+) -> AutoBackend:
     """Build (or check) the cache entry ``--backend auto`` runs ``source`` from, now (``runtime`` names the runtime
     instead of auto's choice); return its backend (with ``auto``). Eager PyTorch (nothing to build) where auto
     does not export. Raises :class:`CacheUnwritable` when the cache cannot be written."""
@@ -408,9 +397,8 @@ def prepare(
     plan = _plan(source, precision, resolve_device(device), calibration_dir, threads, runtime)
     if plan is None:
         reason = choose_runtime(precision, resolve_device(device), runtime)[1]
-        backend: Any = TorchBackend(source.model, device=device, precision=precision)
-        backend.auto = AutoChoice("torch", precision, reason=reason)
-        return backend
+        eager = TorchBackend(source.model, device=device, precision=precision)
+        return AutoBackend(eager, AutoChoice("torch", precision, reason=reason))
     manifest = read_entry(plan.entry, plan.key)
     if manifest is not None:
         return _load_entry(plan.entry, manifest, plan.key, True, plan.reason, threads)
@@ -426,11 +414,10 @@ def auto_backend(
     channels_last: bool = False,
     calibration_dir: str | None = None,
     threads: int | None = None,
-    **_: Any,
-) -> Backend:
+) -> AutoBackend:
     """The backend ``--backend auto`` runs for ``source`` (a :class:`resnext.sources.ModelSource`; or ``model``,
-    wrapped at 224 px): the cached export when the cache holds it, else a :class:`ColdStartBackend`. The result
-    has an ``auto`` attribute (:class:`AutoChoice`)."""
+    wrapped at 224 px): the cached export when the cache holds it, else a :class:`ColdStartBackend`, else eager
+    PyTorch; its ``auto`` (:class:`AutoChoice`) says which and why."""
     from .sources import source_from_model
 
     if source is None:
@@ -445,11 +432,10 @@ def auto_backend(
         return _load_entry(plan.entry, manifest, plan.key, True, plan.reason, threads) if manifest else _build(plan)
     eager = TorchBackend(source.model, device=str(dev), precision=precision, channels_last=channels_last)
     if plan is None:
-        reason = choose_runtime(precision, dev)[1]
-        eager.auto = AutoChoice("torch", precision, reason=reason)  # type: ignore[attr-defined]
-        logger.debug(eager.auto.line())  # type: ignore[attr-defined]
-        return eager
+        choice = AutoChoice("torch", precision, reason=choose_runtime(precision, dev)[1])
+        logger.debug(choice.line())
+        return AutoBackend(eager, choice)
     manifest = read_entry(plan.entry, plan.key)
     if manifest is not None:
         return _load_entry(plan.entry, manifest, plan.key, True, plan.reason, threads)
-    return ColdStartBackend(plan, eager)  # type: ignore[return-value]
+    return ColdStartBackend(plan, eager)

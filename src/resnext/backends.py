@@ -1,9 +1,11 @@
-"""Runtimes for exported models: ONNX Runtime, OpenVINO, TensorRT, TorchScript and torch.export programs.
+"""Runtimes for exported models (ONNX Runtime, OpenVINO, TensorRT, TorchScript and torch.export programs), and
+:func:`create_backend`, which builds any backend by its runtime's name.
 
-Each backend loads a file written by :mod:`resnext.export` and maps a normalised float batch ``[N, 3, S, S]``
-to float32 CPU logits ``[N, C]``, exactly like :class:`resnext.runtimes.TorchBackend`.
-:data:`resnext.runtimes.RUNTIMES` describes each runtime and :data:`BACKENDS` maps its name to the class. The runtimes
-themselves are optional dependencies, imported only when a backend is built.
+Each backend here loads a file written by :mod:`resnext.export` and maps a normalised float batch ``[N, 3, S, S]``
+to float32 CPU logits ``[N, C]``, exactly like :class:`resnext.backend.TorchBackend` (both are a
+:class:`resnext.backend.Backend`). :data:`resnext.runtimes.RUNTIMES` describes each runtime and :data:`BACKENDS`
+maps its name to the class that runs its files. The runtimes themselves are optional dependencies, imported only
+when a backend is built.
 
 Every backend checks the input shape before running, so a batch of the wrong image size gives one clear sentence
 instead of a runtime's internal message.
@@ -15,7 +17,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .backend import Backend, TorchBackend
 from .errors import ResnextError, first_line
 from .hardware import native_precisions
-from .runtimes import INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, RUNTIMES
+from .runtimes import (
+    AUTO,
+    INPUT_NAME,
+    METADATA_FILE,
+    METADATA_KEY,
+    OUTPUT_NAME,
+    RUNTIMES,
+    get_runtime,
+    runtime_for_file,
+)
 
 #: Name of the optional second output (pooled penultimate features) of files exported with ``features=True``.
 FEATURES_NAME = "features"
@@ -48,6 +60,7 @@ class LoadedFile:
     num_classes: int
     metadata: dict[str, Any]
     max_batch: int | None = None  # the largest batch the file takes; larger ones are split
+    precision: str | None = None  # the precision the runtime runs it in; None: the one stored in the file
 
 
 class ExportedBackend:
@@ -70,7 +83,6 @@ class ExportedBackend:
         device: str = "auto",
         precision: str | None = None,
         threads: int | None = None,
-        **_: Any,
     ) -> None:
         runtime = RUNTIMES[self.name].import_runtime()
         self.path = _existing(model_file)
@@ -81,6 +93,7 @@ class ExportedBackend:
         self.num_classes = int(loaded.num_classes)
         self.max_batch = loaded.max_batch
         self.metadata = loaded.metadata
+        self.precision: str = loaded.precision or loaded.metadata.get("precision") or "fp32"
 
     def _load(self, runtime: Any, device: str, precision: str | None, threads: int | None) -> LoadedFile:
         """Read ``self.path`` with ``runtime`` (its third-party module, None for PyTorch); keep what ``run`` needs."""
@@ -96,6 +109,11 @@ class ExportedBackend:
 
     #: CPU runtimes take host memory; the TensorRT backend keeps a CUDA batch where it is.
     host_input = True
+    #: where the input batch goes (the TorchScript backend sets its own)
+    device = torch.device("cpu")
+
+    def expect(self, images: int) -> None:
+        pass  # the file is loaded: nothing to prepare
 
     def __call__(self, batch: Tensor) -> Tensor:
         return self._split(batch, self.run)
@@ -244,10 +262,9 @@ class OpenVinoBackend(ExportedBackend):
             raise ResnextError(f"OpenVINO could not compile {path} for {ov_device}: {first_line(exc)}") from exc
         ran = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         name = ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran)
-        #: the precision OpenVINO actually runs: "fp32", "bf16" or "fp16"
-        self.precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(name, name)
-        if precision == "bf16" and self.precision != "bf16":
-            logger.warning("this CPU has no native bf16 support: OpenVINO runs %s in %s", path.name, self.precision)
+        ran_precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(name, name)
+        if precision == "bf16" and ran_precision != "bf16":
+            logger.warning("this CPU has no native bf16 support: OpenVINO runs %s in %s", path.name, ran_precision)
         self.request = self.compiled.create_infer_request()
         shape = model.inputs[0].get_partial_shape()
         classes = model.outputs[0].get_partial_shape()[-1]
@@ -255,6 +272,7 @@ class OpenVinoBackend(ExportedBackend):
             image_size=_static_dim(shape[3].get_length() if shape[3].is_static else None, "image size", path),
             num_classes=_static_dim(classes.get_length() if classes.is_static else None, "class", path),
             metadata=metadata,
+            precision=ran_precision,  # what OpenVINO actually runs: "fp32", "bf16" or "fp16"
         )
 
     def run(self, batch: Tensor) -> Tensor:
@@ -360,6 +378,7 @@ class TensorRTBackend(ExportedBackend):
         min_shape, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
         out_shape = self.engine.get_tensor_shape(self.output_name)
         self.min_batch = int(min_shape[0])
+        self.device = torch.device("cuda")
         sidecar = path.with_suffix(path.suffix + ".json")
         metadata = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
         return LoadedFile(int(max_shape[-1]), int(out_shape[-1]), metadata, max_batch=int(max_shape[0]))
@@ -382,8 +401,47 @@ class TensorRTBackend(ExportedBackend):
         return out[:n].cpu()
 
 
-#: runtime name -> backend class, for :meth:`resnext.runtimes.Runtime.backend_class`
+#: runtime name -> the backend class that runs its exported files
 BACKENDS: dict[str, type[ExportedBackend]] = {
     cls.name: cls
     for cls in (OnnxRuntimeBackend, OpenVinoBackend, TorchScriptBackend, TorchExportBackend, TensorRTBackend)
 }
+
+
+def create_backend(
+    name: str | None = None,
+    *,
+    model: torch.nn.Module | None = None,
+    model_file: str | os.PathLike | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    channels_last: bool = False,
+    threads: int | None = None,
+) -> Backend:
+    """Build the backend of runtime ``name``; with ``name=None`` (or ``"auto"`` and a ``model_file``) the runtime
+    is inferred from ``model_file``'s suffix (torch without one).
+
+    ``model`` is what the torch backend runs (``channels_last`` applies to it); ``model_file`` is the exported file
+    every other runtime runs (``threads``: its CPU threads). ``--backend auto`` on a model is
+    :func:`resnext.auto.auto_backend`.
+    """
+    if name in (None, AUTO) and model_file is not None:
+        name = runtime_for_file(Path(model_file)).name
+    runtime = get_runtime(name or "torch")
+    if runtime.name == "torch":
+        if model is None:
+            raise ResnextError("the torch backend needs a model (weights), not --model-file")
+        return TorchBackend(model, device=device, precision=precision or "fp32", channels_last=channels_last)
+    if model_file is None:
+        raise ResnextError(f"the {runtime.name} backend needs --model-file (an exported model; see `resnext export`)")
+    return BACKENDS[runtime.name](model_file, device=device, precision=precision, threads=threads)
+
+
+def run_merged(backend: Backend, batches: Sequence[Any]) -> list[Any]:
+    """Several requests' batches (numpy ``[n_i, 3, S, S]``) as one backend call; each request's logits back, in
+    order. Triton's dynamic batcher hands a model all the requests it merged: this is what makes that pay."""
+    import numpy as np
+
+    sizes = np.cumsum([b.shape[0] for b in batches])[:-1]
+    merged = np.concatenate(batches).astype(np.float32, copy=False)
+    return np.split(backend(torch.from_numpy(merged)).numpy(), sizes)

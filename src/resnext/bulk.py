@@ -33,12 +33,15 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bulk_io import TASKS, OutputWriter, Row, classify_row, embed_row, open_writer
 from .download import is_url
 from .errors import ResnextError
 from .images import find_images
+
+if TYPE_CHECKING:
+    from .predict import Predictor
 
 # ---------------------------------------------------------------------------------------------------------------
 # Inputs
@@ -181,7 +184,7 @@ def requested_settings(job: BulkJob, spec: ModelSpec | None = None) -> dict[str,
     return settings
 
 
-def row_settings(job: BulkJob, predictor: Any, spec: ModelSpec | None = None) -> dict[str, Any]:
+def row_settings(job: BulkJob, predictor: Predictor, spec: ModelSpec | None = None) -> dict[str, Any]:
     """Everything that defines a row of ``job`` made by ``predictor``: what ``--resume`` must find unchanged."""
     from .auto_cache import file_sha256, weights_sha256
 
@@ -192,14 +195,13 @@ def row_settings(job: BulkJob, predictor: Any, spec: ModelSpec | None = None) ->
         weights = file_sha256(Path(spec.model_file))
     else:
         weights = None
-    metadata = getattr(backend, "metadata", None) or {}
     return {
         **requested_settings(job),
         "arch": predictor.arch,
         "weights_sha256": weights,
         "image_size": predictor.image_size,
-        "precision": getattr(backend, "precision", None) or metadata.get("precision") or "fp32",
-        "runtime": getattr(backend, "name", "torch"),  # the eager TorchBackend has no name
+        "precision": backend.precision,
+        "runtime": backend.name,
         "labels_sha256": _labels_sha256(predictor.categories),
     }
 

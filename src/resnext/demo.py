@@ -19,14 +19,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .backend import Backend
 from .download import MAX_IMAGE_BYTES
 from .errors import ResnextError
 from .images import load_image, sample_images
 from .predict import Prediction, Predictor, top_k
 from .runtimes import require
 from .util import sweep_stale_temporaries
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 TOPK = 5
 #: environment that keeps Gradio offline and private; set before gradio is first imported (it reads some at import)
@@ -340,7 +344,13 @@ class TritonLogits:
     (``resnext serve``) and returns its logits: the server runs the model, while decoding, preprocessing and
     top-k stay the package's own in this process."""
 
+    name = "triton"
+    precision = "fp32"  # of the batch and logits exchanged; the server runs the model in its own
+    has_features = False
+
     def __init__(self, url: str, model_name: str, *, timeout_s: float = 30.0) -> None:
+        import torch
+
         from .serve.client import TritonClient
 
         self.client = TritonClient(url, "http", timeout=timeout_s)
@@ -349,19 +359,27 @@ class TritonLogits:
         if self.info.input_type != "FP32":
             raise ResnextError(f"{self.model_name} on {url} takes {self.info.input_type}, not an FP32 image batch")
         self.num_classes = self.info.output_dims[-1]
+        self.image_size: int | None = self.info.input_dims[-1]
+        self.device = torch.device("cpu")  # the batch is sent from host memory
+        self.metadata: dict[str, Any] = {}
 
-    def __call__(self, batch: Any) -> Any:
+    def __call__(self, batch: Tensor) -> Tensor:
         import torch
 
         data = batch.detach().float().cpu().numpy()
         reply = self.client.infer(self.model_name, [self.client.input(self.info.input_name, data, "FP32")])
         return torch.from_numpy(reply.as_numpy(self.info.output_names[0]).copy()).float()
 
+    def features(self, batch: Tensor) -> Tensor:
+        raise ResnextError(f"{self.model_name} on Triton gives logits only: embed with the local model")
 
-def runtime_name(backend: Any) -> str:
+    def expect(self, images: int) -> None:
+        pass  # the server is running: nothing to prepare
+
+
+def runtime_name(backend: Backend) -> str:
     """The registry name of a backend ("torch", "openvino", ...) for the page's subtitle."""
-    name = getattr(backend, "name", None)
-    return name if isinstance(name, str) else type(backend).__name__.removesuffix("Backend").lower()
+    return backend.name
 
 
 def create_demo_model(
@@ -374,14 +392,14 @@ def create_demo_model(
     precision: str | None = None,
     triton_url: str | None = None,
     explain: bool = True,
-    **options: Any,
+    calibration_dir: str | None = None,
 ) -> DemoModel:
     """The demo's model from the usual source arguments (``backend`` None/"auto": as ``resnext classify`` picks);
     ``triton_url`` classifies on a running ``resnext serve`` (its model ``arch``), with explanations from the
     in-process eager model of ``weights``. Grad-CAM always runs on the eager torch model."""
     if model_file is not None:
         predictor = Predictor.from_pretrained(
-            arch, model_file=model_file, backend=backend, device=device, precision=precision, **options
+            arch, model_file=model_file, backend=backend, device=device, precision=precision
         )
         runtime = runtime_name(predictor.backend)
         description = f"{predictor.arch or 'model'} · {Path(model_file).name} · {runtime}"
@@ -403,9 +421,9 @@ def create_demo_model(
         where = f"Triton at {triton_url}"
     else:
         predictor = local = Predictor.from_source(
-            source, backend=backend, device=device, precision=precision, **options
+            source, backend=backend, device=device, precision=precision, calibration_dir=calibration_dir
         )
-        where = f"{runtime_name(predictor.backend)} on {getattr(predictor.backend, 'device', 'cpu')}"
+        where = f"{runtime_name(predictor.backend)} on {predictor.backend.device}"
     description = f"{source.arch} · weights: {Path(str(source.weights)).name} · {where}"
     return DemoModel(
         predictor, explainer=local if explain and local.model is not None else None, description=description

@@ -6,7 +6,7 @@
 The model comes from :func:`resnext.sources.load_source` (any source: published weights, a file, a URL, a
 training checkpoint with its class names and image size); images go through the one inference path
 (:func:`resnext.images.load_image`, the eval preset of :mod:`resnext.transforms`, a
-:class:`resnext.runtimes.TorchBackend`). Each process
+:class:`resnext.backend.TorchBackend`). Each process
 evaluates an unpadded shard; the per-process sums (correct, loss, count) are added with ``all_reduce``.
 """
 
@@ -152,8 +152,8 @@ def evaluate_folder(
     ``image_size`` defaults to the size a training checkpoint (or an ``export-weights`` file) was trained at,
     else the published weights' preset, else 224. Class folders are matched by the checkpoint's class names.
     """
+    from .backend import TorchBackend
     from .data import eval_loader, match_classes
-    from .runtimes import TorchBackend
     from .sources import load_source
     from .util import atomic_open, check_writable
 

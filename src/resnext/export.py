@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .backends import FEATURES_NAME, require_tensorrt
+from .backends import FEATURES_NAME, create_backend, require_tensorrt
 from .errors import ResnextError, first_line
 from .export_config import ExportConfig, ExportResult, Parity
 from .export_writers import (
@@ -55,7 +55,7 @@ from .export_writers import (
     write_torchscript,
 )
 from .images import load_image, sample_images
-from .runtimes import EXPORT_FORMATS, INPUT_NAME, OUTPUT_NAME, create_backend
+from .runtimes import EXPORT_FORMATS, INPUT_NAME, OUTPUT_NAME
 from .sources import ModelSource, load_source, source_from_model
 from .transforms import eval_preset
 from .util import check_writable
@@ -270,9 +270,8 @@ def export_model(config: ExportConfig, model: ModelSource | torch.nn.Module | No
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    if precision == "bf16" and getattr(runtime, "precision", "bf16") != "bf16":
-        ran = getattr(runtime, "precision", "fp32")
-        notes.append(f"this CPU has no native bf16: OpenVINO ran {ran}; bf16 applies on CPUs with it")
+    if precision == "bf16" and runtime.precision != "bf16":
+        notes.append(f"this CPU has no native bf16: OpenVINO ran {runtime.precision}; bf16 applies on CPUs with it")
     files_written = [str(final.parent / f.name) for f in files]
     return ExportResult(
         config.format, precision, str(final), files_written, metadata, parity=parity, accuracy=acc, notes=notes

@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .auto import auto_backend
+from .backend import Backend, torch_features
+from .backends import create_backend
 from .errors import ImageError, ResnextError
 from .images import ImageDataset, ImageSource, collate_images, describe_source, load_image
-from .runtimes import AUTO, Backend, create_backend
+from .runtimes import AUTO
 from .sources import ModelSource, display_names, load_source
 from .transforms import EvalPreset, eval_preset
 
@@ -88,23 +91,29 @@ class Predictor:
         channels_last: bool = False,
         categories: Sequence[str] | None = None,
         image_size: int | None = None,
-        **options: Any,
+        calibration_dir: str | None = None,
+        threads: int | None = None,
     ) -> Predictor:
         """A predictor running ``source.model`` on ``backend``: default (``"auto"`` or None) the fastest exact
-        runtime installed, exported once into a cache when that pays (:mod:`resnext.auto`); ``"torch"`` for eager
-        PyTorch."""
+        runtime installed, exported once into a cache when that pays (:mod:`resnext.auto`; ``calibration_dir``:
+        its int8 calibration images); ``"torch"`` for eager PyTorch. ``threads``: CPU threads of an exported
+        runtime."""
+        engine: Backend
         if backend in (None, AUTO):
             if image_size and image_size != source.image_size:  # the export is made at the size it will run at
                 source = dataclasses.replace(source, image_size=image_size, transforms=eval_preset(image_size))
-            options["source"] = source
-        engine = create_backend(
-            backend or AUTO,
-            model=source.model,
-            device=device,
-            precision=precision,
-            channels_last=channels_last,
-            **options,
-        )
+            engine = auto_backend(
+                source=source,
+                device=device,
+                precision=precision,
+                channels_last=channels_last,
+                calibration_dir=calibration_dir,
+                threads=threads,
+            )
+        else:
+            engine = create_backend(
+                backend, model=source.model, device=device, precision=precision, channels_last=channels_last
+            )
         transforms = eval_preset(image_size) if image_size else source.transforms
         return cls(
             engine,
@@ -129,7 +138,8 @@ class Predictor:
         categories: Sequence[str] | None = None,
         image_size: int | None = None,
         progress: bool = True,
-        **options: Any,
+        calibration_dir: str | None = None,
+        threads: int | None = None,
     ) -> Predictor:
         """A predictor for any source (see :mod:`resnext.sources`): ``weights`` is ``"DEFAULT"`` (the published
         weights), a weights name, a file, a URL, or ``None``/``"random"``; or ``model_file`` is an exported model,
@@ -139,22 +149,30 @@ class Predictor:
 
         A checkpoint's own classifier size, class names and image size are used (a fine-tuned 5-class file gives a
         5-class predictor with its folder names); ``num_classes``, when given, must agree: inference never
-        re-initialises a head. ``image_size`` overrides the crop the model expects.
+        re-initialises a head. ``image_size`` overrides the crop the model expects. ``threads``: CPU threads of an
+        exported runtime.
         """
-        run: dict[str, Any] = {"device": device, "precision": precision, **options}  # for either kind of model
         if model_file is not None:
-            engine = create_backend(backend, model_file=model_file, **run)
-            meta = getattr(engine, "metadata", {}) or {}
+            engine = create_backend(backend, model_file=model_file, device=device, precision=precision, threads=threads)
+            meta = engine.metadata
             stored = meta.get("categories")
             if categories is None and isinstance(stored, list) and len(stored) == engine.num_classes:
                 categories = stored
-            size = image_size or getattr(engine, "image_size", None) or meta.get("image_size") or 224
+            size = image_size or engine.image_size or meta.get("image_size") or 224
             return cls(engine, transforms=eval_preset(size), categories=categories, arch=meta.get("arch", arch))
         source = load_source(weights, arch=arch, progress=progress)
         if num_classes is not None and source.num_classes != num_classes:
             raise ResnextError(f"{source.weights} has {source.num_classes} classes, not the {num_classes} requested")
         return cls.from_source(
-            source, backend=backend, channels_last=channels_last, categories=categories, image_size=image_size, **run
+            source,
+            backend=backend,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            categories=categories,
+            image_size=image_size,
+            calibration_dir=calibration_dir,
+            threads=threads,
         )
 
     def preprocess(self, source: ImageSource) -> Tensor:
@@ -187,17 +205,17 @@ class Predictor:
         ``model.forward_head(model.forward_features(x), pre_logits=True)`` on the eager model, or the ``features``
         output of an exported file written with them. ``normalize`` scales each row to unit L2 norm."""
         self.check_embeddable()
-        if getattr(self.backend, "has_features", False):
-            out = self.backend.features(batch)  # type: ignore[attr-defined]
-        else:
+        if self.backend.has_features:
+            out = self.backend.features(batch)
+        else:  # e.g. auto's cached file (it has no features output): the eager model, where the backend takes input
             assert self.model is not None  # check_embeddable
-            out = _torch_features(self.model, self.backend, batch)
+            out = torch_features(self.model, batch, self.backend.device)
         out = out.float().cpu()
         return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
     def check_embeddable(self) -> None:
         """A one-line error naming the fix when :meth:`embed` cannot run: an exported file without features."""
-        if getattr(self.backend, "has_features", False) or hasattr(self.model, "forward_features"):
+        if self.backend.has_features or hasattr(self.model, "forward_features"):  # any nn.Module may be given
             return
         raise ResnextError(
             "this model file has no 'features' output: re-export it with `resnext export --features` "
@@ -336,27 +354,16 @@ def decoded_batches(
 
     if batch_size < 1:
         raise ResnextError(f"--batch-size must be at least 1, got {batch_size}")
-    expect = getattr(predictor.backend, "expect", None)
-    if expect is not None:  # --backend auto on an empty cache: exports only when the job is big enough to repay it
-        expect(len(sources))
+    # --backend auto on an empty cache exports only when the job is big enough to repay it
+    predictor.backend.expect(len(sources))
     loader = torch.utils.data.DataLoader(
         ImageDataset(sources, predictor.transforms),
         batch_size=batch_size,
         num_workers=max(0, min(workers, len(sources))),
         collate_fn=collate_images,
-        pin_memory=getattr(predictor.backend, "device", torch.device("cpu")).type == "cuda",
+        pin_memory=predictor.backend.device.type == "cuda",
     )
     with tqdm(total=len(sources), unit="img", desc=desc, disable=not progress, file=sys.stderr) as bar:
         for indices, batch, errors in loader:
             yield indices, batch, errors
             bar.update(len(indices) + len(errors))
-
-
-def _torch_features(model: torch.nn.Module, backend: Any, batch: Tensor) -> Tensor:
-    """Pooled features from the eager model, on the torch backend's device, precision and memory format."""
-    device = getattr(backend, "device", torch.device("cpu"))
-    dtype = getattr(backend, "dtype", None)
-    memory_format = getattr(backend, "memory_format", torch.contiguous_format)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        x = batch.to(device, memory_format=memory_format, non_blocking=True)
-        return model.forward_head(model.forward_features(x), pre_logits=True).float().cpu()  # type: ignore[operator]

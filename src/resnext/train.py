@@ -42,6 +42,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backend import TorchBackend
 from .checkpoint import RunLog, prepare_workspace, read_training_checkpoint, rng_state, set_rng_state, write_checkpoint
 from .data import SyntheticData, _mix, build_train_data
 from .distributed import Distributed, StopRequest, init_distributed, shutdown_distributed
@@ -49,7 +50,6 @@ from .errors import ResnextError
 from .evaluate import evaluate
 from .models import create_model
 from .optim import ModelEma, forward_backward, lr_at, mixup, optimizer_step, parameter_groups
-from .runtimes import TorchBackend
 from .train_config import TrainConfig
 from .util import atomic_open, autocast_dtype
 

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..backend import Backend
 from ..errors import ResnextError
 from .peak import apply_peaks, emulated_note, machine_info, measure_peaks, merge_peaks, ran_precision, torch_threads
 
@@ -234,10 +235,11 @@ def set_bn_statistics(model: torch.nn.Module, images: Tensor) -> None:
 
 def make_runner(
     backend: str, precision: str, model: torch.nn.Module, config: BenchConfig, workdir: Path, cache: dict[str, Path]
-) -> Callable[[Tensor], Tensor]:
+) -> Backend:
     """A callable batch -> logits for (backend, precision); exported files are written once and parity-checked."""
     from .. import export
-    from ..runtimes import TorchBackend, create_backend
+    from ..backend import TorchBackend
+    from ..backends import create_backend
     from ..sources import source_from_model
 
     if backend == "torch":

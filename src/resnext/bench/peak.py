@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ..backend import Backend
 from ..hardware import ISA_FLAGS, NATIVE_CPU_FEATURES, cpu_features, cpu_model, features_mask, native_precisions
 
 logger = logging.getLogger(__name__)
@@ -278,11 +279,11 @@ def peak_fraction(gflops: float, precision: str, peaks: dict[str, Peak]) -> tupl
     return gflops / peak, peak
 
 
-def ran_precision(runner: Any, precision: str) -> str:
+def ran_precision(runner: Backend, precision: str) -> str:
     """The precision a runner really computes in (int8 files report their float fallback as their own)."""
     if precision == "int8":
         return "int8"
-    actual = getattr(runner, "precision", precision)
+    actual = runner.precision
     return actual if actual in ("fp32", "bf16", "fp16") else precision
 
 

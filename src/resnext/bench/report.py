@@ -111,9 +111,9 @@ def machine_class(machine: dict[str, Any]) -> str:
 
 def folder_accuracy(model: Any, source: Any, root: str, image_size: int) -> dict[str, float]:
     """Eager fp32 top-1/top-5 (percent) on the labelled folder ``root``, through the package's evaluation."""
+    from ..backend import TorchBackend
     from ..data import eval_loader, match_classes
     from ..evaluate import evaluate
-    from ..runtimes import TorchBackend
     from ..transforms import eval_preset
 
     classes = match_classes(root, source.num_classes, source.classes)

@@ -10,20 +10,20 @@ Each command lives in a module of this package whose ``PARSERS`` add its subcomm
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from ..errors import ResnextError
 
-#: command modules of this package, in the order ``resnext --help`` lists them
-COMMANDS = ("classify", "embed", "train", "export", "prepare", "benchmark", "models", "demo", "serve")
-
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
+    from . import benchmark, classify, demo, embed, export, models, prepare, serve, train
     from .common import one_line_errors
+
+    #: command modules, in the order ``resnext --help`` lists them
+    commands = (classify, embed, train, export, prepare, benchmark, models, demo, serve)
 
     parser = argparse.ArgumentParser(
         prog="resnext", description="Classify, train, evaluate, export and benchmark NVIDIA's ResNeXt101-32x4d family."
@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resnext {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        for add_parser in importlib.import_module(f"{__name__}.{name}").PARSERS:
+    for command in commands:
+        for add_parser in command.PARSERS:
             add_parser(sub)
     _accept_verbose_everywhere(sub)
     one_line_errors(parser)

@@ -36,11 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backends import run_merged
 from ..download import MAX_IMAGE_BYTES
 from ..errors import ResnextError, first_line
 from ..images import MAX_IMAGE_PIXELS, load_image, sample_images
 from ..predict import Predictor, top_k
-from ..runtimes import INPUT_NAME, OUTPUT_NAME, run_merged
+from ..runtimes import INPUT_NAME, OUTPUT_NAME
 from . import LABELS_FILE
 from .repository import check_model_name
 from .tritonserver import new_workspace, remove_workspace, require_serving, server_environment
