@@ -170,9 +170,8 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt.get("state_dict_ema", ckpt["state_dict"]))
-        self.state = TrainState(
-            int(ckpt["epoch"]), int(ckpt.get("step", 0)), float(ckpt["best_prec1"]), int(ckpt.get("best_epoch", 0))
-        )
+        best = float(ckpt["best_prec1"]), int(ckpt.get("best_epoch", 0))
+        self.state = TrainState(int(ckpt["epoch"]), int(ckpt.get("step", 0)), *best)
         set_rng_state(ckpt["rng"])
         if self.di.is_main:
             logger.info("resumed from %s at epoch %d, step %d", path, self.state.epoch + 1, self.state.step)
