@@ -114,3 +114,13 @@ def test_a_member_without_arch_builds_its_own_architecture(offline_cache: Path) 
     assert get_model_weights("resnet50") is ResNet50_Weights
     with torch.device("meta"), pytest.raises(WeightsError, match="nvidia_resnet50_200821"):
         load_source(ResNet50_Weights.IMAGENET1K_NVIDIA, progress=False)  # resnet50's file, not resnext101's
+
+
+def test_an_enum_prefixed_name_names_its_own_architecture() -> None:
+    """``ResNet50_Weights.IMAGENET1K_NVIDIA`` without ``--arch`` is resnet50's weights, never resnext101's member of
+    the same name; with another ``--arch`` it is a one-line error instead of a silent swap."""
+    assert published_weights(None, "ResNet50_Weights.IMAGENET1K_NVIDIA") is ResNet50_Weights.IMAGENET1K_NVIDIA
+    assert published_weights(None, "resnext.ResNet50_Weights.DEFAULT") is ResNet50_Weights.IMAGENET1K_NVIDIA
+    with pytest.raises(WeightsError, match="resnet50's weights, not resnext101_32x4d's"):
+        published_weights("resnext101_32x4d", "ResNet50_Weights.IMAGENET1K_NVIDIA")
+    assert published_weights(None, "model.pth") is None  # a dotted file name with no weights enum stays a file

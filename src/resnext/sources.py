@@ -149,13 +149,25 @@ def published_weights(arch: str | None, weights: WeightsSource) -> WeightsEnum |
     # a name is dotted identifiers: a URL, an hf-hub: id or a path with a folder never is, so no reader is asked
     if not isinstance(weights, str) or not _WEIGHTS_NAME.fullmatch(weights) or os.path.exists(weights):
         return None
-    model_name = arch or DEFAULT_ARCH
-    name = weights.rsplit(".", 1)[-1]
+    prefix, _, name = weights.rpartition(".")
+    owner = _arch_of_enum_name(prefix.rsplit(".", 1)[-1]) if prefix else None  # "ResNet50_Weights.X" names its arch
+    model_name = arch or owner or DEFAULT_ARCH
+    if owner is not None and owner != model_name:
+        raise WeightsError(f"{weights} are {owner}'s weights, not {model_name}'s; drop --arch or pass --arch {owner}")
     enum = get_model_weights(model_name)
     if name == "DEFAULT" and enum is None:
         raise WeightsError(f"{model_name} has no published weights; pass --weights FILE (or --weights random)")
     if enum is not None and name in enum.__members__:
         return enum[name]
+    return None
+
+
+def _arch_of_enum_name(enum_name: str) -> str | None:
+    """The architecture whose builder takes the weights enum called ``enum_name`` (None: no such enum)."""
+    for model_name in list_models():
+        enum = get_model_weights(model_name)
+        if enum is not None and enum.__name__ == enum_name:
+            return model_name
     return None
 
 
