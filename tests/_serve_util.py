@@ -1,9 +1,11 @@
-"""Helpers for the serving tests: free loopback ports and the process tree (to prove no tritonserver is left)."""
+"""Helpers for the serving tests: free loopback ports, the process tree (to prove no tritonserver is left), and
+stopping a server process started by a test."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 
@@ -54,3 +56,13 @@ def triton_processes(root: int) -> dict[int, str]:
 def alive(pids: list[int]) -> list[int]:
     """The ``pids`` that still exist and are not zombies."""
     return [p for p in pids if (info := _stat(p)) is not None and info[1] != "Z"]
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if ``process`` has not exited within ``timeout`` seconds; waits for it either way."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)

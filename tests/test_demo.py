@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _serve_util import stop_process
 from conftest import REPO_ROOT, SAMPLES, closed_port
 from PIL import Image
 
@@ -271,12 +272,7 @@ def test_space_app_answers_a_request(tmp_path, small_checkpoint):
             assert label in html_text and pct in html_text
         assert heatmap is not None
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        stop_process(process)
         log.close()
     assert not port_open(port)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _serve_util import stop_process
 from conftest import NGC_RESNEXT_FILE, SAMPLES, cli_env, closed_port, place_file, randomize_bn
 
 from resnext import create_model, load_source
@@ -438,10 +439,5 @@ def test_demo_downloads_hf_hub_weights_before_gradio_switches_the_hub_offline(lo
                 assert time.monotonic() < deadline, "the demo did not load its model within 120 s"
                 time.sleep(0.2)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
+            stop_process(process)
     assert ("GET", "/me/tiny/resolve/main/model.safetensors") in [(m, p) for m, p, _ in hub.state.requests]
