@@ -25,6 +25,7 @@ from resnext.predict import Predictor
 from resnext.runtimes import RUNTIMES, Runtime
 from resnext.sources import load_source, source_from_model
 from resnext.transforms import eval_preset
+from resnext.util import file_digest
 
 SIZE = 32
 EXACT = [name for name in auto.EXACT_ORDER if RUNTIMES[name].installed()]
@@ -97,7 +98,7 @@ def test_auto_exports_once_reuses_matches_eager_and_rebuilds_damage(cache, sourc
     assert not rebuilt.auto.reused and [p for p in cache.iterdir() if p.is_dir()] == entries
     _assert_equals_eager(Predictor(rebuilt, transforms=first.transforms), source.model)
     manifest = json.loads((entries[0] / auto_cache.MANIFEST).read_text())
-    assert manifest["files"][weights_file.name] == auto_cache.file_sha256(weights_file)
+    assert manifest["files"][weights_file.name] == file_digest(weights_file)
 
 
 @needs_runtime

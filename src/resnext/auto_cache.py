@@ -26,7 +26,7 @@ import torch
 
 from .errors import ResnextError
 from .runtimes import Runtime
-from .util import TMP_PREFIX, sweep_stale_temporaries
+from .util import TMP_PREFIX, file_digest, sweep_stale_temporaries
 
 logger = logging.getLogger("resnext.auto")
 
@@ -49,14 +49,6 @@ def weights_sha256(model: torch.nn.Module) -> str:
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -174,7 +166,7 @@ def read_entry(entry: Path, key: CacheKey) -> dict[str, Any] | None:
             return None
         for name, sha in files.items():
             path = entry / name
-            if Path(name).name != name or path.is_symlink() or file_sha256(path) != sha:
+            if Path(name).name != name or path.is_symlink() or file_digest(path) != sha:
                 logger.warning("backend auto: %s in the cache is damaged (sha256 differs): rebuilding", name)
                 return None
         return manifest
@@ -251,7 +243,7 @@ def build_entry(
             manifest = {
                 "key": key.as_dict(),
                 "model_file": FILE_NAMES[runtime.name],
-                "files": {Path(f).name: file_sha256(Path(f)) for f in result.files},
+                "files": {Path(f).name: file_digest(f) for f in result.files},
                 "parity": [p.line() for p in result.parity],
                 "agreement": real.top1_agreement,
                 "accuracy": result.accuracy,

@@ -186,13 +186,14 @@ def requested_settings(job: BulkJob, spec: ModelSpec | None = None) -> dict[str,
 
 def row_settings(job: BulkJob, predictor: Predictor, spec: ModelSpec | None = None) -> dict[str, Any]:
     """Everything that defines a row of ``job`` made by ``predictor``: what ``--resume`` must find unchanged."""
-    from .auto_cache import file_sha256, weights_sha256
+    from .auto_cache import weights_sha256
+    from .util import file_digest
 
     backend = predictor.backend
     if predictor.model is not None:
         weights = weights_sha256(predictor.model)
     elif spec is not None and spec.model_file:
-        weights = file_sha256(Path(spec.model_file))
+        weights = file_digest(spec.model_file)
     else:
         weights = None
     return {

@@ -37,7 +37,7 @@ from .download import DEADLINE_ENV, MAX_WEIGHTS_BYTES, WEIGHTS_DEADLINE_S, deadl
 from .errors import ResnextError, WeightsError, first_line
 from .labels import imagenet_categories, imagenet_wnids
 from .transforms import EvalPreset
-from .util import TMP_PREFIX, atomic_open, atomic_path, sweep_stale_temporaries
+from .util import TMP_PREFIX, atomic_open, atomic_path, file_digest, sweep_stale_temporaries
 
 logger = logging.getLogger("resnext")
 
@@ -455,10 +455,7 @@ def _verify_cached_file(path: Path, source: str) -> None:
         digest = hashlib.sha1(f"blob {blob.stat().st_size}\0".encode(), usedforsecurity=False)
     else:
         return  # a cache without symlinks (HF_HUB_DISABLE_SYMLINKS, some Windows setups) keeps no hash to check
-    with open(blob, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != etag:
+    if file_digest(blob, digest) != etag:
         for stale in (path, blob):
             with contextlib.suppress(OSError):
                 stale.unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import os
 import tempfile
@@ -155,3 +156,13 @@ def call_with(factory: Callable[..., T], values: Any, /, **given: Any) -> T:
         if name not in given and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and hasattr(values, name)
     }
     return factory(**taken, **given)
+
+
+def file_digest(path: str | os.PathLike[str], digest: Any = None) -> str:
+    """Hex digest of a file's bytes, read 1 MiB at a time: sha256, or ``digest`` (a hashlib object, possibly
+    already fed a prefix, as git's blob hash is)."""
+    digest = digest if digest is not None else hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return str(digest.hexdigest())
