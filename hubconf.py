@@ -6,7 +6,7 @@
 ``pretrained_from_file`` takes any weights source: a checkpoint or ``export-weights`` file (``.pth`` or
 ``.safetensors``), a folder in timm's Hub layout, a URL, or ``"hf-hub:owner/name[@revision]"``.
 
-A thin shim over ``resnext.sources`` (one model source) and ``resnext.hub`` (processing utils).
+A thin shim over ``resnext.model.sources`` (one model source) and ``resnext.inference.hub`` (processing utils).
 """
 
 import os
@@ -18,8 +18,8 @@ _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
 if os.path.isdir(_SRC) and _SRC not in sys.path:
     sys.path.insert(0, _SRC)
 
-from resnext.hub import ProcessingUtils  # noqa: E402
-from resnext.sources import load_source  # noqa: E402
+from resnext.inference.hub import ProcessingUtils  # noqa: E402
+from resnext.model.sources import load_source  # noqa: E402
 
 
 def _hub_model(arch, pretrained, pretrained_from_file, **kwargs):

@@ -6,15 +6,15 @@
 
 ``--cold-start`` measures whole jobs, predictor construction included, ``--backend auto`` against
 ``--backend torch`` on the same images: a small job on an empty cache (nothing known about exports here); the
-cache built once (``resnext prepare``'s :func:`resnext.auto.prepare`, timed: the export's own cost); a large job on
-an empty cache that knows that export time (a second model on this machine); a job on the warm cache. Each auto
+cache built once (``resnext prepare``'s :func:`resnext.inference.auto.prepare`, timed: the export's own cost); a large
+job on an empty cache that knows that export time (a second model on this machine); a job on the warm cache. Each auto
 job must stay within 25% + 5 s of torch.
 
-Both predictors run through :func:`resnext.predict.classify_sources`, the code path of ``resnext classify`` (batch
-16, 2 decoding workers: the CLI defaults). The auto backend's one-time export is built first (``resnext prepare``),
-before timing, and reported separately as setup (later runs load it from the cache). Passes alternate (eager, auto,
-eager, auto, ...) so a change in the machine's load hits both; the table reports the median pass. Outputs are
-compared on every image: the largest difference of the top-5 probabilities must stay within 1e-4.
+Both predictors run through :func:`resnext.inference.predict.classify_sources`, the code path of ``resnext classify``
+(batch 16, 2 decoding workers: the CLI defaults). The auto backend's one-time export is built first (``resnext
+prepare``), before timing, and reported separately as setup (later runs load it from the cache). Passes alternate
+(eager, auto, eager, auto, ...) so a change in the machine's load hits both; the table reports the median pass. Outputs
+are compared on every image: the largest difference of the top-5 probabilities must stay within 1e-4.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from resnext.auto import prepare
     from resnext.bench.inference import machine_info, set_bn_statistics
-    from resnext.export import preprocess
+    from resnext.export.driver import preprocess
     from resnext.images import sample_images
-    from resnext.predict import Predictor, classify_sources
-    from resnext.sources import load_source
+    from resnext.inference.auto import prepare
+    from resnext.inference.predict import Predictor, classify_sources
+    from resnext.model.sources import load_source
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnext101_32x4d")
@@ -115,12 +115,12 @@ def cold_start(arch: str, small: int, large: int, warm_size: int) -> None:
 
     import torch
 
-    from resnext import auto, auto_cache
     from resnext.bench.inference import machine_info, set_bn_statistics
-    from resnext.export import preprocess
+    from resnext.export.driver import preprocess
     from resnext.images import sample_images
-    from resnext.predict import Predictor, classify_sources
-    from resnext.sources import load_source
+    from resnext.inference import auto, auto_cache
+    from resnext.inference.predict import Predictor, classify_sources
+    from resnext.model.sources import load_source
 
     logging.basicConfig(level=logging.INFO, format="  resnext: %(message)s")
     os.environ.pop(auto.PIN_ENV, None)

@@ -120,9 +120,9 @@ def check_inference(cpu_smoke: bool = False) -> bool | None:
     import torch
 
     from resnext.bench.inference import set_bn_statistics
-    from resnext.export import ExportConfig, _metadata, preprocess, write_onnx, write_tensorrt
+    from resnext.export.driver import ExportConfig, _metadata, preprocess, write_onnx, write_tensorrt
     from resnext.images import sample_images
-    from resnext.models import create_model
+    from resnext.model.factory import create_model
 
     print("== inference ==", flush=True)
     if not cpu_smoke and not torch.cuda.is_available():
@@ -181,7 +181,7 @@ def check_inference(cpu_smoke: bool = False) -> bool | None:
     elif importlib.util.find_spec("tensorrt") is None:
         notes.append("TensorRT: skipped (the tensorrt package is not importable here)")
     else:
-        from resnext.backends import TensorRTBackend
+        from resnext.runtime.backends import TensorRTBackend
 
         tmp = Path(tempfile.mkdtemp())
         config = ExportConfig(

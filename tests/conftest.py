@@ -147,7 +147,7 @@ def train_tiny(
 ) -> nn.Module:
     """``resnext_test`` trained with a plain torch loop (AdamW, flips) on a tiny folder: confident logits in ~15 s,
     what int8 agreement checks need (a random network's near-tie logits flip with any rounding)."""
-    from resnext.models import create_model
+    from resnext.model.factory import create_model
 
     torch.manual_seed(seed)
     images, labels = load_labelled(train_dir, image_size)
@@ -232,8 +232,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 @pytest.fixture(autouse=True)
 def eager_by_default(monkeypatch, tmp_path_factory) -> None:
-    """``--backend auto`` means eager PyTorch in tests (tests/test_auto.py unsets this to test auto itself): the
-    one-time export it would do is seconds per model, and each test's model is new. Any auto cache a test does
+    """``--backend auto`` means eager PyTorch in tests (tests/inference/test_auto.py unsets this to test auto itself):
+    the one-time export it would do is seconds per model, and each test's model is new. Any auto cache a test does
     write goes to a temporary folder, never to the user's."""
     monkeypatch.setenv("RESNEXT_AUTO", "torch")
     monkeypatch.setenv("RESNEXT_CACHE", str(tmp_path_factory.getbasetemp() / "resnext-auto-cache"))

@@ -17,7 +17,7 @@ from _serve_util import stop_process
 from conftest import REPO_ROOT, SAMPLES, closed_port
 from PIL import Image
 
-from resnext.predict import Predictor
+from resnext.inference.predict import Predictor
 
 pytest.importorskip("gradio")
 

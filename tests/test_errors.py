@@ -7,8 +7,8 @@ import torch
 
 from resnext.errors import ImageError, ResnextError, WeightsError, first_line
 from resnext.images import load_image
+from resnext.model.weights import read_checkpoint
 from resnext.util import resolve_device
-from resnext.weights import read_checkpoint
 
 
 def test_first_line_of_a_multi_line_error() -> None:

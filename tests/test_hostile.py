@@ -36,11 +36,11 @@ from resnext.cli import EXIT_CRASH, main
 from resnext.download import download_file, fetch_bytes, read_source_record
 from resnext.errors import ImageError, ResnextError, WeightsError
 from resnext.images import MAX_ASPECT_RATIO, load_image
-from resnext.predict import ClassifyResult, Prediction, Predictor, classify_sources, top_k
-from resnext.report import format_table
-from resnext.sources import load_source, source_from_model, with_metadata
+from resnext.inference.predict import ClassifyResult, Prediction, Predictor, classify_sources, top_k
+from resnext.inference.report import format_table
+from resnext.model.sources import load_source, source_from_model, with_metadata
+from resnext.model.weights import ResNet50_Weights, check_state_dict, read_checkpoint
 from resnext.transforms import train_preset
-from resnext.weights import ResNet50_Weights, check_state_dict, read_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Pillow warns (UserWarning) about the damaged EXIF blocks this file feeds it on purpose
@@ -150,7 +150,7 @@ def test_classify_path_survives_the_corpus(fuzz_corpus, predictor) -> None:
 
 
 def test_training_dataset_survives_the_corpus(fuzz_corpus, tmp_path) -> None:
-    from resnext.data import ImageFolder
+    from resnext.training.data import ImageFolder
 
     files, intact = fuzz_corpus
     for i, path in enumerate(files):
@@ -180,8 +180,8 @@ _CAPPED = r"""
 import json, resource, sys
 import torch  # loaded before the cap: the cap bounds what decoding and preprocessing may add
 from resnext import create_model
-from resnext.predict import Predictor, classify_sources
-from resnext.sources import source_from_model
+from resnext.inference.predict import Predictor, classify_sources
+from resnext.model.sources import source_from_model
 predictor = Predictor.from_source(source_from_model(create_model("resnext_test").eval()), backend="torch",
                                   device="cpu")
 vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize")) * 1024
@@ -561,7 +561,7 @@ def _leftovers(folder: Path) -> list[str]:
 _EXPORTS = r"""
 import sys
 from resnext import create_model
-from resnext.export import ExportConfig, export_model
+from resnext.export.driver import ExportConfig, export_model
 from resnext.errors import ResnextError
 model = create_model("resnext_test").eval()
 for fmt, name in [("torchscript", "m.ts"), ("export", "m.pt2")]:
@@ -593,8 +593,8 @@ def test_torchscript_and_pt2_export_to_a_full_disk(full_disk) -> None:
 
 def test_export_write_failure_leaves_no_staging_folder(tmp_path, monkeypatch) -> None:
     """The same without root: the write raises ENOSPC."""
-    import resnext.export as export
-    import resnext.export_writers as writers
+    import resnext.export.driver as export
+    import resnext.export.writers as writers
 
     def full(save, path):  # noqa: ANN001
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -1,7 +1,8 @@
 """resnext: NVIDIA's ResNeXt101-32x4d ImageNet classifier family, ready to classify, train, evaluate and export."""
 
 from .errors import DownloadError, ImageError, ResnextError, WeightsError
-from .models import (
+from .inference.predict import Predictor
+from .model.factory import (
     ResNet,
     create_model,
     get_model_weights,
@@ -10,14 +11,13 @@ from .models import (
     resnext101_32x4d,
     se_resnext101_32x4d,
 )
-from .predict import Predictor
-from .sources import ModelSource, load_source
+from .model.sources import ModelSource, load_source
+from .model.weights import ResNet50_Weights, ResNeXt101_32X4D_Weights, SE_ResNeXt101_32X4D_Weights, Weights
 from .transforms import eval_preset, train_preset
-from .weights import ResNet50_Weights, ResNeXt101_32X4D_Weights, SE_ResNeXt101_32X4D_Weights, Weights
-
-__version__ = "0.2.0"
+from .version import __version__
 
 __all__ = [
+    "__version__",
     "DownloadError",
     "ImageError",
     "ModelSource",

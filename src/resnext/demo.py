@@ -2,10 +2,10 @@
 uploaded, pasted or sample image and shows its top-5 classes, the model's time and a Grad-CAM heat-map.
 
 Classification goes through the package's one path (:func:`resnext.images.load_image` for bounded decoding, the
-:class:`~resnext.predict.Predictor`'s preset transforms and backend, :func:`~resnext.predict.top_k`); heat-maps
-come from :meth:`Predictor.explain <resnext.predict.Predictor.explain>`. Safe by default: loopback only, no share
-link, Gradio's analytics off (nothing calls the internet, which would hang offline), uploads size-limited and kept
-in a private temporary folder.
+:class:`~resnext.inference.predict.Predictor`'s preset transforms and backend,
+:func:`~resnext.inference.predict.top_k`); heat-maps come from :meth:`Predictor.explain
+<resnext.inference.predict.Predictor.explain>`. Safe by default: loopback only, no share link, Gradio's analytics off
+(nothing calls the internet, which would hang offline), uploads size-limited and kept in a private temporary folder.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .backend import Backend
 from .download import MAX_IMAGE_BYTES
 from .errors import ResnextError
 from .images import load_image, sample_images
-from .predict import Prediction, Predictor, top_k
-from .runtimes import require
+from .inference.predict import Prediction, Predictor, top_k
+from .runtime.backend import Backend
+from .runtime.table import require
 from .util import sweep_stale_temporaries
 
 if TYPE_CHECKING:
@@ -404,7 +404,7 @@ def create_demo_model(
         runtime = runtime_name(predictor.backend)
         description = f"{predictor.arch or 'model'} · {Path(model_file).name} · {runtime}"
         return DemoModel(predictor, explainer=None, description=description)
-    from .sources import load_source
+    from .model.sources import load_source
 
     source = load_source(weights, arch=arch)
     if triton_url:

@@ -5,8 +5,8 @@ model-only throughput of the same runtime and precision, measured in the same ru
     resnext benchmark bulk photos/ --arch resnext_test --image-size 64 --engine local --limit 32    # smoke
 
 Rows: ``model only`` (one preprocessed batch run ``ceil(N / batch)`` times through the backend: the ceiling the
-engines can reach), ``local`` (:func:`resnext.bulk.run_local`, ``--workers`` decoding processes overlapped with
-the model) and ``ray`` (:func:`resnext.bulk_ray.run_ray` on a private Ray instance, started before the clock; the
+engines can reach), ``local`` (:func:`resnext.bulk.engine.run_local`, ``--workers`` decoding processes overlapped with
+the model) and ``ray`` (:func:`resnext.bulk.ray_engine.run_ray` on a private Ray instance, started before the clock; the
 clock includes the actors loading the model, as every real run does). Goals from the issue: local >= 90% of model
 only, Ray >= 80% of local.
 """
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..bulk import ModelSpec
+from ..bulk.engine import ModelSpec
 from ..errors import ResnextError
 from .peak import machine_info
 
@@ -107,7 +107,7 @@ def model_only(predictor: Any, sources: Sequence[str], task: str, batch_size: in
 
 
 def run_bulk_benchmark(config: BulkBenchConfig) -> BulkBenchResult:
-    from ..bulk import BulkJob, list_inputs, run_local
+    from ..bulk.engine import BulkJob, list_inputs, run_local
 
     unknown = set(config.engines) - set(ENGINES)
     if unknown:
@@ -142,8 +142,8 @@ def run_bulk_benchmark(config: BulkBenchConfig) -> BulkBenchResult:
 def _ray_row(job: Any, spec: Any, config: BulkBenchConfig) -> BulkRow:
     """Ray's own start-up is outside the clock (a cluster is already running); the actors' start is inside."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from ..bulk_ray import RayOptions, quiet_private_ray, ray_instance, run_ray
-    from ..runtimes import require
+    from ..bulk.ray_engine import RayOptions, quiet_private_ray, ray_instance, run_ray
+    from ..runtime.table import require
 
     quiet_private_ray()
     ray = require("ray", "ray")

@@ -276,7 +276,7 @@ def history_figure(records: list[dict[str, Any]]) -> Any:
     """The history plot (a matplotlib ``Figure``) of the records comparable with the last one."""
     import textwrap
 
-    from ..runtimes import require
+    from ..runtime.table import require
 
     require("matplotlib", "plot")
     import matplotlib

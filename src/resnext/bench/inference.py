@@ -16,8 +16,8 @@ images (``agreement_dir``, e.g. a labelled folder, where accuracy is reported to
 Every runtime gets the same thread count: ``threads``, default PyTorch's current setting. A whole run has a time
 budget (``time_budget``, seconds): once it is spent, the row being timed stops after its first timed call, the rows
 not yet started are skipped with a note, and the JSON is still written. A precision the CPU only emulates (bf16
-without AVX-512 BF16/AMX, int8 without VNNI/AMX: :func:`resnext.hardware.native_precisions`) is noted as such.
-Exported backends are exported into a temporary folder first and must pass :func:`resnext.export.check_parity`
+without AVX-512 BF16/AMX, int8 without VNNI/AMX: :func:`resnext.runtime.hardware.native_precisions`) is noted as such.
+Exported backends are exported into a temporary folder first and must pass :func:`resnext.export.driver.check_parity`
 before they are timed. Without ``--weights`` the model has random weights, with batch-norm statistics set from
 the sample photos so activations have realistic ranges (speed does not depend on the weight values; agreement
 does: a random network's logits are near-ties, so measure agreement with real weights and ``agreement_dir``).
@@ -41,8 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..backend import Backend
 from ..errors import ResnextError
+from ..runtime.backend import Backend
 from .peak import apply_peaks, emulated_note, machine_info, measure_peaks, merge_peaks, ran_precision, torch_threads
 
 logger = logging.getLogger(__name__)
@@ -237,10 +237,10 @@ def make_runner(
     backend: str, precision: str, model: torch.nn.Module, config: BenchConfig, workdir: Path, cache: dict[str, Path]
 ) -> Backend:
     """A callable batch -> logits for (backend, precision); exported files are written once and parity-checked."""
-    from .. import export
-    from ..backend import TorchBackend
-    from ..backends import create_backend
-    from ..sources import source_from_model
+    from ..export import driver as export
+    from ..model.sources import source_from_model
+    from ..runtime.backend import TorchBackend
+    from ..runtime.backends import create_backend
 
     if backend == "torch":
         return TorchBackend(model, device="cpu", precision=precision)
@@ -316,7 +316,7 @@ def plan(config: BenchConfig) -> tuple[list[tuple[str, str]], list[str]]:
 
 def agreement_images(config: BenchConfig, num_classes: int) -> tuple[Tensor, list[int] | None, str]:
     """Preprocessed images for the agreement column, their labels when the folder is labelled, a description."""
-    from ..export import _spread, labelled_images, preprocess
+    from ..export.driver import _spread, labelled_images, preprocess
     from ..images import sample_images
 
     if not config.agreement_dir:
@@ -334,8 +334,8 @@ def run_inference_benchmark(config: BenchConfig, model: torch.nn.Module | None =
     """Measure every supported (backend, precision) at every batch size, reference rows included."""
     from dataclasses import replace
 
-    from ..export import _logits, preprocess, sample_images
-    from ..sources import load_source
+    from ..export.driver import _logits, preprocess, sample_images
+    from ..model.sources import load_source
 
     pairs, skipped = plan(config)
     config = replace(config, threads=config.threads or torch.get_num_threads())
@@ -391,7 +391,7 @@ def run_inference_benchmark(config: BenchConfig, model: torch.nn.Module | None =
 
 
 def _accuracy(logits: Tensor, labels: Sequence[int]) -> float:
-    from ..export import accuracy
+    from ..export.driver import accuracy
 
     return accuracy(logits, labels)
 
@@ -407,7 +407,7 @@ def _measure_rows(
 ) -> None:
     """Build each runner, measure its agreement, then time it at every batch size (progress on the log); past
     ``deadline`` (``time.perf_counter()``) the rows not started are skipped with a note."""
-    from ..export import _logits, compare
+    from ..export.driver import _logits, compare
 
     agree_x, reference_logits, labels = agreement
     total, done = len(pairs) * len(config.batch_sizes), 0

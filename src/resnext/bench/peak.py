@@ -11,8 +11,8 @@ The peak is measured before and after the rows, and the higher value kept: on a 
 taken during a burst of load would understate it and push rows above 100%.
 
 Only the precisions asked for are measured (fp32 always: it is the floor). A precision the CPU only emulates
-(:func:`resnext.hardware.native_precisions`: bf16 on a CPU without AVX-512 BF16/AMX, int8 without VNNI/AMX) is first
-timed with one small GEMM under a time budget, and at full size only where that rate says it fits in the budget
+(:func:`resnext.runtime.hardware.native_precisions`: bf16 on a CPU without AVX-512 BF16/AMX, int8 without VNNI/AMX) is
+first timed with one small GEMM under a time budget, and at full size only where that rate says it fits in the budget
 (an emulated bf16 GEMM of 2048^3 takes minutes on AVX2; ONNX Runtime's int8 without VNNI is fast), and reported as
 emulated; like any precision, its peak is at least fp32's.
 """
@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from ..backend import Backend
-from ..hardware import ISA_FLAGS, NATIVE_CPU_FEATURES, cpu_features, cpu_model, features_mask, native_precisions
+from ..runtime.backend import Backend
+from ..runtime.hardware import ISA_FLAGS, NATIVE_CPU_FEATURES, cpu_features, cpu_model, features_mask, native_precisions
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def measure_peaks(
 
     ``threads`` (default: PyTorch's current setting) is given to every engine, as the benchmark gives it to every
     runtime. An engine that is missing or fails contributes nothing; PyTorch's fp32 GEMM always runs. A precision
-    not in ``native`` (default: :func:`resnext.hardware.native_precisions`) is timed once at
+    not in ``native`` (default: :func:`resnext.runtime.hardware.native_precisions`) is timed once at
     :data:`EMULATED_GEMM_SIZE` within :data:`EMULATED_BUDGET_S` and marked emulated (see the module docstring).
     """
     threads = threads or torch.get_num_threads()

@@ -72,7 +72,7 @@ def versions() -> dict[str, str | None]:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    from .. import __version__
+    from ..version import __version__
 
     found: dict[str, str | None] = {"resnext": __version__, "python": platform.python_version()}
     for name in ("torch", "torchvision", "onnxruntime", "openvino", "nncf", "numpy"):
@@ -111,9 +111,9 @@ def machine_class(machine: dict[str, Any]) -> str:
 
 def folder_accuracy(model: Any, source: Any, root: str, image_size: int) -> dict[str, float]:
     """Eager fp32 top-1/top-5 (percent) on the labelled folder ``root``, through the package's evaluation."""
-    from ..backend import TorchBackend
-    from ..data import eval_loader, match_classes
-    from ..evaluate import evaluate
+    from ..runtime.backend import TorchBackend
+    from ..training.data import eval_loader, match_classes
+    from ..training.evaluate import evaluate
     from ..transforms import eval_preset
 
     classes = match_classes(root, source.num_classes, source.classes)
@@ -149,14 +149,14 @@ def training_rows(
 
 def make_record(config: ReportConfig) -> dict[str, Any]:
     """Measure everything once and return the record (not yet appended)."""
-    from ..sources import load_source
+    from ..model.sources import load_source
     from .inference import BenchConfig, run_inference_benchmark, set_bn_statistics
 
     source = load_source(config.weights or "random", arch=config.arch)
     model = source.model
     assert model is not None
     if config.weights in (None, "random"):
-        from ..export import preprocess
+        from ..export.driver import preprocess
         from ..images import sample_images
 
         set_bn_statistics(model, preprocess(sample_images(), config.image_size))

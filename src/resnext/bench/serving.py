@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bulk import ModelSpec
+from ..bulk.engine import ModelSpec
 from ..errors import ResnextError
 from ..images import sample_images
-from ..predict import Predictor
+from ..inference.predict import Predictor
 from .inference import machine_info, time_calls
 
 
@@ -203,7 +203,7 @@ class Load:
 
 def request_maker(config: ServingConfig, url: str, model: str, payload: np.ndarray) -> Callable[[], Callable[[], None]]:
     """A factory of per-thread request functions (each thread gets its own client)."""
-    from ..runtimes import require
+    from ..runtime.table import require
 
     module = require(f"tritonclient.{config.protocol}", "serve")
     datatype = "BYTES" if payload.dtype == np.object_ else "FP32"

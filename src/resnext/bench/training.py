@@ -5,7 +5,8 @@ each row against the fp32 NCHW reference row measured in the same run (these mac
     python benchmarks/train.py                     # resnext101_32x4d, batch 16, 224 px (the same through the CLI)
     python benchmarks/gpu_check.py --only training # largest batch that fits, AMP + channels_last, on a GPU
 
-The step is the training loop's own (:func:`resnext.optim.forward_backward` + :func:`resnext.optim.optimizer_step`).
+The step is the training loop's own (:func:`resnext.training.optim.forward_backward` +
+:func:`resnext.training.optim.optimizer_step`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import SyntheticData
-from ..models import create_model
-from ..optim import forward_backward, optimizer_step, parameter_groups
+from ..model.factory import create_model
+from ..training.data import SyntheticData
+from ..training.optim import forward_backward, optimizer_step, parameter_groups
 from ..util import autocast_dtype, resolve_device
 
 logger = logging.getLogger("resnext")

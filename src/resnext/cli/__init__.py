@@ -18,7 +18,7 @@ from ..errors import ResnextError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from ..version import __version__
     from . import benchmark, classify, demo, embed, export, models, prepare, serve, train
     from .common import one_line_errors
 
@@ -125,7 +125,7 @@ def write_crash_log(argv: Sequence[str]) -> str:
     import time
     import traceback
 
-    from .. import __version__
+    from ..version import __version__
 
     text = (
         f"resnext {__version__}, Python {platform.python_version()}, {platform.platform()}\n"

@@ -31,7 +31,7 @@ def check_classify_inputs(args: argparse.Namespace) -> None:
     """Everything that can be checked without the model, so a typo fails in a second, not after loading it."""
     from pathlib import Path
 
-    from ..bulk import is_glob
+    from ..bulk.engine import is_glob
     from ..download import is_url
     from ..util import check_writable
 
@@ -56,11 +56,11 @@ def run_classify(args: argparse.Namespace) -> int:
     """
     from tqdm.auto import tqdm
 
-    from ..bulk import list_inputs
+    from ..bulk.engine import list_inputs
     from ..images import sample_images
+    from ..inference.predict import classify_sources
+    from ..inference.report import format_json, format_table, plot_predictions, printable
     from ..labels import read_label_file
-    from ..predict import classify_sources
-    from ..report import format_json, format_table, plot_predictions, printable
 
     if args.output or args.engine == "ray":
         printed = [f"--{n}" for n in ("json", "plot", "explain") if getattr(args, n, None)]
@@ -116,7 +116,7 @@ def _write_explanation(predictor, result, folder: str, taken: set[str]) -> None:
 
     from tqdm.auto import tqdm
 
-    from ..explain import overlay_name, save_overlay
+    from ..inference.explain import overlay_name, save_overlay
 
     explanation = predictor.explain(result.source, target=result.predictions[0].index)
     path = save_overlay(explanation, Path(folder) / overlay_name(result.source, taken))

@@ -16,10 +16,10 @@ import types
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ..models import list_models
-from ..runtimes import AUTO, RUNTIMES
-from ..sources import DEFAULT_ARCH
-from ..train_config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from ..model.factory import list_models
+from ..model.sources import DEFAULT_ARCH
+from ..runtime.table import AUTO, RUNTIMES
+from ..training.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 __all__ = ["DEFAULT_ARCH", "FLAGS", "add_flags", "add_model_args", "add_runtime_args", "model_spec"]
 
@@ -185,7 +185,7 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *names:
 
 
 def add_model_args(parser: argparse.ArgumentParser, **defaults: Any) -> None:
-    """``--arch`` and ``--weights``: the model source (see :mod:`resnext.sources`)."""
+    """``--arch`` and ``--weights``: the model source (see :mod:`resnext.model.sources`)."""
     add_flags(parser, "arch", "weights", **defaults)
 
 
@@ -196,7 +196,7 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
 
 def model_spec(args: argparse.Namespace, *, categories: list[str] | None = None) -> Any:
     """The model the command's flags describe (source, runtime, precision, ...): one place for every command."""
-    from ..bulk import ModelSpec
+    from ..bulk.engine import ModelSpec
     from ..util import call_with
 
     return call_with(ModelSpec, args, categories=tuple(categories) if categories else None)

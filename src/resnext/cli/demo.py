@@ -44,7 +44,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """
     from ..demo import build_app, create_demo_model, launch, remove_uploads
     from ..errors import ResnextError
-    from ..runtimes import require
+    from ..runtime.table import require
     from ..util import call_with
 
     # The model is loaded before Gradio is imported (build_app does): importing it switches huggingface_hub

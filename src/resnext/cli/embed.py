@@ -51,15 +51,15 @@ def run_embed(args: argparse.Namespace) -> int:
 
 def run_bulk(args: argparse.Namespace, task: str) -> int:
     """``classify``/``embed`` over a collection into ``--output``, on the local or the Ray engine."""
-    from ..bulk import BulkJob, list_inputs, open_output, run_local
+    from ..bulk.engine import BulkJob, list_inputs, open_output, run_local
     from ..images import sample_images
     from ..labels import read_label_file
-    from ..runtimes import require
+    from ..runtime.table import require
     from ..util import call_with
 
     if args.engine == "ray":
         if args.ray_address is None:  # before Ray is imported
-            from ..bulk_ray import quiet_private_ray
+            from ..bulk.ray_engine import quiet_private_ray
 
             quiet_private_ray()
         require("ray.data", "ray")  # before any work: one line naming the extra
@@ -74,7 +74,7 @@ def run_bulk(args: argparse.Namespace, task: str) -> int:
     writer = open_output(job, spec)  # suffix, folder, lock, resume identity: all before the model loads
     try:
         if args.engine == "ray":
-            from ..bulk_ray import RayOptions, run_ray
+            from ..bulk.ray_engine import RayOptions, run_ray
 
             summary = run_ray(job, spec, call_with(RayOptions, args, address=args.ray_address), writer=writer)
         else:

@@ -8,7 +8,7 @@ from .common import add_command, add_flags, add_model_args, positive_float, posi
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
-    from ..export import FORMATS
+    from ..export.driver import FORMATS
 
     p = add_command(sub, "export", run_export)
     p.description += " Precisions per format: " + "; ".join(f"{f}: {', '.join(ps)}" for f, ps in FORMATS.items())
@@ -60,8 +60,8 @@ def run_export(args: argparse.Namespace) -> int:
     """
     import json
 
-    from ..export import ExportConfig, export_model
-    from ..export_config import parse_batch_range
+    from ..export.config import parse_batch_range
+    from ..export.driver import ExportConfig, export_model
     from ..util import call_with
 
     config = call_with(ExportConfig, args, batch_range=parse_batch_range(args.batch_size_range))

@@ -37,8 +37,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     """
     import dataclasses
 
-    from ..auto import prepare
-    from ..sources import load_source
+    from ..inference.auto import prepare
+    from ..model.sources import load_source
     from ..transforms import eval_preset
 
     source = load_source(args.weights, arch=args.arch)

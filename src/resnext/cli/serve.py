@@ -97,9 +97,9 @@ def run_client(args: argparse.Namespace) -> int:
     Print the top-k classes of each image as a Triton server answers them. Exit status 1 if any image could not be
     classified.
     """
-    from ..bulk import list_inputs
+    from ..bulk.engine import list_inputs
     from ..images import sample_images
-    from ..report import format_json, format_table
+    from ..inference.report import format_json, format_table
     from ..serve.client import TritonClient
 
     # classify's listing: folders and globs expanded, a file named twice (alone and in its folder) classified once

@@ -16,7 +16,7 @@ PRECISIONS = ["fp32", "bf16", "fp16"]  # evaluation runs eager torch under autoc
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    from ..train_config import add_train_arguments
+    from ..training.config import add_train_arguments
 
     add_train_arguments(add_command(sub, "train", run_train))
 
@@ -41,8 +41,8 @@ def run_train(args: argparse.Namespace) -> int:
     --nproc_per_node N -m resnext.cli train ... Exit status: 0 done, 128 + signal when SIGTERM/SIGINT stopped the
     run after writing a checkpoint.
     """
-    from ..train import Status, train
-    from ..train_config import config_from_args
+    from ..training.config import config_from_args
+    from ..training.trainer import Status, train
 
     cfg = config_from_args(args)
     result = train(cfg)
@@ -84,7 +84,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     Exit status: 0, or 1 when some images could not be read (they are counted and skipped).
     """
-    from ..evaluate import evaluate_folder
+    from ..training.evaluate import evaluate_folder
     from ..util import call_with
 
     r = call_with(evaluate_folder, args, root=args.data)
@@ -102,7 +102,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_export_weights_parser(sub: argparse._SubParsersAction) -> None:
-    from ..checkpoint import WEIGHTS_FORMATS
+    from ..training.checkpoint import WEIGHTS_FORMATS
 
     p = add_command(sub, "export-weights", run_export_weights)
     p.add_argument(
@@ -129,7 +129,7 @@ def add_export_weights_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_export_weights(args: argparse.Namespace) -> int:
     """Weights out of any source, as .pth, .safetensors or a Hugging Face Hub folder (timm's layout)."""
-    from ..checkpoint import export_weights
+    from ..training.checkpoint import export_weights
 
     path = export_weights(
         args.checkpoint, args.output, ema=args.ema, arch=args.arch, format=args.format, overwrite=args.overwrite

@@ -1,7 +1,7 @@
 """Serving on NVIDIA Triton Inference Server.
 
 - :mod:`resnext.serve.server`: ``resnext serve``, a real ``tritonserver`` (through PyTriton) running any
-  :class:`resnext.predict.Predictor` with dynamic batching: ``<arch>`` (tensor in, logits out, class names for
+  :class:`resnext.inference.predict.Predictor` with dynamic batching: ``<arch>`` (tensor in, logits out, class names for
   Triton's classification extension) and ``<arch>_image`` (encoded image bytes in, top-k names out).
 - :mod:`resnext.serve.repository`: ``resnext triton-repo``, standard model repositories for a full Triton
   deployment (ONNX Runtime, TorchScript, TensorRT or Python-backend models), every ``config.pbtxt`` validated.

@@ -4,7 +4,7 @@ A model whose input is BYTES (``<arch>_image``) gets the encoded file as it is a
 probabilities. A tensor model (``<arch>``, or a ``triton-repo`` model) gets the image decoded and preprocessed here
 by the package's one path (:func:`resnext.images.load_image`, :func:`resnext.transforms.eval_preset` at the
 model's input size) and is asked for every class through Triton's classification extension, whose
-``"score:index:name"`` answers carry the server's class names; :func:`resnext.predict.top_k` ranks them.
+``"score:index:name"`` answers carry the server's class names; :func:`resnext.inference.predict.top_k` ranks them.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 
 from ..errors import ResnextError
 from ..images import load_image, read_image_bytes
-from ..predict import ClassifyResult, Prediction, top_k
-from ..runtimes import require
-from ..sources import display_names
+from ..inference.predict import ClassifyResult, Prediction, top_k
+from ..model.sources import display_names
+from ..runtime.table import require
 from ..transforms import eval_preset
 from . import SERVE_EXTRA
 
@@ -82,7 +82,7 @@ class TritonClient:
     def models(self) -> list[str]:
         """Ready models: the repository index, or (where that API is restricted, as PyTriton does) probing the
         names ``resnext serve`` uses."""
-        from ..models import list_models
+        from ..model.factory import list_models
 
         try:
             index = self.client.get_model_repository_index()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]  # provided by Triton
 
-from resnext.backends import create_backend, run_merged
+from resnext.runtime.backends import create_backend, run_merged
 
 
 class TritonPythonModel:

@@ -3,12 +3,12 @@
     OUT/<name>/config.pbtxt     backend/platform, input [-1,3,S,S] FP32, logits [-1,C] with label_filename,
                                 dynamic batching, instance groups (TensorRT: optimisation profile 0)
     OUT/<name>/labels.txt       class names, one per line, wired to the logits output (classification extension)
-    OUT/<name>/1/<model file>   written by resnext.export (parity-checked against PyTorch)
+    OUT/<name>/1/<model file>   written by resnext.export.driver (parity-checked against PyTorch)
 
 Formats: ``onnx`` (onnxruntime backend, model.onnx), ``torchscript`` (pytorch backend, model.pt; TorchScript
 files have no tensor names, so the tensors follow Triton's ``<name>__<index>`` convention), ``tensorrt``
 (tensorrt_plan, model.plan; the engine's batch profile is the repository's 1..max batch size) and ``python``
-(Python backend running ONNX Runtime or OpenVINO on CPU through :mod:`resnext.runtimes`: the one format the
+(Python backend running ONNX Runtime or OpenVINO on CPU through :mod:`resnext.runtime.table`: the one format the
 ``tritonserver`` bundled with PyTriton can load).
 
 TensorRT engines are specific to the GPU (and TensorRT version) that builds them, so on a machine without a GPU
@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResnextError, first_line
-from ..runtimes import RUNTIMES, require
-from ..sources import ModelSource, load_source
+from ..model.sources import ModelSource, load_source
+from ..runtime.table import RUNTIMES, require
 from . import LABELS_FILE, SERVE_EXTRA
 
 FORMATS = ("onnx", "torchscript", "tensorrt", "python")
@@ -176,7 +176,7 @@ def validate_repository(root: str | os.PathLike, *, allow_missing_engine: bool =
 
 
 def _export(config: RepoConfig, source: ModelSource, fmt: str, output: Path) -> list[str]:
-    from ..export import ExportConfig, export_model
+    from ..export.driver import ExportConfig, export_model
 
     result = export_model(
         ExportConfig(

@@ -1,4 +1,5 @@
-"""``resnext serve``: a real Triton Inference Server (through PyTriton) running a :class:`~resnext.predict.Predictor`.
+"""``resnext serve``: a real Triton Inference Server (through PyTriton) running a
+:class:`~resnext.inference.predict.Predictor`.
 
 Two models are served, each running the predictor's backend:
 
@@ -7,7 +8,7 @@ Two models are served, each running the predictor's backend:
   output) answers ``"score:index:name"``. Triton's dynamic batcher merges concurrent requests into one call.
 - ``<arch>_image``: BYTES ``image [-1, 1]`` (a JPEG/PNG/WebP file as sent by any client) -> ``labels`` (BYTES),
   ``probabilities`` (FP32) and ``indices`` (INT64), all ``[-1, K]``, through the package's one decode
-  (:func:`resnext.images.load_image`), the predictor's preset transforms and :func:`resnext.predict.top_k`.
+  (:func:`resnext.images.load_image`), the predictor's preset transforms and :func:`resnext.inference.predict.top_k`.
   Each request runs on its own (a request may carry many images), so an undecodable image fails only the
   request that sent it: Triton's Python backend, which PyTriton uses, can only fail a whole execution, and
   requests merged into one execution would fail together. Such a request is a client error (HTTP 400 naming
@@ -36,12 +37,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backends import run_merged
 from ..download import MAX_IMAGE_BYTES
 from ..errors import ResnextError, first_line
 from ..images import MAX_IMAGE_PIXELS, load_image, sample_images
-from ..predict import Predictor, top_k
-from ..runtimes import INPUT_NAME, OUTPUT_NAME
+from ..inference.predict import Predictor, top_k
+from ..runtime.backends import run_merged
+from ..runtime.table import INPUT_NAME, OUTPUT_NAME
 from . import LABELS_FILE
 from .repository import check_model_name
 from .tritonserver import new_workspace, remove_workspace, require_serving, server_environment

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResnextError
-from ..runtimes import require
+from ..runtime.table import require
 from ..util import sweep_stale_temporaries
 from . import SERVE_EXTRA
 
