@@ -235,3 +235,23 @@ def test_functions_and_modules_stay_small():
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name}(): {length} lines")
     assert not too_long, "\n".join(too_long)
+
+
+def readme_layers() -> list[set[str]]:
+    """The layer table of README's "Architecture" section: per row, the names of the second column, lowest first
+    (``model/`` and ``demo.py`` read as ``model`` and ``demo``)."""
+    import re
+
+    text = (SRC.parents[1] / "README.md").read_text()
+    section = text[text.index("## Architecture") :]
+    section = section[: section.index("\n## ", 1)]
+    lines = section.splitlines()
+    rows = [line.split("|") for line in lines if line.startswith("| ") and not line.startswith("| layer")]
+    return [{name.rstrip("/").removesuffix(".py") for name in re.findall(r"`([^`]+)`", row[2])} for row in rows]
+
+
+def test_the_readme_map_is_the_folder_tree():
+    """README's architecture table names every entry of ``src/resnext`` once, in the layers this test enforces."""
+    entries = {p.stem for p in SRC.glob("*.py")} | {p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()}
+    assert readme_layers() == LAYERS
+    assert set().union(*LAYERS) == entries
