@@ -105,6 +105,20 @@ def test_palette_images_with_and_without_a_transparent_index(tmp_path: Path) -> 
     np.testing.assert_array_equal(decoded[~where], np.asarray(palette.convert("RGB"))[~where])
 
 
+@pytest.mark.parametrize(("mode", "key"), [("RGB", (10, 20, 30)), ("L", 10)])
+def test_a_colour_keyed_transparent_png_is_composited_on_white_too(mode: str, key) -> None:
+    """PNG's tRNS chunk on an RGB or greyscale image: pixels of the key colour are transparent (Pillow keeps the
+    key in ``info["transparency"]``); they become white like every other kind of transparency here."""
+    image = Image.fromarray(np.asarray(random_rgb(seed=10).convert(mode)))
+    image.putpixel((0, 0), key)
+    data = encode(image, "PNG", transparency=key)
+    decoded = pixels(load_image(data))
+    keyed = np.asarray(image) == np.asarray(key, dtype=np.uint8)
+    keyed = keyed.all(axis=-1) if keyed.ndim == 3 else keyed
+    assert keyed[0, 0] and (decoded[keyed] == 255).all()
+    np.testing.assert_array_equal(decoded[~keyed], np.asarray(image.convert("RGB"))[~keyed])
+
+
 def test_16_bit_greyscale_is_rescaled_not_clipped(tmp_path: Path) -> None:
     values = np.random.default_rng(5).integers(0, 65536, (16, 24), dtype=np.uint16)
     values[0, 0], values[0, 1] = 0, 65535
