@@ -48,7 +48,8 @@ def describe_source(source: ImageSource) -> str:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB: 16/32-bit greyscale is rescaled, transparency is composited on white."""
-    if image.mode == "RGB":
+    keyed = "transparency" in image.info and image.mode in ("P", "L", "RGB")  # a PNG tRNS colour key
+    if image.mode == "RGB" and not keyed:
         return image
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         import numpy as np
@@ -57,7 +58,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(array, mode="L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA") or keyed:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

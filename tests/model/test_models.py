@@ -37,7 +37,8 @@ def test_registry_lists_the_family() -> None:
     ],
 )
 def test_parameter_counts(name: str, expected: int) -> None:
-    model = create_model(name)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = create_model(name)
     assert sum(p.numel() for p in model.parameters()) == expected
     weights = get_model_weights(name)
     assert weights is not None and weights.DEFAULT.meta["num_params"] == expected
@@ -166,3 +167,60 @@ def test_no_module_reaches_into_the_private_registry() -> None:
         if f.name not in ("resnet.py", Path(__file__).name) and "_MODEL_REGISTRY" in f.read_text()
     )
     assert users == []
+
+
+def torchvision_reference(name: str) -> torch.nn.Module:
+    """torchvision's generic ResNet configured as each registered model (for SE models: its plain ResNeXt body).
+    A new registered model fails here until it is given its reference."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    references = {
+        "resnet50": lambda: ResNet(Bottleneck, [3, 4, 6, 3]),
+        "resnext101_32x4d": lambda: ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=4),
+        "se_resnext101_32x4d": lambda: ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=4),
+        "resnext_test": lambda: ResNet(Bottleneck, [1, 1, 1, 1], groups=32, width_per_group=4),
+    }
+    assert name in references, f"{name} has no torchvision reference in this test"
+    return references[name]()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_has_torchvisions_layout_and_parameter_count(name: str) -> None:
+    """Same tensor names and shapes as torchvision's ResNet of that configuration; an SE model adds exactly NVIDIA's
+    fixed 16-unit squeeze (Linear(C,16) + Linear(16,C) per block) and nothing else."""
+    with torch.device("meta"):
+        model, reference = create_model(name), torchvision_reference(name)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    extra = {k: shape for k, shape in ours.items() if k not in theirs}
+    assert {k: ours[k] for k in theirs} == theirs  # raises KeyError on a missing tensor
+    count = sum(p.numel() for p in model.parameters())
+    expected = sum(p.numel() for p in reference.parameters())
+    if name.startswith("se_"):
+        assert extra and all(".squeeze." in k for k in extra)
+        blocks = [m for m in model.modules() if isinstance(m, SEBottleneck)]
+        expected += sum(33 * block.squeeze.expand.out_features + 16 for block in blocks)
+    else:
+        assert extra == {}
+    assert count == expected
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if get_model_weights(n) is not None])
+def test_published_weights_metadata_matches_the_architecture(name: str) -> None:
+    """Every member of the builder's enum: its parameter count, class names and GMACs (counted here by torch's
+    FlopCounterMode on shapes only, at the member's own crop size; NVIDIA's README gives 7.97 for ResNeXt101)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    enum = get_model_weights(name)
+    assert enum is not None and list(enum) != []
+    with torch.device("meta"):
+        model = create_model(name).eval()
+    params = sum(p.numel() for p in model.parameters())
+    for member in enum:
+        assert enum.verify(member.name) is member and enum.verify(f"{enum.__name__}.{member.name}") is member
+        assert member.meta["num_params"] == params
+        assert len(member.meta["categories"]) == model.num_classes
+        crop = member.transforms().crop_size
+        with torch.device("meta"), FlopCounterMode(display=False) as counter:
+            model(torch.empty(1, 3, crop, crop))
+        assert counter.get_total_flops() / 2e9 == pytest.approx(member.meta["gmacs"], rel=0.01)
