@@ -7,7 +7,9 @@ so any accidental fetch fails fast instead of reaching NGC.
 
 from __future__ import annotations
 
+import csv
 import http.server
+import json
 import os
 import random
 import shutil
@@ -345,3 +347,28 @@ def loopback_hub(tmp_path, monkeypatch) -> Callable[..., Any]:
     yield start
     for hub in hubs:
         hub.close()
+
+
+def read_output(path: Path) -> list[dict]:
+    """Rows of a classify output in any format, as dicts with path/error/labels/indices/probabilities."""
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            k = sum(c.startswith("label_") for c in r)
+            present = [i for i in range(1, k + 1) if r[f"label_{i}"]]
+            rows.append(
+                {
+                    "path": r["path"],
+                    "error": r["error"] or None,
+                    "labels": [r[f"label_{i}"] for i in present],
+                    "indices": [int(r[f"index_{i}"]) for i in present],
+                    "probabilities": [float(r[f"probability_{i}"]) for i in present],
+                }
+            )
+    return rows

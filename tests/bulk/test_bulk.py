@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLES
+from conftest import SAMPLES, read_output
 from PIL import Image, ImageOps
 
 from resnext import cli
@@ -35,31 +35,6 @@ def make_images(folder: Path, count: int, *, corrupt: int = 2, seed: int = 0) ->
     for i in range(corrupt):
         (folder / f"bad{i}.png").write_bytes(good[: 40 + i] if i % 2 else b"not an image at all")
     return sorted(str(p) for p in folder.iterdir())
-
-
-def read_output(path: Path) -> list[dict]:
-    """Rows of a classify output in any format, as dicts with path/error/labels/indices/probabilities."""
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines()]
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            k = sum(c.startswith("label_") for c in r)
-            present = [i for i in range(1, k + 1) if r[f"label_{i}"]]
-            rows.append(
-                {
-                    "path": r["path"],
-                    "error": r["error"] or None,
-                    "labels": [r[f"label_{i}"] for i in present],
-                    "indices": [int(r[f"index_{i}"]) for i in present],
-                    "probabilities": [float(r[f"probability_{i}"]) for i in present],
-                }
-            )
-    return rows
 
 
 @pytest.fixture(scope="module")

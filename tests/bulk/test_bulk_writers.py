@@ -7,13 +7,13 @@ rule is checked directly and small: round trips of awkward rows, the suffix choi
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_output
 
 from resnext.bulk.output import MANIFEST_SUFFIX, classify_row, embed_row
 from resnext.bulk.writers import CsvWriter, JsonlWriter, OutputWriter, open_writer
@@ -51,28 +51,6 @@ def write_all(path: Path, rows: list[dict], task: str = "classify", batch: int =
     writer.close()
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def read_csv(path: Path) -> list[dict]:
-    """Back to the row dicts of :func:`classify_row`, with the standard csv module (not our parser)."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for cells in csv.DictReader(f):
-            present = [i for i in range(1, 100) if cells.get(f"label_{i}")]
-            rows.append(
-                {
-                    "path": cells["path"],
-                    "error": cells["error"] or None,
-                    "labels": [cells[f"label_{i}"] for i in present],
-                    "indices": [int(cells[f"index_{i}"]) for i in present],
-                    "probabilities": [float(cells[f"probability_{i}"]) for i in present],
-                }
-            )
-    return rows
-
-
 def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
@@ -93,7 +71,7 @@ def test_classify_rows_round_trip(tmp_path: Path, suffix: str) -> None:
     rows = classify_rows(AWKWARD * 2)[: len(AWKWARD)]  # each awkward path once, one of them an error row
     path = tmp_path / f"out{suffix}"
     write_all(path, rows)
-    read = read_jsonl(path) if suffix == ".jsonl" else read_csv(path)
+    read = read_output(path)
     assert read == rows  # exact: probabilities survive as the same floats (repr), paths byte-for-byte
     manifest = json.loads(path.with_name(path.name + MANIFEST_SUFFIX).read_text())
     assert manifest["committed"] == path.stat().st_size and manifest["settings"]["topk"] == 3
@@ -105,7 +83,7 @@ def test_embed_rows_round_trip_as_float32(tmp_path: Path) -> None:
     rows = [embed_row(f"{i}.png", v, None) for i, v in enumerate(vectors)] + [embed_row("bad.png", None, "no")]
     path = tmp_path / "vectors.jsonl"
     write_all(path, rows, task="embed")
-    read = read_jsonl(path)
+    read = read_output(path)
     assert [r["path"] for r in read] == ["0.png", "1.png", "2.png", "bad.png"]
     np.testing.assert_array_equal(np.asarray([r["embedding"] for r in read[:3]], np.float32), vectors)
     assert read[3]["embedding"] is None and read[3]["error"] == "no"
@@ -118,7 +96,7 @@ def test_a_retried_batch_is_written_once(tmp_path: Path) -> None:
     assert writer.write(rows) == 1  # a.png and b.png are done
     assert writer.write([rows[2], rows[2]]) == 0
     writer.close()
-    assert [r["path"] for r in read_jsonl(tmp_path / "out.jsonl")] == ["a.png", "b.png", "c.png"]
+    assert [r["path"] for r in read_output(tmp_path / "out.jsonl")] == ["a.png", "b.png", "c.png"]
 
 
 def test_an_empty_run_leaves_an_empty_output_of_ours(tmp_path: Path) -> None:
@@ -126,7 +104,7 @@ def test_an_empty_run_leaves_an_empty_output_of_ours(tmp_path: Path) -> None:
         path = tmp_path / f"empty{suffix}"
         opened(path).close()
         if suffix == ".csv":
-            assert path.read_text().startswith("path,error,") and read_csv(path) == []  # the header only
+            assert path.read_text().startswith("path,error,") and read_output(path) == []  # the header only
         else:
             assert path.read_bytes() == b""
         assert opened(path, resume=True).done == set()  # and it resumes as ours
@@ -178,7 +156,7 @@ def test_resume_continues_after_the_last_complete_record_and_cuts_a_torn_one(tmp
     writer.write(rows)  # the whole input list again: only the last two are new
     writer.close()
     assert path.read_bytes().startswith(complete)
-    read = read_jsonl(path) if suffix == ".jsonl" else read_csv(path)
+    read = read_output(path)
     assert read == rows
 
 
@@ -195,7 +173,7 @@ def test_resume_keeps_records_a_crash_wrote_after_the_manifest_was_last_updated(
     assert writer.done == {"p0.png", "p1.png", "p2.png"}
     writer.write(rows)
     writer.close()
-    assert read_jsonl(path) == rows
+    assert read_output(path) == rows
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
