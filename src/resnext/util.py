@@ -14,7 +14,8 @@ import torch
 
 from .errors import ResnextError
 
-#: precision name -> autocast dtype (``None`` = plain fp32). The one precision table of the package.
+#: precision name (of :data:`resnext.options.PRECISIONS`, the package's one list) -> autocast dtype (``None`` =
+#: plain fp32); int8 is no autocast precision.
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
     "fp32": None,
     "tf32": None,

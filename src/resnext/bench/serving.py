@@ -38,6 +38,7 @@ from ..inference.predict import Predictor
 from ..options import (
     at_least,
     check_options,
+    declared,
     each,
     greater_than,
     instances_option,
@@ -241,11 +242,12 @@ def request_maker(config: ServingConfig, url: str, model: str, payload: np.ndarr
 
 
 def serve_flags(spec: ModelSpec) -> list[str]:
-    """The ``resnext serve`` flags that build ``spec``'s model (a flag is named after its field)."""
+    """The ``resnext serve`` flags that build ``spec``'s model (each field's own declared flag)."""
     flags = []
-    for name, value in asdict(spec).items():
-        if value is not None and name not in ("categories", "channels_last", "threads"):
-            flags += ["--" + name.replace("_", "-"), str(value)]
+    for f, meta in declared(ModelSpec):
+        value = getattr(spec, f.name)
+        if value is not None and f.name not in ("channels_last", "threads"):  # flags serve does not take
+            flags += [meta.flag(f.name), str(value)]
     return flags
 
 
