@@ -34,8 +34,8 @@ __all__ = [
     "check_options",
     "greater_than",
     "option",
+    "declared",
     "options_from",
-    "parse_with",
 ]
 
 #: Every numeric precision the package knows; a config narrows it with ``choices`` (training has no int8, ONNX
@@ -220,9 +220,9 @@ def check_options(config: Any) -> None:
 # Command line
 
 
-def parse_with(check: Check | None, kind: type | None = None) -> Callable[[str], Any]:
+def _parse_with(check: Check | None, kind: type | None = None) -> Callable[[str], Any]:
     """The argparse ``type``: the text as ``kind`` (default: the check's; a list with ``each``), refused as the
-    check words it. Flags that fill no config field (the CLI's own) use it too."""
+    check words it."""
     kind = kind or (check.kind if check else str)
     what = check.what if check else ("an integer" if kind is int else "a number")
 
@@ -300,7 +300,7 @@ def _add(parser: Any, cls: type, f: dataclasses.Field, meta: Option, default: An
     else:
         kind = meta.check.kind if meta.check else type(default) if isinstance(default, (int, float)) else str
         if meta.parse or meta.check or kind is not str:
-            kwargs["type"] = meta.parse or parse_with(meta.check, kind)
+            kwargs["type"] = meta.parse or _parse_with(meta.check, kind)
         for key in ("choices", "metavar", "nargs"):
             if getattr(meta, key) is not None:
                 kwargs[key] = list(getattr(meta, key)) if key == "choices" else getattr(meta, key)

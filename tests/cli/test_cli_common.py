@@ -45,18 +45,17 @@ def test_every_command_is_found():
     assert {("benchmark", k) for k in ("inference", "training", "report", "compare", "serving", "bulk")} <= set(ALL)
 
 
-def test_almost_every_flag_is_a_config_option():
-    """What is not an option of a config is the CLI's own: what to read and how to print (a short list)."""
-    own = {
-        a.dest
-        for p in ALL.values()
-        for a in p._actions
-        if getattr(a, "option_of", None) is None and a.dest not in ("help", "verbose")
-    }
-    assert own <= {"inputs", "json", "json_file", "output", "from_list", "engine", "plot", "explain", "labels"} | {
-        "batch_size_range",
-        "data",
-    }
+@pytest.mark.parametrize("words", sorted(ALL), ids=" ".join)
+def test_every_flag_is_a_config_option_or_declared_as_the_command_lines_own(words):
+    """A flag added by hand (``p.add_argument``) would bypass the configs: each is a config's option, or marked
+    by ``add_cli_flag`` as the command line's own (what to read, how to print)."""
+    for action in ALL[words]._actions:
+        if action.dest in ("help", "verbose"):
+            continue
+        of_config, own = getattr(action, "option_of", None) is not None, getattr(action, "cli_only", False)
+        assert of_config != own, f"{' '.join(words)} {action.option_strings or action.dest}"
+        if of_config:
+            assert action.dest in {f.name for f, _ in declared(action.option_of)}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import sys
 from ..bulk.engine import BulkJob, ModelSpec
 from ..errors import ResnextError
 from ..options import add_options
-from .common import add_command, add_inputs, add_json, model_spec
+from .common import add_cli_flag, add_command, add_inputs, add_json, model_spec
 from .embed import add_bulk_args, run_bulk
 
 
@@ -19,13 +19,14 @@ def add_classify_parser(sub: argparse._SubParsersAction) -> None:
     add_options(p, ModelSpec)
     add_options(p, BulkJob, skip=("normalize",))
     add_json(p, "print one JSON object per image instead of a table")
-    p.add_argument("--plot", metavar="OUT.png", help="also write one PNG: each image beside a bar chart of its top-k")
-    p.add_argument(
+    add_cli_flag(p, "--plot", metavar="OUT.png", help="also write one PNG: each image beside a bar chart of its top-k")
+    add_cli_flag(
+        p,
         "--explain",
         metavar="DIR",
         help="also write a Grad-CAM overlay PNG of the top class per image into DIR (torch backend)",
     )
-    p.add_argument("--labels", metavar="FILE", help="class names, one per line (for fine-tuned models)")
+    add_cli_flag(p, "--labels", metavar="FILE", help="class names, one per line (for fine-tuned models)")
     add_bulk_args(p)
 
 

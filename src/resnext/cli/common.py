@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from ..bulk.engine import ModelSpec
 from ..options import options_from
 
-__all__ = ["add_command", "add_inputs", "add_json", "model_spec", "one_line_errors"]
+__all__ = ["add_cli_flag", "add_command", "add_inputs", "add_json", "add_json_file", "model_spec", "one_line_errors"]
 
 
 def one_line_errors(parser: argparse.ArgumentParser) -> None:
@@ -53,16 +53,24 @@ def add_command(sub: argparse._SubParsersAction, name: str, run: Callable[[argpa
 # The CLI's own flags: they fill no config field (what to read, how to print)
 
 
+def add_cli_flag(parser: argparse.ArgumentParser, *names: str, **options: Any) -> argparse.Action:
+    """A flag of the command line itself, filling no config field; every other flag is a config's option
+    (:func:`resnext.options.add_options`), and a test holds every command to that."""
+    action = parser.add_argument(*names, **options)
+    action.cli_only = True  # type: ignore[attr-defined]
+    return action
+
+
 def add_inputs(parser: argparse.ArgumentParser, help: str = "images, folders, quoted globs or URLs") -> None:
-    parser.add_argument("inputs", nargs="*", metavar="PATH|URL|DIR|GLOB", help=help)
+    add_cli_flag(parser, "inputs", nargs="*", metavar="PATH|URL|DIR|GLOB", help=help)
 
 
 def add_json(parser: argparse.ArgumentParser, help: str = "print JSON on stdout instead of text") -> None:
-    parser.add_argument("--json", action="store_true", help=help)
+    add_cli_flag(parser, "--json", action="store_true", help=help)
 
 
 def add_json_file(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--json-file", metavar="PATH", help="also write the result as JSON to PATH")
+    add_cli_flag(parser, "-o", "--json-file", metavar="PATH", help="also write the result as JSON to PATH")
 
 
 def model_spec(args: argparse.Namespace, *, categories: list[str] | None = None) -> ModelSpec:

@@ -10,7 +10,7 @@ from ..bulk.engine import BulkJob, ModelSpec
 from ..bulk.ray_engine import RayOptions
 from ..errors import ResnextError
 from ..options import add_options, options_from
-from .common import add_command, add_inputs, model_spec
+from .common import add_cli_flag, add_command, add_inputs, model_spec
 
 _OUTPUT_HELP = (
     "write one row per input to FILE, incrementally (classify: .jsonl, .csv or .parquet; embed: .jsonl, .parquet "
@@ -22,9 +22,9 @@ _ENGINE_HELP = "local: this process with background decoding; ray: a Ray Data pi
 def add_bulk_args(p: argparse.ArgumentParser) -> None:
     """The output file, list files, the engine (the CLI's own flags: where rows go and which engine runs) and
     the :class:`RayOptions`: what ``classify`` and ``embed`` share for collections."""
-    p.add_argument("--output", metavar="FILE", help=_OUTPUT_HELP)
-    p.add_argument("--from-list", metavar="FILE", help="also read inputs from FILE, one path or URL per line")
-    p.add_argument("--engine", choices=["local", "ray"], default="local", help=_ENGINE_HELP)
+    add_cli_flag(p, "--output", metavar="FILE", help=_OUTPUT_HELP)
+    add_cli_flag(p, "--from-list", metavar="FILE", help="also read inputs from FILE, one path or URL per line")
+    add_cli_flag(p, "--engine", choices=["local", "ray"], default="local", help=_ENGINE_HELP)
     add_options(p.add_argument_group("Ray Data engine (--engine ray; pip install 'resnext[ray]')"), RayOptions)
 
 

@@ -6,7 +6,7 @@ import argparse
 
 from ..export.config import ExportConfig
 from ..options import add_options, options_from
-from .common import add_command, add_json
+from .common import add_cli_flag, add_command, add_json
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +17,8 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.description += " Precisions per format: " + "; ".join(f"{f}: {', '.join(ps)}" for f, ps in FORMATS.items())
     add_options(p, ExportConfig)
     add_json(p, "print the export report as JSON")
-    p.add_argument(
-        "--batch-size-range", default="1:256", metavar="MIN:MAX", help="dynamic batch range (default: %(default)s)"
+    add_cli_flag(
+        p, "--batch-size-range", default="1:256", metavar="MIN:MAX", help="dynamic batch range (default: %(default)s)"
     )
 
 

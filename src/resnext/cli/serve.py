@@ -11,7 +11,7 @@ from ..options import add_options, options_from
 from ..serve.client import ClientConfig
 from ..serve.repository import RepoConfig
 from ..serve.server import ServeConfig
-from .common import add_command, add_json, model_spec
+from .common import add_cli_flag, add_command, add_json, model_spec
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -68,7 +68,7 @@ def run_triton_repo(args: argparse.Namespace) -> int:
 def add_client_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "client", run_client)
     """Options of :class:`ClientConfig`."""
-    p.add_argument("inputs", nargs="*", metavar="PATH|URL|DIR", help="images (default: the bundled sample photos)")
+    add_cli_flag(p, "inputs", nargs="*", metavar="PATH|URL|DIR", help="images (default: the bundled sample photos)")
     add_options(p, ClientConfig)
     add_json(p, "one JSON object per image")
 

@@ -14,7 +14,7 @@ from ..model.sources import arch_option
 from ..options import add_options, check_options, option, options_from
 from ..training.checkpoint import WEIGHTS_FORMATS
 from ..training.evaluate import EvaluateConfig
-from .common import add_command, add_json
+from .common import add_cli_flag, add_command, add_json
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -72,7 +72,7 @@ def _closing_summary(cfg: Any, result: Any) -> str:
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     """Options of :class:`EvaluateConfig`."""
     p = add_command(sub, "evaluate", run_evaluate)
-    p.add_argument("data", metavar="DATA_DIR/val", help="folder with <class>/<image> (class names as in training)")
+    add_cli_flag(p, "data", metavar="DATA_DIR/val", help="folder with <class>/<image> (class names as in training)")
     add_options(p, EvaluateConfig)
     add_json(p)
 
