@@ -8,6 +8,7 @@ from typing import Any
 
 from ..model.sources import arch_option, weights_option
 from ..options import (
+    PRECISIONS,
     Precision,
     add_options,
     calibration_dir_option,
@@ -17,8 +18,11 @@ from ..options import (
     precision_option,
     threads_option,
 )
-from ..runtime.table import backend_option
+from ..runtime.table import RUNTIMES, backend_option
 from .common import add_command
+
+#: the runtimes `--backend auto` exports to (the others it runs eagerly or never picks)
+_EXPORTED = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -28,10 +32,12 @@ class PrepareConfig:
     arch: str | None = arch_option()
     weights: Any = weights_option()
     backend: str = backend_option(
-        choices=("auto", "onnxruntime", "openvino"),
+        choices=("auto", *_EXPORTED),
         help="the runtime to export to: auto = the one `--backend auto` picks here (default: %(default)s)",
     )
-    precision: Precision | None = precision_option(choices=("fp32", "bf16", "int8"))
+    precision: Precision | None = precision_option(
+        choices=tuple(p for p in PRECISIONS if any(p in RUNTIMES[r].precisions for r in _EXPORTED))
+    )
     calibration_dir: str | None = calibration_dir_option()
     image_size: int | None = image_size_option()
     threads: int | None = threads_option()
