@@ -35,7 +35,7 @@ def add_embed_parser(sub: argparse._SubParsersAction) -> None:
     add_options(p, ModelSpec)
     add_options(p, BulkJob, skip=("topk",))
     add_bulk_args(p)
-    p.set_defaults(topk=1, labels=None)  # one class per row would be recorded in the resume identity
+    p.set_defaults(topk=1, labels=None)  # embed takes no --topk or --labels: the values its jobs always had
 
 
 def run_embed(args: argparse.Namespace) -> int:
