@@ -52,7 +52,7 @@ from ..options import (
     topk_option,
     workers_option,
 )
-from ..runtime.table import backend_option, model_file_option
+from ..runtime.backends import backend_option, model_file_option
 from .writers import TASKS, OutputWriter, Row, classify_row, embed_row, open_writer
 
 if TYPE_CHECKING:

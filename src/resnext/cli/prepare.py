@@ -18,7 +18,8 @@ from ..options import (
     precision_option,
     threads_option,
 )
-from ..runtime.table import RUNTIMES, backend_option
+from ..runtime.backends import backend_option
+from ..runtime.table import RUNTIMES
 from .common import add_command
 
 #: the runtimes `--backend auto` exports to (the others it runs eagerly or never picks)

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from ..errors import ResnextError
-from ..options import Precision, option
 
 #: Key under which exported files store their JSON metadata (ONNX metadata_props, OpenVINO rt_info, the extra
 #: file of TorchScript / torch.export archives, the sidecar ``<engine>.json`` of a TensorRT engine).
@@ -37,7 +36,7 @@ class Runtime:
 
     name: str
     suffixes: tuple[str, ...]  # files it reads (lower case); empty for the in-process torch model
-    precisions: tuple[Precision, ...]  # precisions it runs; the first is the default
+    precisions: tuple[str, ...]  # precisions it runs; the first is the default
     export_format: str | None = None  # `resnext export --format` value that writes its files
     module: str | None = None  # import name of the third-party runtime, None when PyTorch runs it
     extra: str | None = None  # the pip extra that installs `module`
@@ -76,27 +75,6 @@ RUNTIMES: dict[str, Runtime] = {
 }
 #: ``--backend auto``: the fastest exact runtime installed, exported once and cached (see resnext.inference.auto)
 AUTO = "auto"
-
-
-def backend_option(
-    default: str = AUTO, *, choices: tuple[str, ...] = (AUTO, *RUNTIMES), help: str | None = None
-) -> Any:
-    """The ``--backend`` field of a config: a runtime of :data:`RUNTIMES`, or ``auto``."""
-    return option(
-        default,
-        choices=choices,
-        help=help
-        or "inference runtime: auto = the runtime of --model-file (from its suffix), else the fastest exact runtime "
-        "installed (ONNX Runtime, else OpenVINO, else torch), exported once into $TORCH_HOME/resnext and reused; with "
-        "--precision bf16|int8 the approximate runtimes (agreement is reported)",
-    )
-
-
-def model_file_option() -> Any:
-    """The ``--model-file`` field of a config: an exported model, run by the runtime its suffix names."""
-    return option(None, metavar="PATH", help="exported model (see `resnext export`)")
-
-
 #: `resnext export --format` value -> runtime
 EXPORT_FORMATS: dict[str, Runtime] = {r.export_format: r for r in RUNTIMES.values() if r.export_format}
 
