@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "resnext"
 #: listed here (it forces a decision about its place). README "Architecture" draws the same map.
 LAYERS: list[set[str]] = [
     {"errors", "version"},
-    {"util", "labels", "transforms", "download", "images"},
+    {"util", "labels", "transforms", "download", "images", "options"},
     {"model"},
     {"runtime"},
     {"export"},

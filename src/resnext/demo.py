@@ -25,6 +25,7 @@ from .download import MAX_IMAGE_BYTES
 from .errors import ResnextError
 from .images import load_image, sample_images
 from .inference.predict import Prediction, Predictor, top_k
+from .options import check_options, host_option, option, port_option
 from .runtime.backend import Backend
 from .runtime.table import require
 from .util import sweep_stale_temporaries
@@ -380,6 +381,23 @@ class TritonLogits:
 def runtime_name(backend: Backend) -> str:
     """The registry name of a backend ("torch", "openvino", ...) for the page's subtitle."""
     return backend.name
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Where the page is served and what it shows (the model is a :class:`resnext.bulk.engine.ModelSpec`)."""
+
+    host: str = host_option()
+    port: int = port_option(7860)
+    triton_url: str | None = option(
+        None,
+        metavar="HOST:PORT",
+        help="classify on a running `resnext serve` (HTTP endpoint); Grad-CAM still runs in-process from --weights",
+    )
+    explain: bool = option(True, flags=("--no-explain",), help="hide Grad-CAM heat-maps (faster on small CPUs)")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def create_demo_model(

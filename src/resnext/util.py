@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import torch
 
 from .errors import ResnextError
 
-#: precision name -> autocast dtype (``None`` = plain fp32). The one precision table of the package.
+#: precision name (of :data:`resnext.options.PRECISIONS`, the package's one list) -> autocast dtype (``None`` =
+#: plain fp32); int8 is no autocast precision.
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
     "fp32": None,
     "tf32": None,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
-T = TypeVar("T")
 #: Prefix of every temporary file this package writes beside a target; stale ones can be recognised and swept.
 TMP_PREFIX = ".resnext-tmp-"
 _UMASK = os.umask(0o022)
@@ -140,22 +139,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def call_with(factory: Callable[..., T], values: Any, /, **given: Any) -> T:
-    """``factory(**given)`` plus, for every other parameter it takes, the attribute of ``values`` of that name.
-
-    The CLI turns its parsed flags into a library config this way, and a benchmark config into the calls it makes:
-    a field and its flag share one name, so there is no hand-written copy of each field to drift. Parameters that
-    ``values`` lacks keep the factory's own defaults.
-    """
-    parameters = inspect.signature(factory).parameters
-    taken = {
-        name: getattr(values, name)
-        for name, p in parameters.items()
-        if name not in given and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and hasattr(values, name)
-    }
-    return factory(**taken, **given)
 
 
 def file_digest(path: str | os.PathLike[str], digest: Any = None) -> str:

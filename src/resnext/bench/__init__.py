@@ -4,8 +4,9 @@
 and the commands built on them; ``resnext benchmark KIND`` runs them.
 """
 
-from .inference import BenchConfig, BenchResult, Row, model_gflop, parse_list, run_inference_benchmark, summarise
+from .inference import BenchConfig, BenchResult, Row, model_gflop, run_inference_benchmark, summarise
 from .peak import Peak, measure_peaks
+from .settings import parse_list
 
 __all__ = [
     "BenchConfig",

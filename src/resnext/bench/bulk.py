@@ -18,12 +18,14 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..bulk.engine import ModelSpec
+from ..bulk.ray_engine import actors_option, cpus_per_actor_option
 from ..errors import ResnextError
+from ..options import at_least, batch_size_option, check_options, comma_list, option, workers_option
 from .peak import machine_info
 
 ENGINES = ("local", "ray")
@@ -31,17 +33,22 @@ ENGINES = ("local", "ray")
 
 @dataclass
 class BulkBenchConfig:
-    folder: str
-    engines: Sequence[str] = ("local",)
-    task: str = "classify"
+    folder: str = option(MISSING, flags=("folder",), metavar="DIR", help="images to run over")
+    engines: Sequence[str] = option(
+        ("local",), flags=("--engine",), parse=comma_list, metavar="ENGINE", help="comma-separated: local,ray"
+    )
+    task: str = option("classify", choices=("classify", "embed"), help="")
+    limit: int | None = option(None, check=at_least(1), help="use only the first N images")
     # random weights by default: speed does not depend on them
     spec: ModelSpec = field(default_factory=lambda: ModelSpec(arch="resnext101_32x4d", weights=None, backend="torch"))
-    batch_size: int = 16
-    workers: int = 2
-    limit: int | None = None
-    actors: int = 1
-    cpus_per_actor: float = 1.0
+    batch_size: int = batch_size_option()
+    workers: int = workers_option()
+    actors: int = actors_option(1)
+    cpus_per_actor: float = cpus_per_actor_option()
     output_suffix: str = ".parquet"
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResnextError
+from ..options import option
+from .settings import DEFAULT_PLOT, history_option
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +242,14 @@ def compare_records(previous: dict[str, Any], latest: dict[str, Any]) -> list[Ch
         else:
             changes.append(_change(what, old["ratio"], row["ratio"], RATIO_DROP, relative=True))
     return changes
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Which history ``benchmark compare`` reads, and where its plot goes."""
+
+    history: str = history_option()
+    plot: str = option(DEFAULT_PLOT, metavar="PNG", help="history plot (default: %(default)s; '' to skip)")
 
 
 def compare_latest(history: str | Path) -> Comparison:

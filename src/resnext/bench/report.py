@@ -22,43 +22,64 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..util import call_with
+from ..model.sources import arch_option, weights_option
+from ..options import at_least, calibration_dir_option, check_options, image_size_option, option, options_from
+from .settings import (
+    backends_option,
+    batch_sizes_option,
+    history_option,
+    min_iters_option,
+    min_time_option,
+    precisions_option,
+    threads_option_for_peaks,
+    time_budget_option,
+    warmup_option,
+)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HISTORY = "benchmarks/history.jsonl"
-DEFAULT_PLOT = "benchmarks/history.png"
 SCHEMA = 1
 
 
 @dataclass
 class ReportConfig:
-    data: str | None = None
-    weights: str | None = None
-    arch: str | None = None
-    image_size: int = 224
-    backends: Sequence[str] = ("torch", "onnxruntime", "openvino")
-    precisions: Sequence[str] = ("fp32", "bf16", "int8")
-    batch_sizes: Sequence[int] = (1, 16)
-    threads: int | None = None
-    warmup: int = 2
-    min_iters: int = 3
-    min_time: float = 2.0
-    calibration_dir: str | None = None
-    training_steps: int = 3
+    data: str | None = option(
+        None,
+        metavar="LABELLED_DIR",
+        help="labelled images (class sub-folders): top-1/top-5 accuracy, and agreement of every runtime",
+    )
+    arch: str | None = arch_option()
+    weights: str | None = weights_option(None)
+    history: str = history_option()
+    backends: Sequence[str] = backends_option()
+    precisions: Sequence[str] = precisions_option(("fp32", "bf16", "int8"))
+    batch_sizes: Sequence[int] = batch_sizes_option((1, 16))
+    warmup: int = warmup_option()
+    calibration_dir: str | None = calibration_dir_option()
+    image_size: int = image_size_option(224)
+    threads: int | None = threads_option_for_peaks()
+    min_iters: int = min_iters_option()
+    min_time: float = min_time_option()
+    time_budget: float = time_budget_option()  # seconds for the inference part (BenchConfig.time_budget)
+    training_steps: int = option(3, check=at_least(0), help="timed training steps per setting; 0 skips training rows")
+    quick: bool = option(
+        False,
+        help="resnext_test at 64 px unless --arch/--image-size say otherwise: checks the harness, not the model "
+        "(recorded as such)",
+    )
+    append: bool = option(True, flags=("--no-append",), help="print the record without appending it to the history")
     training_batch: int = 16
     peak_size: int = 2048  # GEMM size of the peak measurement
-    time_budget: float = 1800.0  # seconds for the inference part (BenchConfig.time_budget)
-    quick: bool = False
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
     @classmethod
     def from_args(cls, args: Any) -> ReportConfig:
-        from .inference import parse_list
-
-        config = call_with(cls, args, backends=parse_list(args.backends), precisions=parse_list(args.precision))
-        if args.quick:  # the harness on a small model: minutes become seconds; recorded as such
+        config = options_from(cls, args)
+        if config.quick:  # the harness on a small model: minutes become seconds; recorded as such
             config.arch = config.arch or "resnext_test"
-            config.image_size = 64 if args.image_size == 224 else args.image_size
+            config.image_size = 64 if config.image_size == 224 else config.image_size
             config.training_batch = 8
         return config
 
@@ -161,13 +182,22 @@ def make_record(config: ReportConfig) -> dict[str, Any]:
 
         set_bn_statistics(model, preprocess(sample_images(), config.image_size))
     accuracy = folder_accuracy(model, source, config.data, config.image_size) if config.data else None
-    bench = call_with(
-        BenchConfig,
-        config,
+    bench = BenchConfig(
         arch=source.arch,
+        weights=config.weights,
+        backends=config.backends,
+        precisions=config.precisions,
+        batch_sizes=config.batch_sizes,
+        warmup=config.warmup,
         calibration_dir=config.calibration_dir or config.data,
+        image_size=config.image_size,
+        threads=config.threads,
+        min_iters=config.min_iters,
+        min_time=config.min_time,
+        time_budget=config.time_budget,
         agreement_dir=config.data,
         agreement_count=512,
+        peak_size=config.peak_size,
     )
     result = run_inference_benchmark(bench, model=model)
     training = []

@@ -35,26 +35,45 @@ from ..bulk.engine import ModelSpec
 from ..errors import ResnextError
 from ..images import sample_images
 from ..inference.predict import Predictor
+from ..options import (
+    at_least,
+    check_options,
+    declared,
+    each,
+    greater_than,
+    instances_option,
+    max_batch_size_option,
+    max_queue_delay_option,
+    option,
+)
+from ..serve.client import protocol_option
 from .inference import machine_info, time_calls
 
 
 @dataclass
 class ServingConfig:
-    url: str | None = None  # host:port of a running server; None starts one here
-    metrics_url: str | None = None  # default: http://<host>:8002/metrics, or the started server's
-    protocol: str = "http"
-    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
-    duration: float = 10.0
-    warmup: float = 2.0
-    input: str = "tensor"  # tensor | image
-    model: str | None = None  # default: <arch> or <arch>_image
+    url: str | None = option(  # host:port of a running server; None starts one here
+        None, help="host:port of a running server's HTTP (or gRPC) endpoint (default: start one)"
+    )
+    metrics_url: str | None = option(  # default: http://<host>:8002/metrics, or the started server's
+        None, help="Prometheus endpoint (default: http://<host>:8002/metrics)"
+    )
+    concurrency: list[int] = option(default_factory=lambda: [1, 2, 4, 8, 16], check=each(at_least(1)), help="")
+    duration: float = option(10.0, check=greater_than(0.0), help="measured seconds per level")
+    input: str = option("tensor", choices=("tensor", "image"), help="")
+    model: str | None = option(None, help="model name on the server (default: <arch> or <arch>_image)")
     # the model both the server started here and the in-process reference run (random weights: speed does not
     # depend on them)
     spec: ModelSpec = field(default_factory=lambda: ModelSpec(arch="resnext101_32x4d", weights="random"))
-    max_batch_size: int = 64
-    max_queue_delay_us: int = 2000
-    instances: int = 1
+    protocol: str = protocol_option()
+    max_batch_size: int = max_batch_size_option()
+    max_queue_delay_us: int = max_queue_delay_option()
+    instances: int = instances_option()
+    warmup: float = option(2.0, check=at_least(0.0), metavar="S", help="unmeasured seconds per level")
     timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass
@@ -223,11 +242,12 @@ def request_maker(config: ServingConfig, url: str, model: str, payload: np.ndarr
 
 
 def serve_flags(spec: ModelSpec) -> list[str]:
-    """The ``resnext serve`` flags that build ``spec``'s model (a flag is named after its field)."""
+    """The ``resnext serve`` flags that build ``spec``'s model (each field's own declared flag)."""
     flags = []
-    for name, value in asdict(spec).items():
-        if value is not None and name not in ("categories", "channels_last", "threads"):
-            flags += ["--" + name.replace("_", "-"), str(value)]
+    for f, meta in declared(ModelSpec):
+        value = getattr(spec, f.name)
+        if value is not None and f.name not in ("channels_last", "threads"):  # flags serve does not take
+            flags += [meta.flag(f.name), str(value)]
     return flags
 
 

@@ -21,9 +21,41 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model.factory import create_model
+from ..model.sources import DEFAULT_ARCH, arch_option
+from ..options import (
+    at_least,
+    batch_size_option,
+    check_options,
+    comma_list,
+    device_option,
+    image_size_option,
+    option,
+)
 from ..training.data import SyntheticData
 from ..training.optim import forward_backward, optimizer_step, parameter_groups
 from ..util import autocast_dtype, resolve_device
+
+
+@dataclass(frozen=True)
+class TrainingBenchConfig:
+    """What ``benchmark training`` measures (the arguments of :func:`resnext.bench.report.training_rows`)."""
+
+    batch_size: int = batch_size_option()
+    device: str = device_option()
+    arch: str = arch_option(DEFAULT_ARCH)
+    image_size: int = image_size_option(224)
+    warmup: int = option(2, check=at_least(0), metavar="N", help="untimed steps per setting")
+    steps: int = option(5, check=at_least(1), help="timed steps per setting")
+    compile: bool = option(True, flags=("--no-compile",), help="skip the torch.compile settings")
+    precisions: tuple[str, ...] = option(
+        ("fp32", "bf16"),
+        parse=comma_list,
+        help="comma-separated precisions to measure; the fp32 NCHW reference row always runs",
+    )
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
 
 logger = logging.getLogger("resnext")
 

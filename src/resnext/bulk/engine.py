@@ -38,6 +38,21 @@ from typing import TYPE_CHECKING, Any
 from ..download import is_url
 from ..errors import ResnextError
 from ..images import find_images
+from ..model.sources import arch_option, weights_option
+from ..options import (
+    Precision,
+    batch_size_option,
+    calibration_dir_option,
+    check_options,
+    device_option,
+    image_size_option,
+    option,
+    precision_option,
+    threads_option,
+    topk_option,
+    workers_option,
+)
+from ..runtime.backends import backend_option, model_file_option
 from .writers import TASKS, OutputWriter, Row, classify_row, embed_row, open_writer
 
 if TYPE_CHECKING:
@@ -96,21 +111,18 @@ class BulkJob:
     task: str  # "classify" | "embed"
     sources: list[str]
     output: str
-    topk: int = 5
-    normalize: bool = False  # embed: L2-normalise each vector
-    batch_size: int = 16
-    workers: int = 2  # local engine: background decoding processes
-    resume: bool = False
-    overwrite: bool = False
+    topk: int = topk_option()
+    normalize: bool = option(False, help="scale each vector to unit L2 norm")  # embed
+    batch_size: int = batch_size_option()
+    workers: int = workers_option()  # local engine: background decoding processes
+    resume: bool = option(False, help="skip the inputs already in --output")
+    overwrite: bool = option(False, help="replace an existing --output")
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ResnextError(f"unknown bulk task {self.task!r}; choose one of {', '.join(TASKS)}")
-        if self.batch_size < 1:
-            raise ResnextError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.topk < 1:
-            raise ResnextError(f"--topk must be at least 1, got {self.topk}")
+        check_options(self)
 
 
 @dataclass
@@ -236,19 +248,23 @@ def run_local(
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to build the predictor: picklable, so each Ray actor builds its own copy from it."""
+    """How to build the predictor: picklable, so each Ray actor builds its own copy from it. Its fields are the
+    model flags of every command that runs a model (``--arch``, ``--weights``, ``--backend``, ...)."""
 
-    arch: str | None = None
-    weights: Any = "DEFAULT"
-    backend: str | None = None
-    model_file: str | None = None
-    device: str = "auto"
-    precision: str | None = None
-    channels_last: bool = False
-    image_size: int | None = None
+    arch: str | None = arch_option()
+    weights: Any = weights_option()
+    backend: str | None = backend_option()
+    model_file: str | None = model_file_option()
+    device: str = device_option()
+    precision: Precision | None = precision_option()
+    calibration_dir: str | None = calibration_dir_option()
+    image_size: int | None = image_size_option()
+    channels_last: bool = option(False, help="run the model in NHWC memory format")
+    threads: int | None = threads_option()
     categories: tuple[str, ...] | None = None
-    calibration_dir: str | None = None
-    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
     def predictor(self, *, device: str | None = None, progress: bool = False) -> Any:
         from ..inference.predict import Predictor

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from ..download import is_url
-from ..errors import ImageError, ResnextError, first_line
+from ..errors import ImageError, first_line
+from ..options import at_least, check_options, greater_than, option
 from ..runtime.table import require
 from .engine import BulkJob, BulkSummary, ModelSpec, is_remote, open_output, row_settings, write_rows
 from .writers import OutputWriter, classify_row, embed_row, rows_to_table
@@ -44,19 +45,29 @@ from .writers import OutputWriter, classify_row, embed_row, rows_to_table
 logger = logging.getLogger(__name__)
 
 
+def actors_option(default: int = 2) -> Any:
+    return option(default, help="Ray model replicas (actors)", check=at_least(1), metavar="N")
+
+
+def cpus_per_actor_option() -> Any:
+    return option(1.0, help="CPUs Ray reserves per actor", check=greater_than(0.0), metavar="CPUS")
+
+
 @dataclass(frozen=True)
 class RayOptions:
-    address: str | None = None  # None: start a private Ray instance on this machine; "auto" or HOST:PORT: join one
-    actors: int = 2
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
+    address: str | None = option(  # None: start a private Ray instance on this machine
+        None,
+        flags=("--ray-address",),
+        metavar="auto|HOST:PORT",
+        help="cluster to join (default: a private one here)",
+    )
+    actors: int = actors_option()
+    cpus_per_actor: float = cpus_per_actor_option()
+    gpus_per_actor: float = option(0.0, help="", check=at_least(0.0))
     object_store_memory: int | None = None  # bytes, for the private instance (default: Ray's own)
 
     def __post_init__(self) -> None:
-        if self.actors < 1:
-            raise ResnextError(f"--actors must be at least 1, got {self.actors}")
-        if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
-            raise ResnextError("--cpus-per-actor must be above 0 and --gpus-per-actor 0 or more")
+        check_options(self)
 
 
 # ---------------------------------------------------------------------------------------------------------------

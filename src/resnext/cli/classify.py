@@ -5,25 +5,28 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..bulk.engine import BulkJob, ModelSpec
 from ..errors import ResnextError
-from .common import add_command, add_flags, add_model_args, add_runtime_args, model_spec
+from ..options import add_options
+from .common import add_cli_flag, add_command, add_inputs, add_json, model_spec
 from .embed import add_bulk_args, run_bulk
 
 
 def add_classify_parser(sub: argparse._SubParsersAction) -> None:
+    """Options of :class:`ModelSpec` and :class:`BulkJob` (and, with ``--engine ray``, ``RayOptions``)."""
     p = add_command(sub, "classify", run_classify)
-    add_flags(p, "inputs")
-    add_model_args(p)
-    add_runtime_args(p)
-    add_flags(p, "topk", "batch_size", "channels_last", "image_size", "workers", "threads")
-    add_flags(p, json={"help": "print one JSON object per image instead of a table"})
-    p.add_argument("--plot", metavar="OUT.png", help="also write one PNG: each image beside a bar chart of its top-k")
-    p.add_argument(
+    add_inputs(p)
+    add_options(p, ModelSpec)
+    add_options(p, BulkJob, skip=("normalize",))
+    add_json(p, "print one JSON object per image instead of a table")
+    add_cli_flag(p, "--plot", metavar="OUT.png", help="also write one PNG: each image beside a bar chart of its top-k")
+    add_cli_flag(
+        p,
         "--explain",
         metavar="DIR",
         help="also write a Grad-CAM overlay PNG of the top class per image into DIR (torch backend)",
     )
-    p.add_argument("--labels", metavar="FILE", help="class names, one per line (for fine-tuned models)")
+    add_cli_flag(p, "--labels", metavar="FILE", help="class names, one per line (for fine-tuned models)")
     add_bulk_args(p)
 
 

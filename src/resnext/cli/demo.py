@@ -6,21 +6,17 @@ import argparse
 import importlib.util
 import sys
 
-from .common import add_command, add_flags, add_model_args, add_runtime_args, port
+from ..bulk.engine import ModelSpec
+from ..demo import DemoConfig
+from ..options import add_options, options_from
+from .common import add_command, model_spec
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    """Options of :class:`ModelSpec` and :class:`DemoConfig`."""
     p = add_command(sub, "demo", run_demo)
-    add_model_args(p)
-    add_runtime_args(p)
-    add_flags(p, "host")
-    p.add_argument("--port", type=port, default=7860, help="(default: %(default)s)")
-    p.add_argument(
-        "--triton-url",
-        metavar="HOST:PORT",
-        help="classify on a running `resnext serve` (HTTP endpoint); Grad-CAM still runs in-process from --weights",
-    )
-    p.add_argument("--no-explain", action="store_true", help="hide Grad-CAM heat-maps (faster on small CPUs)")
+    add_options(p, ModelSpec, skip=("image_size", "channels_last", "threads"))
+    add_options(p, DemoConfig)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -45,22 +41,31 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..demo import build_app, create_demo_model, launch, remove_uploads
     from ..errors import ResnextError
     from ..runtime.table import require
-    from ..util import call_with
 
     # The model is loaded before Gradio is imported (build_app does): importing it switches huggingface_hub
     # offline, which would leave an hf-hub: source only its cache. A missing extra still fails first.
     if importlib.util.find_spec("gradio") is None:
         require("gradio", "demo")
-    _check_port(args.host, args.port)
+    config, spec = options_from(DemoConfig, args), model_spec(args)
+    _check_port(config.host, config.port)
     app = None
     try:
-        explain = not args.no_explain
-        model = call_with(create_demo_model, args, explain=explain, calibration_dir=args.calibration_dir)
+        model = create_demo_model(
+            spec.arch,
+            weights=spec.weights,
+            model_file=spec.model_file,
+            backend=spec.backend,
+            device=spec.device,
+            precision=spec.precision,
+            triton_url=config.triton_url,
+            explain=config.explain,
+            calibration_dir=spec.calibration_dir,
+        )
         app = build_app(model)
-        print(f"resnext: serving the demo on http://{args.host}:{args.port} (Ctrl+C stops it)", file=sys.stderr)
-        launch(app, host=args.host, port=args.port, block=True, quiet=True)
+        print(f"resnext: serving the demo on http://{config.host}:{config.port} (Ctrl+C stops it)", file=sys.stderr)
+        launch(app, host=config.host, port=config.port, block=True, quiet=True)
     except OSError as exc:  # port taken, address not available
-        raise ResnextError(f"cannot serve on {args.host}:{args.port}: {exc}") from exc
+        raise ResnextError(f"cannot serve on {config.host}:{config.port}: {exc}") from exc
     finally:
         if app is not None:
             app.close()

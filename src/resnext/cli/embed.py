@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..bulk.engine import BulkJob, ModelSpec
+from ..bulk.ray_engine import RayOptions
 from ..errors import ResnextError
-from .common import add_command, add_flags, add_model_args, add_runtime_args, model_spec, non_negative_float
+from ..options import add_options, options_from
+from .common import add_cli_flag, add_command, add_inputs, model_spec
 
 _OUTPUT_HELP = (
     "write one row per input to FILE, incrementally (classify: .jsonl, .csv or .parquet; embed: .jsonl, .parquet "
@@ -17,27 +20,22 @@ _ENGINE_HELP = "local: this process with background decoding; ray: a Ray Data pi
 
 
 def add_bulk_args(p: argparse.ArgumentParser) -> None:
-    """Output file, resume, list files and the engine: what ``classify`` and ``embed`` share for collections."""
-    p.add_argument("--output", metavar="FILE", help=_OUTPUT_HELP)
-    p.add_argument("--from-list", metavar="FILE", help="also read inputs from FILE, one path or URL per line")
-    p.add_argument("--resume", action="store_true", help="skip the inputs already in --output")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    p.add_argument("--engine", choices=["local", "ray"], default="local", help=_ENGINE_HELP)
-    ray = p.add_argument_group("Ray Data engine (--engine ray; pip install 'resnext[ray]')")
-    ray.add_argument("--ray-address", metavar="auto|HOST:PORT", help="cluster to join (default: a private one here)")
-    add_flags(ray, "actors", "cpus_per_actor")
-    ray.add_argument("--gpus-per-actor", type=non_negative_float, default=0.0, help="(default: %(default)s)")
+    """The output file, list files, the engine (the CLI's own flags: where rows go and which engine runs) and
+    the :class:`RayOptions`: what ``classify`` and ``embed`` share for collections."""
+    add_cli_flag(p, "--output", metavar="FILE", help=_OUTPUT_HELP)
+    add_cli_flag(p, "--from-list", metavar="FILE", help="also read inputs from FILE, one path or URL per line")
+    add_cli_flag(p, "--engine", choices=["local", "ray"], default="local", help=_ENGINE_HELP)
+    add_options(p.add_argument_group("Ray Data engine (--engine ray; pip install 'resnext[ray]')"), RayOptions)
 
 
 def add_embed_parser(sub: argparse._SubParsersAction) -> None:
+    """Options of :class:`ModelSpec`, :class:`BulkJob` (no ``--topk``) and ``RayOptions``."""
     p = add_command(sub, "embed", run_embed)
-    add_flags(p, "inputs")
-    add_model_args(p)
-    add_runtime_args(p)
-    add_flags(p, "batch_size", "channels_last", "image_size", "workers", "threads")
-    p.add_argument("--normalize", action="store_true", help="scale each vector to unit L2 norm")
+    add_inputs(p)
+    add_options(p, ModelSpec)
+    add_options(p, BulkJob, skip=("topk",))
     add_bulk_args(p)
-    p.set_defaults(topk=1, labels=None)
+    p.set_defaults(topk=1, labels=None)  # embed takes no --topk or --labels: the values its jobs always had
 
 
 def run_embed(args: argparse.Namespace) -> int:
@@ -51,14 +49,13 @@ def run_embed(args: argparse.Namespace) -> int:
 
 def run_bulk(args: argparse.Namespace, task: str) -> int:
     """``classify``/``embed`` over a collection into ``--output``, on the local or the Ray engine."""
-    from ..bulk.engine import BulkJob, list_inputs, open_output, run_local
+    from ..bulk.engine import list_inputs, open_output, run_local
     from ..images import sample_images
     from ..labels import read_label_file
     from ..runtime.table import require
-    from ..util import call_with
 
     if args.engine == "ray":
-        if args.ray_address is None:  # before Ray is imported
+        if args.address is None:  # before Ray is imported
             from ..bulk.ray_engine import quiet_private_ray
 
             quiet_private_ray()
@@ -70,13 +67,13 @@ def run_bulk(args: argparse.Namespace, task: str) -> int:
         raise ResnextError("no images found in the inputs given")
     categories = read_label_file(args.labels) if getattr(args, "labels", None) else None
     spec = model_spec(args, categories=categories)
-    job = call_with(BulkJob, args, task=task, sources=sources)
+    job = options_from(BulkJob, args, task=task, sources=sources, output=args.output)
     writer = open_output(job, spec)  # suffix, folder, lock, resume identity: all before the model loads
     try:
         if args.engine == "ray":
-            from ..bulk.ray_engine import RayOptions, run_ray
+            from ..bulk.ray_engine import run_ray
 
-            summary = run_ray(job, spec, call_with(RayOptions, args, address=args.ray_address), writer=writer)
+            summary = run_ray(job, spec, options_from(RayOptions, args), writer=writer)
         else:
             if getattr(args, "threads", None):
                 import torch

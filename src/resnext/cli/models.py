@@ -6,11 +6,11 @@ import argparse
 import json
 from typing import Any
 
-from .common import add_command, add_flags
+from .common import add_command, add_json
 
 
 def add_models_parser(sub: argparse._SubParsersAction) -> None:
-    add_flags(add_command(sub, "models", run_models), "json")
+    add_json(add_command(sub, "models", run_models))
 
 
 def describe() -> dict[str, Any]:

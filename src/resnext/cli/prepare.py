@@ -3,29 +3,53 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Any
 
-from .common import add_command, add_flags, add_model_args
+from ..model.sources import arch_option, weights_option
+from ..options import (
+    PRECISIONS,
+    Precision,
+    add_options,
+    calibration_dir_option,
+    check_options,
+    image_size_option,
+    options_from,
+    precision_option,
+    threads_option,
+)
+from ..runtime.backends import backend_option
+from ..runtime.table import RUNTIMES
+from .common import add_command
 
-#: what ``prepare --backend`` takes: what auto picks, or one of the runtimes it exports to
-_CHOICES = ["auto", "onnxruntime", "openvino"]
+#: the runtimes `--backend auto` exports to (the others it runs eagerly or never picks)
+_EXPORTED = ("onnxruntime", "openvino")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """What to prepare: the model, and the runtime (auto's choice, or one it exports to) and precision."""
+
+    arch: str | None = arch_option()
+    weights: Any = weights_option()
+    backend: str = backend_option(
+        choices=("auto", *_EXPORTED),
+        help="the runtime to export to: auto = the one `--backend auto` picks here (default: %(default)s)",
+    )
+    precision: Precision | None = precision_option(
+        choices=tuple(p for p in PRECISIONS if any(p in RUNTIMES[r].precisions for r in _EXPORTED))
+    )
+    calibration_dir: str | None = calibration_dir_option()
+    image_size: int | None = image_size_option()
+    threads: int | None = threads_option()
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "prepare", run_prepare)
-    add_model_args(p)
-    add_flags(
-        p,
-        "backend",
-        "precision",
-        "calibration_dir",
-        "image_size",
-        "threads",
-        backend={
-            "choices": _CHOICES,
-            "help": "the runtime to export to: auto = the one `--backend auto` picks here (default: %(default)s)",
-        },
-        precision={"choices": ["fp32", "bf16", "int8"]},
-    )
+    """Options of :class:`PrepareConfig`."""
+    add_options(add_command(sub, "prepare", run_prepare), PrepareConfig)
 
 
 def run_prepare(args: argparse.Namespace) -> int:
@@ -41,15 +65,16 @@ def run_prepare(args: argparse.Namespace) -> int:
     from ..model.sources import load_source
     from ..transforms import eval_preset
 
-    source = load_source(args.weights, arch=args.arch)
-    if args.image_size and args.image_size != source.image_size:  # the export is made at the size it will run at
-        source = dataclasses.replace(source, image_size=args.image_size, transforms=eval_preset(args.image_size))
+    config = options_from(PrepareConfig, args)
+    source = load_source(config.weights, arch=config.arch)
+    if config.image_size and config.image_size != source.image_size:  # the export is made at the size it runs at
+        source = dataclasses.replace(source, image_size=config.image_size, transforms=eval_preset(config.image_size))
     backend = prepare(
         source,
-        precision=args.precision,
-        runtime=None if args.backend == "auto" else args.backend,
-        calibration_dir=args.calibration_dir,
-        threads=args.threads,
+        precision=config.precision,
+        runtime=None if config.backend == "auto" else config.backend,
+        calibration_dir=config.calibration_dir,
+        threads=config.threads,
     )
     choice = backend.auto
     if choice.path is None:

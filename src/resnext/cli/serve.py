@@ -5,19 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..bulk.engine import ModelSpec
 from ..errors import ResnextError
-from .common import add_command, add_flags, add_model_args, add_runtime_args, model_spec, port, positive_float
+from ..options import add_options, options_from
+from ..serve.client import ClientConfig
+from ..serve.repository import RepoConfig
+from ..serve.server import ServeConfig
+from .common import add_cli_flag, add_command, add_json, model_spec
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    """Options of :class:`ModelSpec` and :class:`ServeConfig`."""
     p = add_command(sub, "serve", run_serve)
-    add_model_args(p)
-    add_runtime_args(p)
-    add_flags(p, "image_size", "name", "host", "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes")
-    add_flags(p, "instances", "topk")
-    p.add_argument("--http-port", type=port, default=8000, help="(default: %(default)s)")
-    p.add_argument("--grpc-port", type=port, default=8001, help="(default: %(default)s)")
-    p.add_argument("--metrics-port", type=port, default=8002, help="Prometheus metrics (default: %(default)s)")
+    add_options(p, ModelSpec, skip=("channels_last", "threads"))
+    add_options(p, ServeConfig)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -30,11 +31,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..serve.tritonserver import require_serving
 
     require_serving()  # before loading any model: a missing extra is one line
-    from ..serve.server import ResnextServer, ServeConfig
-    from ..util import call_with
+    from ..serve.server import ResnextServer
 
-    config = call_with(ServeConfig, args)
-    config.check()
+    config = options_from(ServeConfig, args)
     predictor = model_spec(args).predictor(progress=True)
     server = ResnextServer(predictor, config)
     with server.stop_on_signals():  # a Ctrl-C or SIGTERM while starting (and warming up) stops cleanly too
@@ -48,21 +47,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def add_triton_repo_parser(sub: argparse._SubParsersAction) -> None:
-    from ..serve.repository import FORMATS, PYTHON_RUNTIMES
-
-    p = add_command(sub, "triton-repo", run_triton_repo)
-    p.add_argument("output", metavar="OUT_DIR", help="model repository folder (created; other models are kept)")
-    p.add_argument("--format", required=True, choices=FORMATS)
-    add_model_args(p)
-    add_flags(p, "name", "image_size", "max_batch_size", "preferred_batch_sizes", "max_queue_delay_us", "instances")
-    p.add_argument("--kind", choices=["cpu", "gpu"], help="instance kind (default: gpu for tensorrt, else cpu)")
-    p.add_argument(
-        "--runtime",
-        default="onnxruntime",
-        choices=list(PYTHON_RUNTIMES),
-        help="--format python: the runtime model.py runs (default: %(default)s)",
-    )
-    p.add_argument("--force", action="store_true", help="replace an existing model folder of the same name")
+    """Options of :class:`RepoConfig`."""
+    add_options(add_command(sub, "triton-repo", run_triton_repo), RepoConfig)
 
 
 def run_triton_repo(args: argparse.Namespace) -> int:
@@ -72,23 +58,19 @@ def run_triton_repo(args: argparse.Namespace) -> int:
     back with Triton's protobuf schema. tensorrt on a machine without a GPU writes the config and prints the export
     command to build the engine on the GPU host.
     """
-    from ..serve.repository import RepoConfig, write_repository
-    from ..util import call_with
+    from ..serve.repository import write_repository
 
-    result = write_repository(call_with(RepoConfig, args))
+    result = write_repository(options_from(RepoConfig, args))
     print("\n".join(result.summary()))
     return 0
 
 
 def add_client_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "client", run_client)
-    p.add_argument("inputs", nargs="*", metavar="PATH|URL|DIR", help="images (default: the bundled sample photos)")
-    p.add_argument(
-        "--url", default="127.0.0.1:8000", help="host:port of Triton's HTTP or gRPC endpoint (default: %(default)s)"
-    )
-    p.add_argument("--model", help="model name (default: the server's <arch>_image model, else its first model)")
-    p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per request (default: %(default)s)")
-    add_flags(p, "protocol", "topk", json={"help": "one JSON object per image"})
+    """Options of :class:`ClientConfig`."""
+    add_cli_flag(p, "inputs", nargs="*", metavar="PATH|URL|DIR", help="images (default: the bundled sample photos)")
+    add_options(p, ClientConfig)
+    add_json(p, "one JSON object per image")
 
 
 def run_client(args: argparse.Namespace) -> int:
@@ -102,13 +84,14 @@ def run_client(args: argparse.Namespace) -> int:
     from ..inference.report import format_json, format_table
     from ..serve.client import TritonClient
 
+    config = options_from(ClientConfig, args)
     # classify's listing: folders and globs expanded, a file named twice (alone and in its folder) classified once
     sources = list_inputs(args.inputs) if args.inputs else sample_images()
     if not sources:
         raise ResnextError(f"no images found in {', '.join(args.inputs)}")
     failed = 0
-    with TritonClient(args.url, args.protocol, timeout=args.timeout) as client:
-        for result in client.classify(sources, model=args.model, topk=args.topk):
+    with TritonClient(config.url, config.protocol, timeout=config.timeout) as client:
+        for result in client.classify(sources, model=config.model, topk=config.topk):
             if result.error is not None:
                 failed += 1
                 print(f"resnext: skipped: {result.error}", file=sys.stderr)

@@ -7,18 +7,21 @@ import json
 import os
 import signal
 import sys
+from dataclasses import MISSING, dataclass
 from typing import Any
 
-from ..util import loader_workers
-from .common import add_command, add_flags, add_model_args
-
-PRECISIONS = ["fp32", "bf16", "fp16"]  # evaluation runs eager torch under autocast: no int8
+from ..model.sources import arch_option
+from ..options import add_options, check_options, option, options_from
+from ..training.checkpoint import WEIGHTS_FORMATS
+from ..training.evaluate import EvaluateConfig
+from .common import add_cli_flag, add_command, add_json
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    from ..training.config import add_train_arguments
+    """Options of :class:`TrainConfig`; a flag not given leaves the ``--recipe`` (or checkpoint) value alone."""
+    from ..training.config import TrainConfig
 
-    add_train_arguments(add_command(sub, "train", run_train))
+    add_options(add_command(sub, "train", run_train), TrainConfig, given_only=True)
 
 
 def _format_metrics(metrics: dict[str, Any]) -> str:
@@ -67,16 +70,11 @@ def _closing_summary(cfg: Any, result: Any) -> str:
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    """Options of :class:`EvaluateConfig`."""
     p = add_command(sub, "evaluate", run_evaluate)
-    p.add_argument("data", metavar="DATA_DIR/val", help="folder with <class>/<image> (class names as in training)")
-    add_model_args(p)
-    add_flags(p, "channels_last", "image_size", "device", "json", batch_size=64, workers=loader_workers())
-    add_flags(
-        p, precision={"default": "fp32", "choices": PRECISIONS, "help": "autocast precision"}, ema={"dest": "use_ema"}
-    )
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--output", "-o", metavar="FILE", help="also write the results as JSON to FILE (default: none)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    add_cli_flag(p, "data", metavar="DATA_DIR/val", help="folder with <class>/<image> (class names as in training)")
+    add_options(p, EvaluateConfig)
+    add_json(p)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -85,9 +83,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     Exit status: 0, or 1 when some images could not be read (they are counted and skipped).
     """
     from ..training.evaluate import evaluate_folder
-    from ..util import call_with
 
-    r = call_with(evaluate_folder, args, root=args.data)
+    c = options_from(EvaluateConfig, args)
+    r = evaluate_folder(
+        args.data,
+        arch=c.arch,
+        weights=c.weights,
+        use_ema=c.use_ema,
+        batch_size=c.batch_size,
+        precision=c.precision,
+        channels_last=c.channels_last,
+        image_size=c.image_size,
+        workers=c.workers,
+        device=c.device,
+        output=c.output,
+        overwrite=c.overwrite,
+        progress=c.progress,
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         if args.json:
             print(json.dumps(r, indent=2))
@@ -101,40 +113,50 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 1 if r["val.skipped_images"] else 0
 
 
-def add_export_weights_parser(sub: argparse._SubParsersAction) -> None:
-    from ..training.checkpoint import WEIGHTS_FORMATS
+@dataclass(frozen=True)
+class ExportWeightsConfig:
+    """What ``resnext export-weights`` writes (the arguments of :func:`resnext.training.checkpoint.export_weights`)."""
 
-    p = add_command(sub, "export-weights", run_export_weights)
-    p.add_argument(
-        "checkpoint",
+    checkpoint: str = option(
+        MISSING,
+        flags=("checkpoint",),
         metavar="SRC",
         help="any weights source: training checkpoint (e.g. runs/train/best.pth), weights file, published weights "
         "name (DEFAULT), URL, .safetensors file, Hub folder or hf-hub:owner/name",
     )
-    p.add_argument(
-        "output",
+    output: str = option(
+        MISSING,
+        flags=("output",),
         metavar="OUT",
         help="weights file (.pth, or .safetensors) or, with --format hf, a folder; it carries the architecture, "
         "class names, image size and preprocessing and loads with --weights / create_model / pretrained_from_file",
     )
-    p.add_argument(
-        "--format",
+    format: str | None = option(
+        None,
         choices=WEIGHTS_FORMATS,
         help="pth (default), safetensors (default for OUT.safetensors), or hf: a folder in timm's Hugging Face "
         "Hub layout (model.safetensors, config.json, README.md) for 'hf upload OWNER/NAME OUT'",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    add_flags(p, "arch", "ema")
+    overwrite: bool = option(False, help="replace an existing OUT")
+    arch: str | None = arch_option()
+    ema: bool = option(False, help="the EMA weights of a training checkpoint")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+def add_export_weights_parser(sub: argparse._SubParsersAction) -> None:
+    """Options of :class:`ExportWeightsConfig`."""
+    add_options(add_command(sub, "export-weights", run_export_weights), ExportWeightsConfig)
 
 
 def run_export_weights(args: argparse.Namespace) -> int:
     """Weights out of any source, as .pth, .safetensors or a Hugging Face Hub folder (timm's layout)."""
     from ..training.checkpoint import export_weights
 
-    path = export_weights(
-        args.checkpoint, args.output, ema=args.ema, arch=args.arch, format=args.format, overwrite=args.overwrite
-    )
-    print(f"resnext: wrote {'EMA ' if args.ema else ''}weights to {path}", file=sys.stderr)
+    c = options_from(ExportWeightsConfig, args)
+    path = export_weights(c.checkpoint, c.output, ema=c.ema, arch=c.arch, format=c.format, overwrite=c.overwrite)
+    print(f"resnext: wrote {'EMA ' if c.ema else ''}weights to {path}", file=sys.stderr)
     return 0
 
 

@@ -6,11 +6,24 @@ Shared by the writers (:mod:`resnext.export.writers`) and the export driver with
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ResnextError
+from ..model.sources import arch_option, weights_option
+from ..options import (
+    Precision,
+    at_least,
+    between,
+    calibration_dir_option,
+    check_options,
+    greater_than,
+    image_size_option,
+    option,
+    precision_option,
+)
+from ..runtime.table import EXPORT_FORMATS
 
 ONNX_OPSET = 18
 INLINE_LIMIT_BYTES = int(1.8 * 2**30)
@@ -18,22 +31,43 @@ INLINE_LIMIT_BYTES = int(1.8 * 2**30)
 
 @dataclass
 class ExportConfig:
-    format: str
-    output: str
-    arch: str | None = None  # default: the checkpoint's own architecture, else resnext101_32x4d
-    weights: Any = "DEFAULT"  # a model source (see resnext.model.sources): weights name, file, URL, or "random"/None
+    format: str = option(
+        MISSING,
+        choices=tuple(EXPORT_FORMATS),
+        help="onnx, export (.pt2), torchscript, openvino (.xml IR), tensorrt (.engine, GPU only)",
+    )
+    output: str = option(MISSING, metavar="PATH", help="file to write")
+    arch: str | None = arch_option()  # default: the checkpoint's own architecture, else resnext101_32x4d
+    weights: Any = weights_option()  # a model source (see resnext.model.sources): name, file, URL, "random"/None
+    image_size: int | None = image_size_option()  # default: the checkpoint's training size, else 224
+    calibration_dir: str | None = calibration_dir_option()
+    precision: Precision | None = precision_option(  # None = the format's default (FORMATS[format][0])
+        help="numeric precision (default: fp32; fp16 for tensorrt)"
+    )
+    eval_dir: str | None = option(  # images for the int8/bf16 agreement report; default: the calibration folder
+        None, metavar="DIR", help="images for the agreement/accuracy report (default: calibration dir)"
+    )
+    calibration_count: int = option(256, check=at_least(1), help="max calibration images")
+    opset: int = option(ONNX_OPSET, help="ONNX opset, >= 17")
+    tolerance: float = option(  # fp32 parity: max abs diff <= tolerance * max(1, max |logit|)
+        1e-4, check=greater_than(0.0), help="fp32 parity: max abs diff <= TOL x max(1, max |logit|)"
+    )
+    min_agreement: float | None = option(  # reduced precision: fail below this top-1 agreement with fp32
+        None,
+        check=between(0.0, 1.0),
+        metavar="FRACTION",
+        help="bf16/fp16/int8: fail when top-1 agreement with fp32 is below this (e.g. 0.99)",
+    )
+    features: bool = option(  # also expose the pooled penultimate features as a second output named "features"
+        False,
+        help="also output the pooled penultimate features as a second output named 'features' (for resnext embed)",
+    )
     batch_range: tuple[int, int] = (1, 256)
-    precision: str | None = None  # None = the format's default (FORMATS[format][0])
-    calibration_dir: str | None = None
-    eval_dir: str | None = None  # images for the int8/bf16 agreement report; default: the calibration folder
-    image_size: int | None = None  # default: the checkpoint's training size, else 224
-    calibration_count: int = 256  # at most this many calibration images are used
-    tolerance: float = 1e-4  # fp32 parity: max abs diff <= tolerance * max(1, max |logit|)
-    min_agreement: float | None = None  # reduced precision: fail below this top-1 agreement with fp32
-    opset: int = ONNX_OPSET
     threads: int | None = None
-    features: bool = False  # also expose the pooled penultimate features as a second output named "features"
     random_batches: tuple[int, ...] = (7, 1)  # parity: random batches checked besides the real images
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
     @property
     def size(self) -> int:

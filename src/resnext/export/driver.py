@@ -45,6 +45,7 @@ from torch import Tensor
 from ..errors import ResnextError, first_line
 from ..images import load_image, sample_images
 from ..model.sources import ModelSource, load_source, source_from_model
+from ..options import check_options
 from ..runtime.backends import FEATURES_NAME, create_backend, require_tensorrt
 from ..runtime.table import EXPORT_FORMATS, INPUT_NAME, OUTPUT_NAME
 from ..transforms import eval_preset
@@ -295,8 +296,7 @@ def _check_config(config: ExportConfig) -> str:
         raise ResnextError("--precision int8 needs --calibration-dir DIR (a folder of representative images)")
     if config.format in ("onnx", "openvino", "tensorrt") and config.opset < 17:
         raise ResnextError(f"ONNX opset {config.opset} is too old: use 17 or newer")
-    if config.image_size is not None and config.image_size < 32:
-        raise ResnextError(f"--image-size must be at least 32, got {config.image_size}")
+    check_options(config)  # each value alone (as when it was built: it may have been changed since)
     return precision
 
 

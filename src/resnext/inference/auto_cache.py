@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import ResnextError
+from ..options import as_precision
 from ..runtime.table import Runtime
 from ..util import TMP_PREFIX, file_digest, sweep_stale_temporaries
 
@@ -222,7 +223,7 @@ def build_entry(
                 runtime.export_format or runtime.name,
                 str(stage / FILE_NAMES[runtime.name]),
                 arch=source.arch,
-                precision=precision,
+                precision=as_precision(precision),
                 image_size=source.image_size,
                 calibration_dir=calibration,
                 eval_dir=calibration_dir,

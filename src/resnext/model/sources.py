@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import WeightsError
 from ..labels import imagenet_categories, imagenet_wnids
+from ..options import option
 from ..transforms import EvalPreset, eval_preset, preset_from_config
 from .resnet import build_model, get_model_builder, get_model_weights, list_models, model_from_state_dict
 from .weights import WeightsEnum, extract_state_dict, read_checkpoint, remap_state_dict
@@ -48,6 +49,29 @@ RANDOM_SEED = 0
 _WEIGHTS_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 WeightsSource = Any  # WeightsEnum member | str (name, "DEFAULT", path, URL, "random") | os.PathLike | None
+
+
+def arch_option(default: str | None = None, *, flags: tuple[str, ...] = ("--arch",)) -> Any:
+    """The ``--arch`` field of a config: a registered architecture."""
+    return option(
+        default,
+        flags=flags,
+        help="architecture",
+        choices=list_models(),
+        unset=f"the checkpoint's own, else {DEFAULT_ARCH}",
+    )
+
+
+def weights_option(default: WeightsSource = "DEFAULT") -> Any:
+    """The ``--weights`` field of a config: any source :func:`load_source` resolves."""
+    return option(
+        default,
+        metavar="NAME|FILE|DIR|URL|hf-hub:ID",
+        unset="random weights",
+        help="published weights name, checkpoint, training checkpoint or export-weights file (.pth, .safetensors or "
+        "a Hub folder), URL, hf-hub:owner/name[@revision], or 'random' (published weights are cached in "
+        "$TORCH_HOME/hub/checkpoints, hf-hub: in huggingface_hub's cache)",
+    )
 
 
 @dataclass

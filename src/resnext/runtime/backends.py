@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ResnextError, first_line
+from ..options import option
 from .backend import Backend, TorchBackend
 from .hardware import native_precisions
 from .table import (
@@ -38,6 +39,26 @@ from .table import (
     get_runtime,
     runtime_for_file,
 )
+
+
+def backend_option(
+    default: str = AUTO, *, choices: tuple[str, ...] = (AUTO, *RUNTIMES), help: str | None = None
+) -> Any:
+    """The ``--backend`` field of a config: a runtime of :data:`RUNTIMES`, or ``auto``."""
+    return option(
+        default,
+        choices=choices,
+        help=help
+        or "inference runtime: auto = the runtime of --model-file (from its suffix), else the fastest exact runtime "
+        "installed (ONNX Runtime, else OpenVINO, else torch), exported once into $TORCH_HOME/resnext and reused; with "
+        "--precision bf16|int8 the approximate runtimes (agreement is reported)",
+    )
+
+
+def model_file_option() -> Any:
+    """The ``--model-file`` field of a config: an exported model, run by the runtime its suffix names."""
+    return option(None, metavar="PATH", help="exported model (see `resnext export`)")
+
 
 #: Name of the optional second output (pooled penultimate features) of files exported with ``features=True``.
 FEATURES_NAME = "features"

@@ -21,9 +21,31 @@ from ..errors import ResnextError
 from ..images import load_image, read_image_bytes
 from ..inference.predict import ClassifyResult, Prediction, top_k
 from ..model.sources import display_names
+from ..options import check_options, greater_than, option, topk_option
 from ..runtime.table import require
 from ..transforms import eval_preset
 from . import SERVE_EXTRA
+
+PROTOCOLS = ("http", "grpc")
+
+
+def protocol_option() -> Any:
+    """The ``--protocol`` field of a config that talks to Triton."""
+    return option("http", choices=PROTOCOLS, help="Triton's HTTP or gRPC endpoint")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Which server and model ``resnext client`` asks, and how."""
+
+    url: str = option("127.0.0.1:8000", help="host:port of Triton's HTTP or gRPC endpoint")
+    model: str | None = option(None, help="model name (default: the server's <arch>_image model, else its first model)")
+    timeout: float = option(60.0, check=greater_than(0.0), help="seconds per request")
+    protocol: str = protocol_option()
+    topk: int = topk_option()
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def server_message(exc: BaseException) -> str:
@@ -53,7 +75,7 @@ class TritonClient:
     """A Triton HTTP or gRPC client for one server (``url`` is ``host:port``, no scheme)."""
 
     def __init__(self, url: str = "127.0.0.1:8000", protocol: str = "http", timeout: float = 60.0) -> None:
-        if protocol not in ("http", "grpc"):
+        if protocol not in PROTOCOLS:
             raise ResnextError(f"--protocol must be http or grpc, got {protocol!r}")
         url = url.split("://", 1)[-1].rstrip("/")
         self.protocol, self.url = protocol, url

@@ -25,12 +25,22 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ResnextError, first_line
-from ..model.sources import ModelSource, load_source
+from ..model.sources import ModelSource, arch_option, load_source, weights_option
+from ..options import (
+    check_options,
+    image_size_option,
+    instances_option,
+    max_batch_size_option,
+    max_queue_delay_option,
+    model_name_option,
+    option,
+    preferred_batch_sizes_option,
+)
 from ..runtime.table import RUNTIMES, require
 from . import LABELS_FILE, SERVE_EXTRA
 
@@ -57,38 +67,41 @@ def check_model_name(name: str | None) -> None:
         )
 
 
+def check_batching(max_batch_size: int, preferred_batch_sizes: Sequence[int]) -> None:
+    """The batcher's targets must be batches Triton may form."""
+    bad = [b for b in preferred_batch_sizes if not 1 <= b <= max_batch_size]
+    if bad:
+        raise ResnextError(f"--preferred-batch-sizes must lie in 1..{max_batch_size}, got {bad}")
+
+
 @dataclass
 class RepoConfig:
-    output: str
-    format: str
-    arch: str | None = None
-    weights: Any = "DEFAULT"
-    name: str | None = None  # model name; default: the architecture
-    max_batch_size: int = 64
-    preferred_batch_sizes: Sequence[int] = ()
-    max_queue_delay_us: int = 2000
-    instances: int = 1
-    kind: str | None = None  # cpu | gpu; default: gpu for tensorrt, else cpu
-    runtime: str = "onnxruntime"  # --format python: onnxruntime | openvino
-    image_size: int | None = None
-    force: bool = False
+    output: str = option(
+        help="model repository folder (created; other models are kept)",
+        flags=("output",),
+        metavar="OUT_DIR",
+        default=MISSING,
+    )
+    format: str = option(help="", choices=FORMATS, default=MISSING)
+    arch: str | None = arch_option()
+    weights: Any = weights_option()
+    name: str | None = model_name_option()  # default: the architecture
+    image_size: int | None = image_size_option()
+    max_batch_size: int = max_batch_size_option()
+    preferred_batch_sizes: Sequence[int] = preferred_batch_sizes_option()
+    max_queue_delay_us: int = max_queue_delay_option()
+    instances: int = instances_option()
+    kind: str | None = option(None, choices=("cpu", "gpu"), help="instance kind (default: gpu for tensorrt, else cpu)")
+    runtime: str = option(  # --format python: onnxruntime | openvino
+        "onnxruntime", choices=tuple(PYTHON_RUNTIMES), help="--format python: the runtime model.py runs"
+    )
+    force: bool = option(False, help="replace an existing model folder of the same name")
 
-    def check(self) -> None:
-        if self.format not in FORMATS:
-            raise ResnextError(f"unknown --format {self.format!r}; choose one of {', '.join(FORMATS)}")
-        if self.max_batch_size < 1 or self.instances < 1:
-            raise ResnextError("--max-batch-size and --instances must be at least 1")
-        if self.max_queue_delay_us < 0:
-            raise ResnextError(f"--max-queue-delay-us must be >= 0, got {self.max_queue_delay_us}")
-        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
-        if bad:
-            raise ResnextError(f"--preferred-batch-sizes must lie in 1..{self.max_batch_size}, got {bad}")
-        if self.kind not in (None, "cpu", "gpu"):
-            raise ResnextError(f"--kind must be cpu or gpu, got {self.kind!r}")
+    def __post_init__(self) -> None:
+        check_options(self)
+        check_batching(self.max_batch_size, self.preferred_batch_sizes)
         if self.format == "tensorrt" and self.kind == "cpu":
             raise ResnextError("TensorRT engines run on GPUs: --kind cpu does not apply to --format tensorrt")
-        if self.runtime not in PYTHON_RUNTIMES:
-            raise ResnextError(f"--runtime must be one of {', '.join(PYTHON_RUNTIMES)}, got {self.runtime!r}")
         check_model_name(self.name)
 
 
@@ -212,7 +225,6 @@ def _write_model_files(config: RepoConfig, source: ModelSource, version: Path, i
 
 def write_repository(config: RepoConfig, source: ModelSource | None = None) -> RepoResult:
     """Write (or add to) the repository ``config.output``; the model folder appears only once it validated."""
-    config.check()
     from google.protobuf import text_format
 
     gpu_here = config.format == "tensorrt" and RUNTIMES["tensorrt"].installed()  # else: config + build command

@@ -41,10 +41,21 @@ from ..download import MAX_IMAGE_BYTES
 from ..errors import ResnextError, first_line
 from ..images import MAX_IMAGE_PIXELS, load_image, sample_images
 from ..inference.predict import Predictor, top_k
+from ..options import (
+    check_options,
+    host_option,
+    instances_option,
+    max_batch_size_option,
+    max_queue_delay_option,
+    model_name_option,
+    port_option,
+    preferred_batch_sizes_option,
+    topk_option,
+)
 from ..runtime.backends import run_merged
 from ..runtime.table import INPUT_NAME, OUTPUT_NAME
 from . import LABELS_FILE
-from .repository import check_model_name
+from .repository import check_batching, check_model_name
 from .tritonserver import new_workspace, remove_workspace, require_serving, server_environment
 
 logger = logging.getLogger(__name__)
@@ -54,38 +65,28 @@ IMAGE_INPUT, LABELS_OUTPUT, PROBS_OUTPUT, INDEX_OUTPUT = "image", "labels", "pro
 
 @dataclass
 class ServeConfig:
-    host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    max_batch_size: int = 64
-    max_queue_delay_us: int = 2000  # how long the batcher may hold a request to form a larger batch
-    preferred_batch_sizes: Sequence[int] = ()
-    instances: int = 1
-    topk: int = 5  # classes returned per image by <arch>_image
+    name: str | None = model_name_option()  # default: the predictor's architecture
+    host: str = host_option()
+    max_batch_size: int = max_batch_size_option()
+    max_queue_delay_us: int = max_queue_delay_option()  # how long the batcher may hold a request for a larger batch
+    preferred_batch_sizes: Sequence[int] = preferred_batch_sizes_option()
+    instances: int = instances_option()
+    topk: int = topk_option()  # classes returned per image by <arch>_image
+    http_port: int = port_option(8000)
+    grpc_port: int = port_option(8001)
+    metrics_port: int = port_option(8002, "Prometheus metrics")
     max_image_bytes: int = MAX_IMAGE_BYTES
     # all images of one <arch>_image request together; refused in Triton's stub before any copy (default: one
     # image's limit, so a request of 64 images cannot hold 64 x 64 MiB)
     max_request_bytes: int | None = None
     max_pixels: int = MAX_IMAGE_PIXELS
     exit_timeout_s: int = 10  # on stop, in-flight requests get this long to finish
-    name: str | None = None  # model name; default: the predictor's architecture
     log_file: str | None = None  # Triton's own log; default: a file in the temporary workspace
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def check(self) -> None:
-        for what, value in (
-            ("--max-batch-size", self.max_batch_size),
-            ("--instances", self.instances),
-            ("--topk", self.topk),
-        ):
-            if value < 1:
-                raise ResnextError(f"{what} must be at least 1, got {value}")
-        if self.max_queue_delay_us < 0:
-            raise ResnextError(f"--max-queue-delay-us must be >= 0, got {self.max_queue_delay_us}")
-        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
-        if bad:
-            raise ResnextError(f"preferred batch sizes must lie in 1..{self.max_batch_size}, got {bad}")
+    def __post_init__(self) -> None:
+        check_options(self)
+        check_batching(self.max_batch_size, self.preferred_batch_sizes)
         check_model_name(self.name)
         if self.max_request_bytes is None:
             self.max_request_bytes = self.max_image_bytes
@@ -190,7 +191,6 @@ class ResnextServer:
     def __init__(self, predictor: Predictor, config: ServeConfig | None = None) -> None:
         self.predictor = predictor
         self.config = config or ServeConfig()
-        self.config.check()
         self.name = self.config.name or predictor.arch or "resnext"
         self.image_name = f"{self.name}_image"
         # clients take host:port for HTTP and gRPC; Prometheus scrapes a full URL

@@ -18,6 +18,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,12 +27,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ResnextError
+from ..model.sources import arch_option, weights_option
+from ..options import (
+    Precision,
+    batch_size_option,
+    check_options,
+    device_option,
+    image_size_option,
+    option,
+    precision_option,
+    precisions,
+    workers_option,
+)
 from ..util import loader_workers
 from .distributed import Distributed, init_distributed, shutdown_distributed
 
 logger = logging.getLogger("resnext")
 
-__all__ = ["evaluate", "evaluate_folder", "check_evaluate_options", "percentile"]
+__all__ = ["evaluate", "evaluate_folder", "EvaluateConfig", "percentile"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -119,15 +132,27 @@ def evaluate(
 # `resnext evaluate`
 
 
-def check_evaluate_options(*, batch_size: int, workers: int, image_size: int | None, precision: str) -> None:
-    """One-line errors for values that cannot work, before any model is loaded."""
-    from ..util import autocast_dtype
-    from .config import CROP_SIZES, Interval, check_range
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The options of :func:`evaluate_folder` (``resnext evaluate``'s flags), checked when built."""
 
-    check_range("batch_size", batch_size, Interval(1))
-    check_range("workers", workers, Interval(0))
-    check_range("image_size", image_size, CROP_SIZES)
-    autocast_dtype(precision)
+    arch: str | None = arch_option()
+    weights: Any = weights_option()
+    channels_last: bool = option(False, help="run the model in NHWC memory format")
+    image_size: int | None = image_size_option()
+    device: str = device_option()
+    batch_size: int = batch_size_option(64)
+    workers: int = workers_option(loader_workers())
+    precision: Precision = precision_option("fp32", choices=precisions("tf32", "int8"), help="autocast precision")
+    use_ema: bool = option(False, flags=("--ema",), help="the EMA weights of a training checkpoint")
+    progress: bool = option(True, flags=("--no-progress",), help="no progress bar")
+    output: str | None = option(
+        None, flags=("--output", "-o"), metavar="FILE", help="also write the results as JSON to FILE (default: none)"
+    )
+    overwrite: bool = option(False, help="replace an existing --output file")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def evaluate_folder(
@@ -157,7 +182,8 @@ def evaluate_folder(
     from ..util import atomic_open, check_writable
     from .data import eval_loader, match_classes
 
-    check_evaluate_options(batch_size=batch_size, workers=workers, image_size=image_size, precision=precision)
+    # the CLI's checks, worded alike, for a library call too
+    EvaluateConfig(batch_size=batch_size, workers=workers, image_size=image_size, precision=precision)  # type: ignore[arg-type]
     if output is not None:
         check_writable(output, "--output")
         if os.path.lexists(output) and not overwrite:
