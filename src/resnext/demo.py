@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,27 +314,23 @@ def launch(
     gr = import_gradio()
     theme = gr.themes.Soft(primary_hue="green", font=FONTS, font_mono=["ui-monospace", "monospace"])
     app.queue(default_concurrency_limit=1)  # one model run at a time: predictable memory and latency
-    server = {"server_name": host, "server_port": port, "prevent_thread_lock": not block, "quiet": quiet}
-    # Blocking, SIGTERM (how services and containers stop) ends the page as Ctrl-C does: Gradio closes its server
-    # on KeyboardInterrupt and the caller's cleanup (remove_uploads) runs.
-    previous = signal.signal(signal.SIGTERM, _terminate) if block else None
-    url = f"http://{host}:{port}/"
+    # Gradio's own wait loop is not used: Ctrl-C and SIGTERM (how services and containers stop) only set an event,
+    # which this loop reads. Raising from the signal handler (KeyboardInterrupt) can land in a finalizer, where
+    # Python drops the exception, or in Gradio's start-up, after the server is up but before it can close.
+    server = {"server_name": host, "server_port": port, "prevent_thread_lock": True, "quiet": quiet}
+    stop = threading.Event()
+    stopping = (signal.SIGINT, signal.SIGTERM) if block else ()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in stopping}
     try:
         _, url, _ = app.launch(**server, max_file_size=max_file_size, theme=theme, css=CSS, **_LAUNCH_SETTINGS)
-    except _Terminated:  # asked to stop: a normal end
-        app.close()
+        if block:
+            while app.is_running and not stop.wait(0.2):
+                pass
+            app.close()  # then the caller's cleanup (remove_uploads) runs
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return url
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the main thread waits (a KeyboardInterrupt, so Gradio stops as on Ctrl-C)."""
-
-
-def _terminate(*_: Any) -> None:
-    raise _Terminated
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return str(url)
 
 
 # ---------------------------------------------------------------------------------------------------------------
