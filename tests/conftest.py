@@ -205,6 +205,16 @@ def small_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, small_checkpoint) -> Path:
+    """``resnext export-weights small_checkpoint DIR --format hf``: small_checkpoint in timm's Hub folder layout."""
+    from resnext.cli import main
+
+    folder = tmp_path_factory.mktemp("hf") / "tiny"
+    assert main(["export-weights", str(small_checkpoint), str(folder), "--format", "hf"]) == 0
+    return folder
+
+
 def closed_port() -> int:
     """A 127.0.0.1 port nothing listens on (bound, then released)."""
     with socket.socket() as s:

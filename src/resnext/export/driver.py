@@ -46,7 +46,8 @@ from ..errors import ResnextError, first_line
 from ..images import load_image, sample_images
 from ..model.sources import ModelSource, load_source, source_from_model
 from ..options import check_options
-from ..runtime.backends import FEATURES_NAME, create_backend, require_tensorrt
+from ..runtime.backends import create_backend, require_tensorrt
+from ..runtime.exported import FEATURES_NAME
 from ..runtime.table import EXPORT_FORMATS, INPUT_NAME, OUTPUT_NAME
 from ..transforms import eval_preset
 from ..util import check_writable

@@ -7,6 +7,7 @@
   checkpoint, export-weights file or ``hf-hub:`` id becomes a model.
 - :mod:`.factory`: ``create_model``/``list_models``/``get_model_weights`` over the builders.
 - :mod:`.hf`: safetensors files and Hugging Face Hub folders (read and written).
+- :mod:`.hf_hub`: ``hf-hub:owner/name[@revision]`` sources, fetched within our download limits.
 
 Depends only on the shared helpers at the package root.
 """

@@ -7,7 +7,8 @@ parameter count, GMACs, reported accuracy with its source, licence), so docs and
 torchvision naming (the NGC files), NVIDIA's current ``layers.{0..3}`` naming, ``module.`` / ``_orig_mod.``
 prefixes (DDP, ``torch.compile``), training checkpoints ``{'state_dict', 'state_dict_ema', ...}``, and SE units
 stored as 1x1 convolutions. Files are read with ``torch.load(weights_only=True)``, or without pickle by the
-``safetensors`` library (``.safetensors`` files, Hub folders and ``hf-hub:`` ids: :mod:`resnext.model.hf`).
+``safetensors`` library (``.safetensors`` files and Hub folders: :mod:`resnext.model.hf`; ``hf-hub:`` ids:
+:mod:`resnext.model.hf_hub`).
 """
 
 from __future__ import annotations
@@ -182,10 +183,10 @@ def read_checkpoint(source: str | os.PathLike[str], *, progress: bool = True) ->
     file, with what its ``config.json`` says. URLs are downloaded once into the cache (:func:`cache_path_for`),
     verified before they enter it; ``hf-hub:`` ids go through ``huggingface_hub``'s cache.
     """
-    from . import hf
+    from . import hf, hf_hub
 
-    if hf.is_hf_hub(source):
-        source = hf.fetch_hf_hub(str(source))
+    if hf_hub.is_hf_hub(source):
+        source = hf_hub.fetch_hf_hub(str(source))
     elif is_url(source):
         source = _fetch_url(str(source), progress=progress)
     path = Path(source)

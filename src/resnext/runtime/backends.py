@@ -7,8 +7,8 @@ S]`` to float32 CPU logits ``[N, C]``, exactly like :class:`resnext.runtime.back
 :data:`BACKENDS` maps its name to the class that runs its files. The runtimes themselves are optional dependencies,
 imported only when a backend is built.
 
-Every backend checks the input shape before running, so a batch of the wrong image size gives one clear sentence
-instead of a runtime's internal message.
+What they share (loading steps, the input shape check that turns a wrong image size into one clear sentence instead
+of a runtime's internal message, batch splitting) is :class:`resnext.runtime.exported.ExportedBackend`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from torch import Tensor
 from ..errors import ResnextError, first_line
 from ..options import option
 from .backend import Backend, TorchBackend
+from .exported import FEATURES_NAME, ExportedBackend, LoadedFile, static_dim
 from .hardware import native_precisions
 from .table import (
     AUTO,
@@ -39,6 +39,8 @@ from .table import (
     get_runtime,
     runtime_for_file,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def backend_option(
@@ -58,128 +60,6 @@ def backend_option(
 def model_file_option() -> Any:
     """The ``--model-file`` field of a config: an exported model, run by the runtime its suffix names."""
     return option(None, metavar="PATH", help="exported model (see `resnext export`)")
-
-
-#: Name of the optional second output (pooled penultimate features) of files exported with ``features=True``.
-FEATURES_NAME = "features"
-
-logger = logging.getLogger(__name__)
-
-
-def _existing(model_file: str | os.PathLike) -> Path:
-    path = Path(model_file)
-    if not path.is_file():
-        raise ResnextError(f"model file not found: {path}")
-    return path
-
-
-@dataclass(frozen=True)
-class LoadedFile:
-    """What a runtime reads from an exported file: the fixed input and output sizes, and the stored metadata."""
-
-    image_size: int
-    num_classes: int
-    metadata: dict[str, Any]
-    max_batch: int | None = None  # the largest batch the file takes; larger ones are split
-    precision: str | None = None  # the precision the runtime runs it in; None: the one stored in the file
-
-
-class ExportedBackend:
-    """Shared part: the loading steps every file goes through, input validation, batching, metadata.
-
-    Subclasses read the file in :meth:`_load`; the constructor around it imports the runtime first (so a missing
-    package is the error even for a missing file), checks the file exists and refuses a precision the file does
-    not store.
-    """
-
-    name = "exported"  # each subclass: the name of its runtime in RUNTIMES
-    #: whether the file fixes its precision (the runtime's precisions in RUNTIMES), so that a request for another
-    #: one is refused; False where the backend resolves the request itself
-    precision_in_file = True
-
-    def __init__(
-        self,
-        model_file: str | os.PathLike,
-        *,
-        device: str = "auto",
-        precision: str | None = None,
-        threads: int | None = None,
-    ) -> None:
-        runtime = RUNTIMES[self.name].import_runtime()
-        self.path = _existing(model_file)
-        loaded = self._load(runtime, device, precision, threads)
-        if self.precision_in_file:
-            _check_precision(self.name, precision, loaded.metadata, allowed=RUNTIMES[self.name].precisions)
-        self.image_size = int(loaded.image_size)
-        self.num_classes = int(loaded.num_classes)
-        self.max_batch = loaded.max_batch
-        self.metadata = loaded.metadata
-        self.precision: str = loaded.precision or loaded.metadata.get("precision") or "fp32"
-
-    def _load(self, runtime: Any, device: str, precision: str | None, threads: int | None) -> LoadedFile:
-        """Read ``self.path`` with ``runtime`` (its third-party module, None for PyTorch); keep what ``run`` needs."""
-        raise NotImplementedError  # pragma: no cover - overridden
-
-    def check_input(self, batch: Tensor) -> None:
-        s = self.image_size
-        if batch.dim() != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != (s, s):
-            raise ResnextError(
-                f"{self.path.name} expects a batch of shape [N, 3, {s}, {s}], got {list(batch.shape)}: preprocess "
-                f"with eval_preset({s}) or re-export with --image-size {batch.shape[-1] if batch.dim() == 4 else '...'}"
-            )
-
-    #: CPU runtimes take host memory; the TensorRT backend keeps a CUDA batch where it is.
-    host_input = True
-    #: where the input batch goes (the TorchScript backend sets its own)
-    device = torch.device("cpu")
-
-    def expect(self, images: int) -> None:
-        pass  # the file is loaded: nothing to prepare
-
-    def __call__(self, batch: Tensor) -> Tensor:
-        return self._split(batch, self.run)
-
-    @property
-    def has_features(self) -> bool:
-        """True for files exported with a second output of pooled features (``ExportConfig(features=True)``)."""
-        return FEATURES_NAME in self.metadata.get("outputs", ())
-
-    def features(self, batch: Tensor) -> Tensor:
-        """Pooled penultimate features ``[N, D]``, for files exported with a ``features`` output."""
-        if not self.has_features:
-            raise ResnextError(
-                f"{self.path.name} has no '{FEATURES_NAME}' output: re-export it with features "
-                "(resnext.export.driver.ExportConfig(features=True)) or embed with the torch backend"
-            )
-        return self._split(batch, self.run_features)
-
-    def _split(self, batch: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
-        self.check_input(batch)
-        batch = batch.detach().float()
-        if self.host_input:
-            batch = batch.cpu().contiguous()
-        step = self.max_batch or batch.shape[0]
-        outputs = [fn(batch[i : i + step]) for i in range(0, batch.shape[0], step)]
-        return torch.cat(outputs).float().cpu()
-
-    def run(self, batch: Tensor) -> Tensor:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def run_features(self, batch: Tensor) -> Tensor:
-        raise ResnextError(f"the {self.name} backend cannot read a '{FEATURES_NAME}' output")
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}({str(self.path)!r}, image_size={self.image_size}, num_classes={self.num_classes})"
-        )
-
-
-def _static_dim(value: Any, what: str, path: Path) -> int:
-    if isinstance(value, int) and value > 0:
-        return value
-    raise ResnextError(
-        f"{path}: the {what} dimension is not fixed ({value!r}); was this file written by `resnext export`?"
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -210,8 +90,8 @@ class OnnxRuntimeBackend(ExportedBackend):
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         return LoadedFile(
-            image_size=_static_dim(inp.shape[-1], "image size", path),
-            num_classes=_static_dim(out.shape[-1], "class", path),
+            image_size=static_dim(inp.shape[-1], "image size", path),
+            num_classes=static_dim(out.shape[-1], "class", path),
             metadata=json.loads(meta) if meta else {},
         )
 
@@ -220,17 +100,6 @@ class OnnxRuntimeBackend(ExportedBackend):
 
     def run_features(self, batch: Tensor) -> Tensor:
         return torch.from_numpy(self.session.run([FEATURES_NAME], {self.input_name: batch.numpy()})[0])
-
-
-def _check_precision(backend: str, requested: str | None, metadata: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    """The precision of these files is fixed at export time; refuse a request the file cannot honour."""
-    stored = metadata.get("precision", "fp32")
-    if requested in (None, "fp32", stored):
-        return
-    raise ResnextError(
-        f"the {backend} backend runs the precision stored in the model file ({stored}), not {requested}; "
-        f"export with --precision {requested} (supported here: {', '.join(allowed)})"
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -290,8 +159,8 @@ class OpenVinoBackend(ExportedBackend):
         shape = model.inputs[0].get_partial_shape()
         classes = model.outputs[0].get_partial_shape()[-1]
         return LoadedFile(
-            image_size=_static_dim(shape[3].get_length() if shape[3].is_static else None, "image size", path),
-            num_classes=_static_dim(classes.get_length() if classes.is_static else None, "class", path),
+            image_size=static_dim(shape[3].get_length() if shape[3].is_static else None, "image size", path),
+            num_classes=static_dim(classes.get_length() if classes.is_static else None, "class", path),
             metadata=metadata,
             precision=ran_precision,  # what OpenVINO actually runs: "fp32", "bf16" or "fp16"
         )

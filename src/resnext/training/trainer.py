@@ -1,22 +1,5 @@
-"""Training and fine-tuning: one readable loop (:class:`Trainer`) over the pieces below.
-
-    # NVIDIA's 90-epoch recipe (AMP, channels_last), 8 GPUs; lr scaled by global batch / 256:
-    torchrun --nproc_per_node 8 -m resnext.cli train /data/imagenet --recipe nvidia-90e --workspace runs/r101
-    # the same, resumed after an interruption (picks up runs/r101/last.pth; a used workspace needs this):
-    torchrun --nproc_per_node 8 -m resnext.cli train /data/imagenet --recipe nvidia-90e --workspace runs/r101 \\
-        --resume auto
-    # fine-tune the published weights on a 5-class folder, training only the head:
-    resnext train /data/flowers --pretrained --num-classes 5 --freeze-backbone --epochs 10 --lr 0.1 --warmup 0
-    # from scratch on a small data set on a CPU (every residual block starts as the identity; lr per 256 images;
-    # the evaluation crop instead of NVIDIA's augmentation, for tiny centred objects such as examples/digits.py's):
-    resnext train /data/small --arch resnext_test --image-size 32 --no-augmentation --last-bn-0-init --lr 0.4 \\
-        -b 16 --warmup 1 --epochs 5 --workspace runs/small
-    # only evaluate a checkpoint on DATA_DIR/val (prints top-1/top-5; writes nothing; arch, classes, size from it):
-    resnext train /data/small --resume runs/small/best.pth --evaluate
-    # speed: synthetic data, 100 iterations per epoch
-    resnext train --data-backend synthetic --prof 100 --epochs 1 --precision bf16 --memory-format nhwc
-    # plain weights (or EMA weights) with their arch, class names and image size, for --weights anywhere:
-    resnext export-weights runs/r101/best.pth r101.pth [--ema]
+"""Training and fine-tuning: one readable loop (:class:`Trainer`) over the pieces below. The commands that drive it
+(fine-tuning, NVIDIA's recipes under torchrun, resuming, evaluating only) are in README's "Training and evaluation".
 
 ``DATA_DIR`` holds ``train/<class>/*`` and ``val/<class>/*``; labels are the sorted folder names, written to
 ``<workspace>/labels.txt`` and into every checkpoint. One run per workspace: see :mod:`resnext.training.checkpoint`.
@@ -54,6 +37,8 @@ from .evaluate import evaluate
 from .optim import ModelEma, forward_backward, lr_at, mixup, optimizer_step, parameter_groups
 
 logger = logging.getLogger("resnext")
+#: what the one log line at the end of each epoch shows (every metric goes to the run log)
+EPOCH_LINE_METRICS = ("train.epoch_loss", "train.skipped_images", "val.top1", "val.top5", "val.loss", "val_ema.top1")
 
 __all__ = ["Status", "TrainResult", "Trainer", "TrainingDiverged", "build_model", "train"]
 
@@ -298,9 +283,7 @@ class Trainer:
             self.ema.update(self.model)
         # one small all_reduce per step: the loss for the log, and whether any process must stop
         flag = float(self.stop.signum is not None)
-        stats = torch.stack(
-            [loss_sum, torch.tensor(float(images), device=self.device), torch.tensor(flag, device=self.device)]
-        ).double()
+        stats = torch.cat([loss_sum.reshape(1), torch.tensor([float(images), flag], device=self.device)]).double()
         if self.di.enabled:
             dist.all_reduce(stats)
         loss_total, images_total, stop = stats.tolist()
@@ -413,11 +396,7 @@ class Trainer:
         path = self.save(end_of_epoch=True, is_best=is_best)
         if self.di.is_main:
             self.log(s.epoch, None, metrics, s.epoch * self.data.steps_per_epoch)
-            shown = ", ".join(
-                f"{k} {v:.4g}"
-                for k, v in metrics.items()
-                if k in ("train.epoch_loss", "train.skipped_images", "val.top1", "val.top5", "val.loss", "val_ema.top1")
-            )
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in EPOCH_LINE_METRICS)
             logger.info("epoch %d/%d: %s; checkpoint %s", s.epoch, self.cfg.epochs, shown, path)
         return metrics
 
