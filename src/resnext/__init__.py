@@ -2,9 +2,9 @@
 
 from .errors import DownloadError, ImageError, ResnextError, WeightsError
 from .inference.predict import Predictor
-from .model.factory import (
+from .model.factory import create_model
+from .model.resnet import (
     ResNet,
-    create_model,
     get_model_weights,
     list_models,
     resnet50,

@@ -13,7 +13,7 @@ from resnext import create_model
 from resnext.errors import ResnextError
 from resnext.inference.explain import grad_cam, overlay_heatmap, overlay_name
 from resnext.inference.predict import Predictor
-from resnext.model.factory import list_models
+from resnext.model.resnet import list_models
 from resnext.model.sources import load_source, source_from_model
 from resnext.runtime.backends import create_backend
 from resnext.transforms import eval_preset

@@ -11,7 +11,7 @@ from conftest import randomize_bn
 
 from resnext import create_model, get_model_weights, list_models
 from resnext.errors import WeightsError
-from resnext.model.factory import ResNet, SEBottleneck, se_resnext101_32x4d
+from resnext.model.resnet import ResNet, SEBottleneck, se_resnext101_32x4d
 from resnext.model.weights import WeightsEnum, load_checkpoint_into
 
 # 64 px keeps every stage's spatial size >= 2 (64 / 32) while staying cheap on 2 CPU cores.

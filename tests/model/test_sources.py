@@ -109,7 +109,7 @@ def test_published_names_and_files_are_told_apart(tmp_path: Path, monkeypatch: p
 
 def test_a_member_without_arch_builds_its_own_architecture(offline_cache: Path) -> None:
     """The architecture of published weights comes from the builder that takes them (``get_model_weights``)."""
-    from resnext.model.factory import get_model_weights
+    from resnext.model.resnet import get_model_weights
 
     assert get_model_weights("resnet50") is ResNet50_Weights
     with torch.device("meta"), pytest.raises(WeightsError, match="nvidia_resnet50_200821"):

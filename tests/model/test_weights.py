@@ -14,7 +14,7 @@ from conftest import NGC_RESNEXT_FILE, place_file, randomize_bn, tv_resnext101_3
 import hubconf
 from resnext import ResNeXt101_32X4D_Weights, create_model
 from resnext.errors import WeightsError
-from resnext.model.factory import get_weights
+from resnext.model.resnet import get_weights
 from resnext.model.weights import (
     MIRROR_ENV,
     extract_state_dict,

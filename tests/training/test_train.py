@@ -23,7 +23,8 @@ from torch import nn
 
 from resnext import cli
 from resnext.errors import ResnextError
-from resnext.model.factory import Bottleneck, create_model
+from resnext.model.factory import create_model
+from resnext.model.resnet import Bottleneck
 from resnext.model.weights import read_checkpoint
 from resnext.training.config import config_from_args
 from resnext.training.optim import ModelEma, lr_at, parameter_groups

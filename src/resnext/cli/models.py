@@ -15,7 +15,7 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
 
 def describe() -> dict[str, Any]:
     """Everything ``resnext models`` shows, as plain data (from the registries, so it cannot drift)."""
-    from ..model.factory import get_model_weights, list_models
+    from ..model.resnet import get_model_weights, list_models
     from ..runtime.table import RUNTIMES
 
     architectures = []

@@ -4,7 +4,7 @@ Grad-CAM (Selvaraju et al., 2017) weights the channels of the last stage's featu
 of the gradient of the class logit ``y_c`` with respect to them, sums, and keeps the positive part:
 ``map = ReLU(sum_k mean_ij(dy_c/dA_kij) * A_k)``, upsampled bilinearly to the input and scaled to [0, 1].
 
-Every architecture of the registry is a :class:`resnext.model.factory.ResNet`, which splits into ``forward_features``
+Every architecture of the registry is a :class:`resnext.model.resnet.ResNet`, which splits into ``forward_features``
 (the last stage's map, the layer Grad-CAM is defined on) and ``forward_head`` (pool + ``fc``). So the gradient is
 taken with ``torch.autograd.grad`` on the head alone: no hooks on modules, no backward pass through the backbone,
 and nothing left attached to the model afterwards. The result equals the ``grad-cam`` package's ``GradCAM`` on

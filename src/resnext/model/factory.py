@@ -1,6 +1,6 @@
 """The model factory (timm's ``create_model``): a registered architecture by name, with any weights source.
 
-The architectures, their builders and the registry live in :mod:`resnext.model.resnet` (re-exported here); files, URLs,
+The architectures, their builders and the registry live in :mod:`resnext.model.resnet`; files, URLs,
 training checkpoints, safetensors and Hub sources are resolved by :func:`resnext.model.sources.load_source` alone.
 :func:`create_model` only picks between random weights (built here) and that resolver.
 """
@@ -10,43 +10,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .resnet import (
-    Bottleneck,
-    ResNet,
-    SEBottleneck,
-    SqueezeExcitation,
-    build_model,
-    get_model_builder,
-    get_model_weights,
-    get_weights,
-    list_models,
-    model_from_state_dict,
-    register_model,
-    resnet50,
-    resnext101_32x4d,
-    resnext_test,
-    se_resnext101_32x4d,
-)
+from .resnet import ResNet, build_model, list_models
 from .sources import load_source
 from .weights import Weights, WeightsEnum
 
-__all__ = [
-    "Bottleneck",
-    "SEBottleneck",
-    "SqueezeExcitation",
-    "ResNet",
-    "resnet50",
-    "resnext101_32x4d",
-    "se_resnext101_32x4d",
-    "resnext_test",
-    "create_model",
-    "model_from_state_dict",
-    "list_models",
-    "get_model_builder",
-    "get_model_weights",
-    "get_weights",
-    "register_model",
-]
+__all__ = ["create_model"]
 
 
 def create_model(

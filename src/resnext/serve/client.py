@@ -104,7 +104,7 @@ class TritonClient:
     def models(self) -> list[str]:
         """Ready models: the repository index, or (where that API is restricted, as PyTriton does) probing the
         names ``resnext serve`` uses."""
-        from ..model.factory import list_models
+        from ..model.resnet import list_models
 
         try:
             index = self.client.get_model_repository_index()

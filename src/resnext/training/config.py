@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..errors import ResnextError
-from ..model.factory import get_model_weights
+from ..model.resnet import get_model_weights
 from ..model.sources import arch_option
 from ..options import (
     MAX_IMAGE_SIZE,
